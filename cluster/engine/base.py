@@ -1,0 +1,94 @@
+"""The engine interface every backend implements.
+
+An engine owns one model replica's compute.  The replica server (cluster.replica)
+drives it through four calls:
+
+- ``generate(request)`` -> async iterator of :class:`Delta`, the last one carrying
+  ``finish_reason`` and usage;
+- ``abort(request_id)`` frees the request's slot at once (client cancel, deadline);
+- ``load()`` -> :class:`LoadSnapshot`, cheap enough to call every 100 ms;
+- ``shutdown()``.
+
+Requests arrive validated by the router (see cluster.router.validation), so an
+engine only rejects what it alone can know (e.g. a prompt longer than its
+context), by raising :class:`EngineRequestError`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+class EngineRequestError(ValueError):
+    """A request the engine cannot serve (prompt too long, bad stop strings...)."""
+
+
+@dataclass(slots=True)
+class Sampling:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: disabled
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    request_id: str
+    sampling: Sampling
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    # Tokens already produced by an earlier replica for this request (migration):
+    # the engine continues after them and does not emit them again.
+    resume_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Delta:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop" | "length" | "abort" on the last delta
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(slots=True)
+class LoadSnapshot:
+    running: int
+    waiting: int
+    kv_cache_usage: float  # 0..1
+    prefix_cache_queries: int  # cumulative tokens looked up
+    prefix_cache_hits: int  # cumulative tokens found
+
+
+class Engine(abc.ABC):
+    """One model replica's engine; see the module docstring for the contract."""
+
+    #: Context length in tokens, for validation and ListModels.
+    max_model_len: int
+
+    @abc.abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[Delta]:
+        """Stream deltas for ``request``; cancelling the iterator aborts it."""
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> bool:
+        """Abort a running or queued request; False when it is unknown."""
+
+    @abc.abstractmethod
+    def load(self) -> LoadSnapshot:
+        """Current load; must not block."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Release the engine's processes and memory."""
