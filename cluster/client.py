@@ -1,0 +1,68 @@
+"""A small gRPC client for the router's public API (used by `llm-cluster chat` / `generate`)."""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+
+from cluster.proto import inference_pb2, inference_pb2_grpc
+
+
+def build_request(
+    text: str,
+    *,
+    model: str,
+    chat: bool,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    seed: int | None = None,
+) -> inference_pb2.GenerateRequest:
+    req = inference_pb2.GenerateRequest(model=model)
+    if chat:
+        req.chat.messages.add(role="user", content=text)
+    else:
+        req.prompt = text
+    if max_tokens is not None:
+        req.sampling.max_tokens = max_tokens
+    if temperature is not None:
+        req.sampling.temperature = temperature
+    if seed is not None:
+        req.sampling.seed = seed
+    return req
+
+
+async def stream_generate(
+    target: str,
+    text: str,
+    *,
+    model: str | None,
+    chat: bool,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    seed: int | None = None,
+) -> int:
+    """Stream one generation to stdout; returns a process exit code."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        try:
+            if model is None:
+                models = (await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=10)).models
+                if not models:
+                    print("error: the router serves no model yet", file=sys.stderr)
+                    return 1
+                model = models[0].name
+            req = build_request(text, model=model, chat=chat, max_tokens=max_tokens, temperature=temperature, seed=seed)
+            usage = None
+            async for chunk in stub.Generate(req):
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                if chunk.finish_reason:
+                    usage = chunk.usage
+            sys.stdout.write("\n")
+            if usage is not None:
+                print(f"[{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens]", file=sys.stderr)
+            return 0
+        except grpc.aio.AioRpcError as exc:
+            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1

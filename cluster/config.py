@@ -1,0 +1,178 @@
+"""One typed YAML config for the whole cluster.
+
+Every field has a default, so `llm-cluster up` with no file serves the embedded
+SmolLM2 model on CPU.  Any field can be overridden from the command line with
+``--set path.to.field=value`` (YAML-parsed value; models are addressed by
+index, e.g. ``--set models.0.replicas=2``).  A bad config raises
+:class:`ConfigError` with one message naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+POLICIES = ("round_robin", "power_of_two")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(DEFAULT_MODEL, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    #: "embedded:<name>", a local Hugging Face directory, or a hub id.
+    source: str = f"embedded:{DEFAULT_MODEL}"
+    engine: Literal["vllm", "sim"] = "vllm"
+    #: Passed to vLLM's AsyncEngineArgs, or to SimParams for the sim engine.
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    #: vLLM executor: "auto" picks "mp" when all shards share one node, else "ray".
+    executor_backend: Literal["auto", "mp", "ray"] = "auto"
+    replicas: int = Field(1, ge=0)
+    #: Resources of one shard (one placement-group bundle).  CPUs default to
+    #: 1 for vLLM and 0.1 for the sim engine, so many sim replicas fit one node.
+    num_cpus_per_shard: float | None = Field(None, ge=0)
+    num_gpus_per_shard: float = Field(0.0, ge=0)
+    #: Extra environment for the replica's processes (e.g. VLLM_* settings).
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def num_shards(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def shard_cpus(self) -> float:
+        if self.num_cpus_per_shard is not None:
+            return self.num_cpus_per_shard
+        return 0.1 if self.engine == "sim" else 1.0
+
+
+class RouterConfig(_Strict):
+    host: str = "0.0.0.0"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_port: int = Field(8000, ge=0, le=65535)
+    policy: str = "power_of_two"
+    #: Upper bound on one request's life in the router, seconds.
+    request_timeout_s: float = Field(600.0, gt=0)
+    #: How long a request may wait for a ready replica before UNAVAILABLE.
+    no_replica_wait_s: float = Field(5.0, ge=0)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    #: max_tokens when a request does not say.
+    default_max_tokens: int = Field(256, ge=1)
+    #: Attempts per request when a replica fails before the first token.
+    max_attempts: int = Field(3, ge=1)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; choose one of {', '.join(POLICIES)}")
+        return v
+
+
+class ControllerConfig(_Strict):
+    health_check_interval_s: float = Field(2.0, gt=0)
+    #: Consecutive failed health checks before a replica is replaced.
+    health_check_failures: int = Field(2, ge=1)
+    #: Scale-down waits this long for in-flight requests before stopping a replica.
+    drain_timeout_s: float = Field(30.0, ge=0)
+    #: A replica that is not ready within this many seconds is replaced.
+    start_timeout_s: float = Field(600.0, gt=0)
+
+
+class RayConfig(_Strict):
+    #: None: start a local head (or join one already running on this machine).
+    address: str | None = None
+    namespace: str = "llm-cluster"
+    num_cpus: int | None = None
+
+
+class ClusterConfig(_Strict):
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()])
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> ClusterConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model name(s): {', '.join(dupes)}")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"config field '{loc}': {msg}{more}"
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected path.to.field=value")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    value = yaml.safe_load(raw) if raw else ""
+    node: Any = data
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit():
+                raise ConfigError(f"override {path!r}: '{key}' must be a list index")
+            idx = int(key)
+            while len(node) <= idx:
+                node.append({})
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                default: Any = [] if key == "models" else {}
+                node = node.setdefault(key, default)
+        else:
+            raise ConfigError(f"override {path!r}: '{keys[i - 1]}' is not a section")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ClusterConfig:
+    """Read YAML at ``path`` (optional), apply ``overrides``, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {p}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {p} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {p}: top level must be a mapping")
+        data = loaded or {}
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None

@@ -1,0 +1,376 @@
+"""The controller: desired replicas per model, and the replicas that make them real.
+
+One named, detached Ray actor (``llm-cluster-controller``) per cluster.  It
+
+- keeps the desired replica count per model (``set_replicas`` is the
+  autoscaler's hook) and reconciles towards it in one loop;
+- starts a replica as: placement group (cluster.replica.placement) -> replica
+  actor in bundle 0 -> ``start()``, which returns the replica's gRPC address;
+- health-checks ready replicas every ``health_check_interval_s``; a replica
+  whose actor died, or that failed ``health_check_failures`` checks in a row,
+  leaves the endpoint set at once and is replaced;
+- publishes the live endpoint set as a versioned watch (``watch``): a router
+  long-polls it and gets an answer only when the set changes, so routers never
+  ask the controller anything per request;
+- scales down by draining: the replica leaves the endpoint set first, then
+  finishes its in-flight requests (bounded by ``drain_timeout_s``), then stops.
+
+Failure modes: if the controller itself dies, replicas and routers keep serving
+with the last endpoint set; Ray restarts the controller (max_restarts=-1) and it
+adopts the live, named replica actors it finds instead of restarting them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cluster.config import ClusterConfig, ModelConfig
+from cluster.logs import setup_logging
+from cluster.replica.placement import plan_placement
+
+log = logging.getLogger(__name__)
+
+CONTROLLER_NAME = "llm-cluster-controller"
+REPLICA_PREFIX = "llm-cluster-replica-"
+#: Time between leaving the endpoint set and refusing new requests, so routers
+#: receive the new set before the replica starts saying UNAVAILABLE.
+DRAIN_GRACE_S = 0.5
+
+
+@dataclass
+class Replica:
+    replica_id: str
+    model: str
+    actor: Any
+    pg: PlacementGroup | None
+    state: str = "STARTING"  # STARTING -> READY -> DRAINING -> STOPPED | FAILED
+    address: str | None = None
+    failures: int = 0
+    started_at: float = field(default_factory=time.time)
+    node_id: str | None = None
+    restarts: int = 0
+    max_model_len: int = 0
+    last_health: dict[str, Any] = field(default_factory=dict)
+    task: asyncio.Task | None = None
+
+
+class ControllerActor:
+    def __init__(self, config: dict[str, Any]) -> None:
+        setup_logging()
+        self.config = ClusterConfig.model_validate(config)
+        self.models: dict[str, ModelConfig] = {m.name: m for m in self.config.models}
+        self.desired: dict[str, int] = {m.name: m.replicas for m in self.config.models}
+        self.replicas: dict[str, Replica] = {}
+        self.version = 0
+        self._changed = asyncio.Condition()
+        self._loop_task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._cpu_slots: dict[str, set[int]] = {}
+
+    # ---- public API (Ray actor methods) ---------------------------------
+    async def run(self) -> bool:
+        """Start the reconcile loop (idempotent)."""
+        if self._loop_task is None or self._loop_task.done():
+            await self._adopt_live_replicas()
+            self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
+        return True
+
+    async def set_replicas(self, model: str, n: int) -> dict[str, int]:
+        await self.run()
+        if model not in self.models:
+            raise ValueError(f"unknown model {model!r}")
+        if n < 0:
+            raise ValueError("replica count must be >= 0")
+        old = self.desired[model]
+        self.desired[model] = n
+        log.info("desired replicas set", extra={"model": model, "from": old, "to": n})
+        self._wake.set()
+        return {"model": model, "desired": n, "previous": old}  # type: ignore[dict-item]
+
+    async def watch(self, known_version: int, timeout_s: float = 30.0) -> tuple[int, dict[str, list[dict[str, str]]]]:
+        """Long-poll: return (version, endpoints) once version > known_version or on timeout."""
+        await self.run()  # after a Ray restart of this actor, the first call restarts the loop
+        async with self._changed:
+            if self.version <= known_version:
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self.version > known_version), timeout_s)
+                except TimeoutError:
+                    pass
+            return self.version, self.endpoints()
+
+    def endpoints(self) -> dict[str, list[dict[str, str]]]:
+        out: dict[str, list[dict[str, str]]] = {name: [] for name in self.models}
+        for r in self.replicas.values():
+            if r.state == "READY" and r.address:
+                out[r.model].append({"replica_id": r.replica_id, "address": r.address, "max_model_len": str(r.max_model_len)})
+        for eps in out.values():
+            eps.sort(key=lambda e: e["replica_id"])
+        return out
+
+    async def status(self) -> dict[str, Any]:
+        await self.run()
+        models = {}
+        for name, m in self.models.items():
+            reps = [r for r in self.replicas.values() if r.model == name]
+            models[name] = {
+                "engine": m.engine,
+                "desired": self.desired[name],
+                "ready": sum(r.state == "READY" for r in reps),
+                "max_model_len": max((r.max_model_len for r in reps), default=0),
+            }
+        reps_out = [
+            {
+                "replica_id": r.replica_id,
+                "model": r.model,
+                "state": r.state,
+                "address": r.address,
+                "node_id": r.node_id,
+                "age_s": round(time.time() - r.started_at, 1),
+                "restarts": r.restarts,
+                **{k: r.last_health.get(k) for k in ("in_flight", "running", "waiting", "kv_cache_usage")},
+            }
+            for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)
+        ]
+        return {"version": self.version, "models": models, "replicas": reps_out}
+
+    async def placement(self, replica_id: str) -> dict[str, Any]:
+        """Where a replica's bundles landed (node id per bundle) and its strategy."""
+        r = self.replicas[replica_id]
+        if r.pg is None:
+            return {}
+        table = ray.util.placement_group_table(r.pg)
+        return {"strategy": table["strategy"], "bundles_to_node_id": table["bundles_to_node_id"], "bundles": table["bundles"]}
+
+    async def shutdown(self) -> None:
+        """Stop every replica (no drain) and the loop; used by `llm-cluster down`."""
+        if self._loop_task:
+            self._loop_task.cancel()
+        for model in self.desired:
+            self.desired[model] = 0
+        await asyncio.gather(*(self._stop_replica(r, drain=False) for r in list(self.replicas.values())), return_exceptions=True)
+
+    # ---- reconcile ---------------------------------------------------------
+    async def _reconcile_loop(self) -> None:
+        interval = self.config.controller.health_check_interval_s
+        while True:
+            try:
+                await self._check_health()
+                self._reconcile()
+            except Exception:  # the loop must outlive any one bad replica
+                log.exception("reconcile step failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)
+            except TimeoutError:
+                pass
+
+    def _reconcile(self) -> None:
+        for name, want in self.desired.items():
+            live = [r for r in self.replicas.values() if r.model == name and r.state in ("STARTING", "READY")]
+            if len(live) < want:
+                for _ in range(want - len(live)):
+                    self._launch(self.models[name])
+            elif len(live) > want:
+                # Drop starting replicas first (they serve nothing yet), then the
+                # ready ones with the fewest in-flight requests (cheapest drain).
+                victims = sorted(live, key=lambda r: (r.state == "READY", r.last_health.get("in_flight", 0), -r.started_at))
+                for r in victims[: len(live) - want]:
+                    r.state = "DRAINING"
+                    self._publish()
+                    r.task = asyncio.get_running_loop().create_task(self._stop_replica(r, drain=True))
+
+    def _launch(self, model: ModelConfig) -> None:
+        rid = f"{model.name.replace('/', '_')}-{uuid.uuid4().hex[:8]}"
+        r = Replica(replica_id=rid, model=model.name, actor=None, pg=None)
+        self.replicas[rid] = r
+        r.task = asyncio.get_running_loop().create_task(self._start_replica(r, model))
+
+    async def _start_replica(self, r: Replica, model: ModelConfig) -> None:
+        plan = plan_placement(model)
+        try:
+            r.pg = placement_group(plan.bundles, strategy=plan.strategy, name=f"{REPLICA_PREFIX}{r.replica_id}")
+            await asyncio.wait_for(r.pg.ready(), self.config.controller.start_timeout_s)
+            r.node_id = ray.util.placement_group_table(r.pg)["bundles_to_node_id"].get(0)
+            env = dict(model.env)
+            if model.engine == "vllm" and model.num_gpus_per_shard == 0 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = self._assign_cpu_cores(r, model)
+            from cluster.replica.actor import ReplicaActor
+
+            actor_cls = ray.remote(ReplicaActor)
+            r.actor = actor_cls.options(
+                name=f"{REPLICA_PREFIX}{r.replica_id}",
+                namespace=ray.get_runtime_context().namespace,
+                lifetime="detached",
+                num_cpus=0,
+                max_concurrency=1000,
+                max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=r.pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+                ),
+            ).remote(r.replica_id, model.model_dump(), plan.executor_backend, env)
+            info = await asyncio.wait_for(r.actor.start.remote(), self.config.controller.start_timeout_s)
+            r.address = info["address"]
+            r.max_model_len = info["max_model_len"]
+            if r.state != "STARTING":  # scaled down while starting
+                return
+            r.state = "READY"
+            r.failures = 0
+            log.info("replica ready", extra={"replica": r.replica_id, "model": r.model, "address": r.address, "node": r.node_id})
+            self._publish()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("replica failed to start", extra={"replica": r.replica_id, "error": repr(exc)[:500]})
+            r.state = "FAILED"
+            await self._cleanup(r)
+
+    def _assign_cpu_cores(self, r: Replica, model: ModelConfig) -> str:
+        """Give each vLLM CPU replica on a node its own cores.
+
+        Without this every replica's OpenMP threads bind to core 0 and
+        throughput halves.  Cores are handed out round-robin per node; shards of
+        one replica are separated by '|', as vLLM expects.
+        """
+        node = r.node_id or "?"
+        used = self._cpu_slots.setdefault(node, set())
+        slot = next(i for i in range(len(used) + 1) if i not in used)
+        used.add(slot)
+        r.last_health["cpu_slot"] = slot
+        ncpu = max(1, int(_node_cpus(node)))
+        per = max(1, int(model.shard_cpus))
+        cores = []
+        for k in range(model.num_shards):
+            first = ((slot * model.num_shards + k) * per) % ncpu
+            cores.append(",".join(str((first + j) % ncpu) for j in range(per)) if per > 1 else str(first))
+        return "|".join(cores)
+
+    async def _check_health(self) -> None:
+        ready = [r for r in self.replicas.values() if r.state == "READY"]
+        results = await asyncio.gather(*(self._probe(r) for r in ready))
+        for r, ok in zip(ready, results, strict=True):
+            if ok:
+                r.failures = 0
+                continue
+            r.failures += 1
+            dead = r.failures >= self.config.controller.health_check_failures or r.last_health.get("dead")
+            if dead and r.state == "READY":
+                log.warning("replica unhealthy; replacing", extra={"replica": r.replica_id, "failures": r.failures})
+                r.state = "FAILED"
+                self._publish()
+                r.task = asyncio.get_running_loop().create_task(self._cleanup(r))
+        # Forget finished replicas so the table does not grow forever.
+        for rid in [rid for rid, r in self.replicas.items() if r.state in ("STOPPED", "FAILED") and (r.task is None or r.task.done())]:
+            del self.replicas[rid]
+
+    async def _probe(self, r: Replica) -> bool:
+        timeout = max(1.0, self.config.controller.health_check_interval_s)
+        try:
+            h = await asyncio.wait_for(r.actor.health.remote(), timeout)
+        except ray.exceptions.RayActorError:
+            r.last_health["dead"] = True
+            return False
+        except Exception:
+            return False
+        slot = r.last_health.get("cpu_slot")
+        r.last_health = h | ({"cpu_slot": slot} if slot is not None else {})
+        return bool(h.get("ready"))
+
+    async def _stop_replica(self, r: Replica, drain: bool) -> None:
+        if drain and r.actor is not None and r.address:
+            await asyncio.sleep(DRAIN_GRACE_S)
+            try:
+                cut = await asyncio.wait_for(
+                    r.actor.drain.remote(self.config.controller.drain_timeout_s), self.config.controller.drain_timeout_s + 10
+                )
+                log.info("replica drained", extra={"replica": r.replica_id, "cut_off": cut})
+            except Exception as exc:
+                log.warning("drain failed", extra={"replica": r.replica_id, "error": repr(exc)[:300]})
+        if r.actor is not None:
+            try:
+                await asyncio.wait_for(r.actor.stop.remote(), 30)
+            except Exception:
+                pass
+        await self._cleanup(r)
+        r.state = "STOPPED"
+
+    async def _cleanup(self, r: Replica) -> None:
+        if r.actor is not None:
+            try:
+                ray.kill(r.actor, no_restart=True)
+            except Exception:
+                pass
+        if r.pg is not None:
+            try:
+                remove_placement_group(r.pg)
+            except Exception:
+                pass
+        slot = r.last_health.get("cpu_slot")
+        if slot is not None and r.node_id in self._cpu_slots:
+            self._cpu_slots[r.node_id].discard(slot)
+
+    def _publish(self) -> None:
+        self.version += 1
+
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())
+
+    async def _adopt_live_replicas(self) -> None:
+        """After a controller restart, keep serving with the replicas that survived."""
+        try:
+            from ray.util import list_named_actors
+
+            names = [a["name"] for a in list_named_actors(all_namespaces=True) if a["name"].startswith(REPLICA_PREFIX)]
+        except Exception:
+            return
+        for name in names:
+            try:
+                actor = ray.get_actor(name)
+                h = await asyncio.wait_for(actor.health.remote(), 5)
+            except Exception:
+                continue
+            rid = name.removeprefix(REPLICA_PREFIX)
+            model = rid.rsplit("-", 1)[0]
+            if model not in self.models or not h.get("ready"):
+                continue
+            r = Replica(replica_id=rid, model=model, actor=actor, pg=None, state="READY", address=h.get("address"))
+            r.max_model_len = int(h.get("max_model_len") or 0)
+            r.last_health = h
+            r.node_id = h.get("node_id")
+            self.replicas[rid] = r
+            log.info("adopted live replica", extra={"replica": rid})
+        if names:
+            self._publish()
+
+
+def _node_cpus(node_id: str) -> float:
+    for n in ray.nodes():
+        if n.get("NodeID") == node_id:
+            return n.get("Resources", {}).get("CPU", 1)
+    return 1
+
+
+def get_or_create_controller(config: ClusterConfig) -> Any:
+    """The cluster's controller handle, creating the detached actor if absent."""
+    try:
+        return ray.get_actor(CONTROLLER_NAME)
+    except ValueError:
+        pass
+    handle = (
+        ray.remote(ControllerActor)
+        .options(name=CONTROLLER_NAME, lifetime="detached", num_cpus=0, max_concurrency=10000, max_restarts=-1, get_if_exists=True)
+        .remote(config.model_dump())
+    )
+    ray.get(handle.run.remote())
+    return handle

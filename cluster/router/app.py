@@ -1,0 +1,91 @@
+"""The router process: gRPC and HTTP front ends over one balancer, one event loop.
+
+``Router`` is used three ways: by `llm-cluster router` (a plain process, e.g.
+a Kubernetes Deployment beside a Ray cluster), inside :class:`RouterActor`
+(what `llm-cluster up` starts, so `down` can find and stop it), and in tests
+and benchmarks with a static endpoint list and no Ray at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from cluster.config import ClusterConfig, RouterConfig
+from cluster.logs import setup_logging
+from cluster.router.balancer import Balancer
+from cluster.router.grpc_server import InferenceServicer, start_grpc_server
+from cluster.router.http_server import OpenAIServer, start_http_server
+from cluster.router.policies import make_policy
+from cluster.router.replicas import EndpointSource, ReplicaSet, controller_source
+
+log = logging.getLogger(__name__)
+
+ROUTER_NAME = "llm-cluster-router"
+
+
+class Router:
+    def __init__(self, config: RouterConfig, source: EndpointSource) -> None:
+        self.config = config
+        self.replicas = ReplicaSet(source)
+        self.balancer = Balancer(
+            self.replicas,
+            make_policy(config.policy),
+            no_replica_wait_s=config.no_replica_wait_s,
+            max_attempts=config.max_attempts,
+        )
+        self.grpc_port = 0
+        self.http_port = 0
+        self._grpc = None
+        self._http = None
+
+    async def start(self) -> None:
+        await self.replicas.start()
+        self._grpc, self.grpc_port, _ = await start_grpc_server(
+            InferenceServicer(self.balancer, self.config), self.config.host, self.config.grpc_port
+        )
+        self._http, self.http_port = await start_http_server(
+            OpenAIServer(self.balancer, self.config), self.config.host, self.config.http_port
+        )
+        log.info("router serving", extra={"grpc_port": self.grpc_port, "http_port": self.http_port, "policy": self.config.policy})
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace_s)
+        if self._http is not None:
+            await self._http.cleanup()
+        await self.replicas.stop()
+
+
+class RouterActor:
+    """A detached Ray actor wrapping :class:`Router`, fed by the controller's watch."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        setup_logging()
+        self.config = ClusterConfig.model_validate(config)
+        self.router: Router | None = None
+
+    async def start(self) -> dict[str, int]:
+        if self.router is None:
+            import ray
+
+            from cluster.controller import CONTROLLER_NAME
+
+            controller = ray.get_actor(CONTROLLER_NAME)
+            self.router = Router(self.config.router, controller_source(controller))
+            await self.router.start()
+        return {"grpc_port": self.router.grpc_port, "http_port": self.router.http_port}
+
+    async def stop(self) -> None:
+        if self.router is not None:
+            await self.router.stop()
+            self.router = None
+
+
+async def serve_forever(router: Router) -> None:
+    await router.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await router.stop()

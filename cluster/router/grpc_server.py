@@ -1,0 +1,106 @@
+"""The public gRPC API (inference.proto), plus grpc.health.v1 and reflection."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cluster.config import RouterConfig
+from cluster.proto import inference_pb2, inference_pb2_grpc
+from cluster.router.balancer import Balancer, RouterError
+from cluster.router.validation import InvalidRequest, validate
+
+log = logging.getLogger(__name__)
+
+SESSION_METADATA_KEY = "x-session-id"
+
+
+def _opt(msg: object, name: str) -> object:
+    return getattr(msg, name) if msg.HasField(name) else None  # type: ignore[attr-defined]
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, balancer: Balancer, config: RouterConfig) -> None:
+        self.balancer = balancer
+        self.config = config
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        s = request.sampling
+        which = request.WhichOneof("input")
+        session = dict(context.invocation_metadata() or ()).get(SESSION_METADATA_KEY)
+        try:
+            req = validate(
+                model=request.model,
+                prompt=request.prompt if which == "prompt" else None,
+                messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if which == "chat" else None,
+                max_tokens=_opt(s, "max_tokens"),
+                temperature=_opt(s, "temperature"),
+                top_p=_opt(s, "top_p"),
+                top_k=_opt(s, "top_k"),
+                seed=_opt(s, "seed"),
+                stop=list(s.stop) or None,
+                request_id=request.request_id or None,
+                session_id=session if isinstance(session, str) else None,
+                default_max_tokens=self.config.default_max_tokens,
+            )
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if which is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prompt: give exactly one of prompt or chat")
+        remaining = context.time_remaining()
+        timeout = min(remaining, self.config.request_timeout_s) if remaining is not None else self.config.request_timeout_s
+        rid = req.request_id
+        try:
+            async with contextlib.aclosing(self.balancer.generate(req, timeout)) as stream:
+                async for c in stream:
+                    chunk = inference_pb2.GenerateChunk(request_id=rid, text=c.text, token_ids=c.token_ids)
+                    if c.finish_reason:
+                        chunk.finish_reason = c.finish_reason
+                        chunk.usage.prompt_tokens = c.prompt_tokens
+                        chunk.usage.completion_tokens = c.completion_tokens
+                        chunk.usage.cached_prompt_tokens = c.cached_prompt_tokens
+                    yield chunk
+        except RouterError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        reps = self.balancer.replicas
+        return inference_pb2.ListModelsResponse(
+            models=[
+                inference_pb2.ModelInfo(
+                    name=m,
+                    ready_replicas=len(reps.by_model.get(m, ())),
+                    max_model_len=max((h.max_model_len for h in reps.by_model.get(m, ())), default=0),
+                )
+                for m in sorted(reps.models)
+            ]
+        )
+
+
+async def start_grpc_server(servicer: InferenceServicer, host: str, port: int) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", servicer.config.max_body_bytes)])
+    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (
+        inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(names[0], health_pb2.HealthCheckResponse.SERVING)
+    return server, bound, health_servicer

@@ -1,0 +1,191 @@
+"""The router's view of the replicas: one gRPC channel and one load stream each.
+
+``ReplicaSet`` applies endpoint-set updates from an :class:`EndpointSource`
+(the controller's watch, or a static list in tests and benchmarks): it opens a
+channel to each new replica, subscribes to its pushed load reports, and closes
+the channel of a replica that left (its in-flight streams finish first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from cluster.proto import replica_pb2, replica_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+LOAD_INTERVAL_MS = 100
+#: A replica whose last load report is older than this is treated as stale.
+STALE_AFTER_S = 1.0
+
+Endpoints = dict[str, list[dict[str, str]]]
+EndpointSource = Callable[[int], Awaitable[tuple[int, Endpoints]]]
+
+
+@dataclass(eq=False)
+class ReplicaHandle:
+    replica_id: str
+    model: str
+    address: str
+    channel: grpc.aio.Channel
+    stub: replica_pb2_grpc.ReplicaStub
+    #: Requests this router has in flight on the replica (its own count, exact).
+    in_flight: int = 0
+    load: replica_pb2.LoadReport | None = None
+    load_at: float = 0.0
+    removed: bool = False
+    max_model_len: int = 0
+    _load_task: asyncio.Task | None = field(default=None, repr=False)
+
+    @property
+    def load_stale(self) -> bool:
+        return time.monotonic() - self.load_at > STALE_AFTER_S
+
+    async def _follow_load(self) -> None:
+        """Keep ``load`` current from the replica's pushed reports; reconnect on errors."""
+        while not self.removed:
+            try:
+                call = self.stub.StreamLoad(replica_pb2.LoadStreamRequest(interval_ms=LOAD_INTERVAL_MS))
+                async for report in call:
+                    self.load = report
+                    self.load_at = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        self.removed = True
+        if self._load_task:
+            self._load_task.cancel()
+        # Let streams already relaying through this channel finish.
+        deadline = time.monotonic() + 600
+        while self.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - a count, not an event
+            await asyncio.sleep(0.1)
+        await self.channel.close()
+
+
+class ReplicaSet:
+    def __init__(self, source: EndpointSource) -> None:
+        self._source = source
+        self.by_model: dict[str, list[ReplicaHandle]] = {}
+        self.by_id: dict[str, ReplicaHandle] = {}
+        self.version = -1
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._bg: set[asyncio.Task] = set()
+        self.models: set[str] = set()
+
+    async def start(self, wait_first: float = 10.0) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        try:
+            await asyncio.wait_for(self._changed.wait(), wait_first)
+        except TimeoutError:
+            log.warning("no endpoint set yet from the controller")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for h in list(self.by_id.values()):
+            h.removed = True
+            if h._load_task:
+                h._load_task.cancel()
+            await h.channel.close()
+        for t in self._bg:
+            t.cancel()
+
+    async def wait_for_replicas(self, model: str, timeout_s: float) -> list[ReplicaHandle]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reps = self.by_model.get(model)
+            if reps:
+                return reps
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return []
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                version, endpoints = await self._source(self.version)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("endpoint watch failed; retrying", extra={"error": repr(exc)[:300]})
+                await asyncio.sleep(1.0)
+                continue
+            if version != self.version:
+                self.apply(version, endpoints)
+
+    def apply(self, version: int, endpoints: Endpoints) -> None:
+        seen: set[str] = set()
+        by_model: dict[str, list[ReplicaHandle]] = {}
+        for model, eps in endpoints.items():
+            handles = []
+            for ep in eps:
+                rid = ep["replica_id"]
+                seen.add(rid)
+                h = self.by_id.get(rid)
+                if h is None or h.address != ep["address"]:
+                    h = self._connect(rid, model, ep["address"])
+                    h.max_model_len = int(ep.get("max_model_len") or 0)
+                    self.by_id[rid] = h
+                handles.append(h)
+            by_model[model] = handles
+        for rid in [rid for rid in self.by_id if rid not in seen]:
+            h = self.by_id.pop(rid)
+            t = asyncio.get_running_loop().create_task(h.close())
+            self._bg.add(t)
+            t.add_done_callback(self._bg.discard)
+        self.by_model = by_model
+        self.models = set(endpoints)
+        self.version = version
+        self._changed.set()
+        log.info("endpoint set updated", extra={"version": version, "replicas": {m: len(v) for m, v in by_model.items()}})
+
+    def _connect(self, rid: str, model: str, address: str) -> ReplicaHandle:
+        channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        h = ReplicaHandle(rid, model, address, channel, replica_pb2_grpc.ReplicaStub(channel))
+        h._load_task = asyncio.get_running_loop().create_task(h._follow_load())
+        return h
+
+
+def static_source(endpoints: Endpoints) -> EndpointSource:
+    """An endpoint source with a fixed set (tests, benchmarks, `llm-cluster router --replica`)."""
+
+    async def source(known: int) -> tuple[int, Endpoints]:
+        if known >= 1:
+            await asyncio.Event().wait()  # never changes
+        return 1, endpoints
+
+    return source
+
+
+def controller_source(controller: object, timeout_s: float = 30.0) -> EndpointSource:
+    """Long-poll the controller actor's ``watch``."""
+
+    async def source(known: int) -> tuple[int, Endpoints]:
+        return await controller.watch.remote(known, timeout_s)  # type: ignore[attr-defined]
+
+    return source

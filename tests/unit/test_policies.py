@@ -1,0 +1,61 @@
+import random
+from collections import Counter
+
+from cluster.router.policies import POLICIES, RouteRequest, make_policy
+from cluster.router.policies.power_of_two import PowerOfTwo
+from cluster.router.policies.round_robin import RoundRobin
+from cluster.router.replicas import ReplicaHandle
+
+
+def fake(rid: str, in_flight: int = 0) -> ReplicaHandle:
+    return ReplicaHandle(replica_id=rid, model="m", address="fake:0", channel=None, stub=None, in_flight=in_flight)  # type: ignore[arg-type]
+
+
+REQ = RouteRequest(model="m", request_id="r")
+
+
+def test_round_robin_visits_every_replica_once_per_cycle():
+    reps = [fake(f"r{i}") for i in range(4)]
+    policy = RoundRobin()
+    picks = [policy.choose(reps, REQ).replica_id for _ in range(12)]
+    assert Counter(picks) == {f"r{i}": 3 for i in range(4)}
+    assert picks[:4] == ["r0", "r1", "r2", "r3"]
+
+
+def test_round_robin_keeps_a_separate_rotation_per_model():
+    reps = [fake("a"), fake("b")]
+    policy = RoundRobin()
+    assert policy.choose(reps, RouteRequest("m1", "x")).replica_id == "a"
+    assert policy.choose(reps, RouteRequest("m2", "x")).replica_id == "a"
+    assert policy.choose(reps, RouteRequest("m1", "x")).replica_id == "b"
+
+
+def test_power_of_two_never_picks_the_busier_of_its_two_samples():
+    reps = [fake("idle", 0), fake("busy", 10)]
+    policy = PowerOfTwo(random.Random(1))
+    assert {policy.choose(reps, REQ).replica_id for _ in range(50)} == {"idle"}
+
+
+def test_power_of_two_keeps_load_even_when_each_pick_adds_load():
+    reps = [fake(f"r{i}") for i in range(8)]
+    policy = PowerOfTwo(random.Random(7))
+    for _ in range(800):
+        policy.choose(reps, REQ).in_flight += 1
+    loads = [r.in_flight for r in reps]
+    # mean 100; two-choices keeps the spread tiny (random choice would be ~±30)
+    assert max(loads) - min(loads) <= 3, loads
+
+
+def test_power_of_two_with_one_candidate_returns_it():
+    only = fake("only", 99)
+    assert PowerOfTwo().choose([only], REQ) is only
+
+
+def test_unknown_policy_names_the_known_ones():
+    try:
+        make_policy("fastest")
+    except ValueError as exc:
+        assert "round_robin" in str(exc) and "power_of_two" in str(exc)
+    else:
+        raise AssertionError("expected ValueError")
+    assert set(POLICIES) == {"round_robin", "power_of_two"}
