@@ -122,6 +122,18 @@ WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+_POSITIVE_KNOBS = (
+    "block_size",
+    "kv_capacity_blocks",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "max_model_len",
+    "vocab_size",
+    "chars_per_token",
+)
+_NON_NEGATIVE_KNOBS = ("prefill_base_ms", "prefill_ms_per_token", "decode_base_ms", "decode_ms_per_seq", "time_scale")
+
+
 @dataclass(slots=True)
 class SimParams:
     """Knobs of the simulated engine.  Times are milliseconds of engine time, before ``time_scale``."""
@@ -147,10 +159,10 @@ class SimParams:
     def __post_init__(self) -> None:
         for f in fields(self):
             setattr(self, f.name, _checked(f.name, getattr(self, f.name), type(f.default)))
-        for name in ("block_size", "kv_capacity_blocks", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "vocab_size", "chars_per_token"):
+        for name in _POSITIVE_KNOBS:
             if getattr(self, name) < 1:
                 raise ValueError(f"SimParams.{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("prefill_base_ms", "prefill_ms_per_token", "decode_base_ms", "decode_ms_per_seq", "time_scale"):
+        for name in _NON_NEGATIVE_KNOBS:
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise ValueError(f"SimParams.{name} must be >= 0, got {getattr(self, name)!r}")
         # Like vLLM's startup check: one request must be able to reach

@@ -167,7 +167,8 @@ def _build_engine_args(
         # every SchedulerStats because custom loggers switch stats back on.
         "disable_log_stats": True,
     }
-    if executor_backend is not None:
+    if executor_backend not in (None, "auto"):
+        # "auto" (the cluster config's default) is vLLM's own choice: leave unset.
         kwargs["distributed_executor_backend"] = executor_backend
     if on_cpu:
         # torch.compile on CPU costs ~60 s of start-up (99 s -> 36 s measured)
@@ -339,22 +340,28 @@ class VllmEngine(Engine):
         generated = 0
         finished = False
         try:
+            last: Delta | None = None
             async for output in stream:
                 delta = self._to_delta(output, len(prompt_ids), len(resume_ids), generated)
                 if delta is None:
                     continue
                 generated += len(delta.token_ids)
                 if delta.finish_reason is not None:
-                    finished = True
-                    self._inflight.pop(request_id, None)
+                    # Held back until vLLM's stream has ended by itself (right
+                    # after its finished output), so it is never left open.
+                    last = delta
+                    continue
                 yield delta
-                if finished:
-                    return
+            if last is None:
+                raise RuntimeError(f"vLLM ended request {request_id} without a final output")
+            finished = True
+            self._inflight.pop(request_id, None)
+            yield last
         except VLLMValidationError as error:
             raise EngineRequestError(str(error)) from error
         finally:
             self._inflight.pop(request_id, None)
-            if not finished:
+            if not finished and not self._closed:
                 # Our consumer went away (aclose -> GeneratorExit, or task
                 # cancellation): close vLLM's stream, whose own handler aborts
                 # the request, then abort by id as well in case the stream had
@@ -403,7 +410,7 @@ class VllmEngine(Engine):
 
     async def abort(self, request_id: str) -> bool:
         """Abort a running or queued request; its stream ends with finish_reason "abort"."""
-        if request_id not in self._inflight:
+        if self._closed or request_id not in self._inflight:
             return False
         await self._llm.abort(request_id)
         logger.info("aborted request %s", request_id, extra={"request_id": request_id})
@@ -443,4 +450,7 @@ class VllmEngine(Engine):
         # Called on the loop thread: vLLM closes its asyncio-bound sockets and
         # tasks directly when it runs on their loop.
         self._llm.shutdown()
+        # Drop the AsyncLLM now: left for interpreter exit, its __del__ calls
+        # shutdown again after module globals are gone and prints a TypeError.
+        del self._llm
         logger.info("vLLM engine %s shut down", self.served_name, extra={"served_name": self.served_name})

@@ -98,6 +98,7 @@ class Balancer:
                 tried.append(replica)
                 started = False
                 replica.in_flight += 1
+                replica.routed += 1
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a replica answered")

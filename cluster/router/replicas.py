@@ -37,6 +37,8 @@ class ReplicaHandle:
     stub: replica_pb2_grpc.ReplicaStub
     #: Requests this router has in flight on the replica (its own count, exact).
     in_flight: int = 0
+    #: Requests this router has sent to the replica, ever (attempts included).
+    routed: int = 0
     load: replica_pb2.LoadReport | None = None
     load_at: float = 0.0
     removed: bool = False

@@ -1,0 +1,65 @@
+"""Shared fixtures: sim replicas served over real gRPC on loopback, and helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+import pytest_asyncio
+
+from cluster.config import RouterConfig
+from cluster.engine.sim import SimEngine, SimParams
+from cluster.replica.server import ReplicaServicer, start_server
+from cluster.router.app import Router
+from cluster.router.replicas import static_source
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SimFleet:
+    """N sim replicas, each behind its own replica gRPC server, plus a router over them."""
+
+    def __init__(self) -> None:
+        self.engines: list[SimEngine] = []
+        self.servicers: list[ReplicaServicer] = []
+        self.servers: list = []
+        self.router: Router | None = None
+
+    async def start(self, n: int, policy: str = "round_robin", **sim: object) -> Router:
+        eps = []
+        for i in range(n):
+            eng = SimEngine(SimParams.from_dict({"time_scale": 0.05, "seed": i, **sim}), model_name="sim")
+            svc = ReplicaServicer(eng, f"r{i}", "sim")
+            srv, port = await start_server(svc, "127.0.0.1", 0)
+            self.engines.append(eng)
+            self.servicers.append(svc)
+            self.servers.append(srv)
+            eps.append({"replica_id": f"r{i}", "address": f"127.0.0.1:{port}", "max_model_len": "2048"})
+        self.router = Router(RouterConfig(host="127.0.0.1", grpc_port=0, http_port=0, policy=policy, no_replica_wait_s=0.5), static_source({"sim": eps}))
+        await self.router.start()
+        return self.router
+
+    async def stop(self) -> None:
+        if self.router:
+            await self.router.stop(0.5)
+        for srv in self.servers:
+            await srv.stop(0.1)
+        for eng in self.engines:
+            await eng.shutdown()
+
+
+@pytest_asyncio.fixture
+async def sim_fleet():
+    fleet = SimFleet()
+    yield fleet
+    await fleet.stop()
+    # Nothing the router or replicas started may outlive them.
+    await asyncio.sleep(0)

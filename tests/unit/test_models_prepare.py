@@ -1,0 +1,70 @@
+"""Cheap checks of model-source resolution (no conversion, no torch import).
+
+The expensive path (actually converting the embedded GGUF) is exercised by the
+end-to-end engine tests; here only the decisions around it are checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.models import EMBEDDED, default_cache_dir, prepare_embedded, resolve_model_source
+from cluster.models.prepare import FORMAT_VERSION, MARKER_NAME
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+
+
+def test_registry_has_the_embedded_model() -> None:
+    assert EMBEDDED_NAME in EMBEDDED
+    assert EMBEDDED[EMBEDDED_NAME].gguf_filename.endswith(".gguf")
+
+
+def test_local_directory_resolves_to_its_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = tmp_path / "my-model"
+    model_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_source("my-model") == str(model_dir.resolve())
+    assert resolve_model_source(str(model_dir)) == str(model_dir.resolve())
+
+
+def test_hub_id_passes_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # make sure no local directory shadows the id
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model_source(hub_id, cache_dir=tmp_path) == hub_id
+    assert not (tmp_path / "models").exists()  # nothing was prepared
+
+
+def test_unknown_embedded_name_lists_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        resolve_model_source("embedded:no-such-model", cache_dir=tmp_path)
+    message = str(excinfo.value)
+    assert "no-such-model" in message
+    assert EMBEDDED_NAME in message
+    with pytest.raises(ValueError):
+        prepare_embedded("no-such-model", cache_dir=tmp_path)
+
+
+def test_default_cache_dir_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_CLUSTER_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("LLM_CLUSTER_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "llm-cluster"
+
+
+def _fake_prepared(cache: Path, version: int) -> Path:
+    target = cache / "models" / EMBEDDED_NAME
+    target.mkdir(parents=True)
+    (target / MARKER_NAME).write_text(json.dumps({"format_version": version}))
+    return target
+
+
+def test_prepared_directory_is_reused_without_converting(tmp_path: Path) -> None:
+    # A complete marker means "done": both entry points return it at once,
+    # which they could not do if they tried to convert (the dir has no weights).
+    target = _fake_prepared(tmp_path, FORMAT_VERSION)
+    assert prepare_embedded(EMBEDDED_NAME, cache_dir=tmp_path, progress=False) == target
+    assert resolve_model_source(f"embedded:{EMBEDDED_NAME}", cache_dir=tmp_path) == str(target)
+    assert resolve_model_source(EMBEDDED_NAME, cache_dir=tmp_path) == str(target)
