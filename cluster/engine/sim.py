@@ -3,8 +3,8 @@
 :class:`SimEngine` implements :class:`cluster.engine.base.Engine` without a model.
 It runs the same control structure as vLLM v1 and sleeps for the time that
 the real engine would have spent computing.  The router, replicas and load
-reports then behave as they do under real load, and hundreds of replicas fit on
-one machine.
+reports then behave as they do under real load, and one machine can hold many
+replicas.
 
 Model
 -----
