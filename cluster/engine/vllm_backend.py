@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -171,8 +171,9 @@ def _build_engine_args(
         # "auto" (the cluster config's default) is vLLM's own choice: leave unset.
         kwargs["distributed_executor_backend"] = executor_backend
     if on_cpu:
-        # torch.compile on CPU costs ~60 s of start-up (99 s -> 36 s measured)
-        # for little decode speed on small models.
+        # torch.compile on CPU costs about a minute of start-up (the project
+        # measured 99 s compiled vs 36 s eager on a 2-core box) for little
+        # decode speed on small models.
         kwargs["enforce_eager"] = True
         sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & overrides.keys()
         if not sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
@@ -259,11 +260,18 @@ class VllmEngine(Engine):
         if request.messages is not None:
             if not request.messages:
                 raise EngineRequestError("messages must not be empty")
-            text = tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in request.messages],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
+            from jinja2 import TemplateError
+
+            try:
+                text = tokenizer.apply_chat_template(
+                    [{"role": m.role, "content": m.content} for m in request.messages],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+            except TemplateError as error:
+                # Templates reject what the model cannot take (roles out of
+                # order, unsupported roles) by raising: a bad request.
+                raise EngineRequestError(f"chat template rejected the messages: {error}") from error
             if not isinstance(text, str):
                 raise EngineRequestError("the chat template did not render to text")
             # The template already carries the special tokens it wants.
@@ -298,48 +306,51 @@ class VllmEngine(Engine):
         request_id = request.request_id
         if request_id in self._inflight:
             raise EngineRequestError(f"request id {request_id!r} is already in flight")
-
-        # Tokenizing a long prompt takes milliseconds to seconds: off the loop.
-        prompt_ids = await asyncio.to_thread(self._prompt_token_ids, request)
-        resume_ids = list(request.resume_token_ids)
-        context_ids = prompt_ids + resume_ids
-        if not prompt_ids:
-            raise EngineRequestError("prompt is empty")
-        # vLLM needs room for at least one generated token.
-        if len(context_ids) >= self.max_model_len:
-            raise EngineRequestError(
-                f"prompt is {len(prompt_ids)} tokens"
-                + (f" (+{len(resume_ids)} resumed)" if resume_ids else "")
-                + f", which leaves no room in the model's context of {self.max_model_len} tokens"
-            )
-
-        remaining = request.sampling.max_tokens - len(resume_ids)
-        if remaining <= 0:
-            # An earlier replica already produced every token asked for.
-            yield Delta(
-                text="",
-                token_ids=[],
-                finish_reason="length",
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=len(resume_ids),
-            )
-            return
-        # Past the context end vLLM would stop anyway; clamping makes it "length".
-        max_tokens = min(remaining, self.max_model_len - len(context_ids))
-        try:
-            params = self._sampling_params(request, max_tokens)
-        except (ValueError, TypeError) as error:
-            raise EngineRequestError(str(error)) from error
-
-        renderer = self._llm.renderer
-        parsed = parse_model_prompt(self._llm.model_config, TokensPrompt(prompt_token_ids=context_ids))
-        (engine_input,) = await renderer.render_cmpl_async([parsed], renderer.default_cmpl_tok_params)
-
+        # Registered before the first await, so a concurrent duplicate is caught
+        # and load() counts the request (as waiting) while it is tokenized.
         self._inflight[request_id] = time.monotonic()
-        stream = self._llm.generate(engine_input, params, request_id)
-        generated = 0
+        stream: AsyncGenerator[RequestOutput, None] | None = None
         finished = False
         try:
+            prompt_ids = await asyncio.to_thread(self._prompt_token_ids, request)
+            resume_ids = list(request.resume_token_ids)
+            context_ids = prompt_ids + resume_ids
+            if not prompt_ids:
+                raise EngineRequestError("prompt is empty")
+            # vLLM needs room for at least one generated token.
+            if len(context_ids) >= self.max_model_len:
+                raise EngineRequestError(
+                    f"prompt is {len(prompt_ids)} tokens"
+                    + (f" (+{len(resume_ids)} resumed)" if resume_ids else "")
+                    + f", which leaves no room in the model's context of {self.max_model_len} tokens"
+                )
+
+            remaining = request.sampling.max_tokens - len(resume_ids)
+            if remaining <= 0:
+                # An earlier replica already produced every token asked for.
+                finished = True
+                self._inflight.pop(request_id, None)
+                yield Delta(
+                    text="",
+                    token_ids=[],
+                    finish_reason="length",
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=len(resume_ids),
+                )
+                return
+            # Past the context end vLLM would stop anyway; clamping makes it "length".
+            max_tokens = min(remaining, self.max_model_len - len(context_ids))
+            try:
+                params = self._sampling_params(request, max_tokens)
+            except (ValueError, TypeError, VLLMValidationError) as error:
+                raise EngineRequestError(str(error)) from error
+
+            renderer = self._llm.renderer
+            parsed = parse_model_prompt(self._llm.model_config, TokensPrompt(prompt_token_ids=context_ids))
+            (engine_input,) = await renderer.render_cmpl_async([parsed], renderer.default_cmpl_tok_params)
+
+            stream = self._llm.generate(engine_input, params, request_id)
+            generated = 0
             last: Delta | None = None
             async for output in stream:
                 delta = self._to_delta(output, len(prompt_ids), len(resume_ids), generated)
@@ -361,11 +372,12 @@ class VllmEngine(Engine):
             raise EngineRequestError(str(error)) from error
         finally:
             self._inflight.pop(request_id, None)
-            if not finished and not self._closed:
+            if stream is not None and not finished and not self._closed:
                 # Our consumer went away (aclose -> GeneratorExit, or task
-                # cancellation): close vLLM's stream, whose own handler aborts
-                # the request, then abort by id as well in case the stream had
-                # not started far enough to know its request (a no-op otherwise).
+                # cancellation) or the stream failed: close vLLM's stream, whose
+                # own handler aborts the request, then abort by id as well in
+                # case the stream had not got far enough to know its request
+                # (a no-op otherwise).
                 try:
                     await stream.aclose()
                     await self._llm.abort(request_id)
