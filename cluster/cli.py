@@ -1,9 +1,9 @@
 """`llm-cluster`: start, inspect, use and stop a cluster.
 
-    llm-cluster up [--engine sim --replicas 4] [--detach]   start Ray, controller, replicas, router
-    llm-cluster status                                      replicas, state, load
-    llm-cluster chat "What is the capital of France?"       a gRPC client
-    llm-cluster down                                        stop everything, leave no process
+llm-cluster up [--engine sim --replicas 4] [--detach]   start Ray, controller, replicas, router
+llm-cluster status                                      replicas, state, load
+llm-cluster chat "What is the capital of France?"       a gRPC client
+llm-cluster down                                        stop everything, leave no process
 """
 
 from __future__ import annotations
@@ -51,7 +51,12 @@ def _config_from_args(args: argparse.Namespace) -> ClusterConfig:
         overrides.append(f"models.0.source={args.model}")
         if args.model.rstrip("/").split("/")[-1] and not args.model.startswith("embedded:"):
             overrides.append(f"models.0.name={args.model.rstrip('/').split('/')[-1]}")
-    for flag, path in (("policy", "router.policy"), ("grpc_port", "router.grpc_port"), ("http_port", "router.http_port"), ("ray_address", "ray.address")):
+    for flag, path in (
+        ("policy", "router.policy"),
+        ("grpc_port", "router.grpc_port"),
+        ("http_port", "router.http_port"),
+        ("ray_address", "ray.address"),
+    ):
         if getattr(args, flag, None) is not None:
             overrides.append(f"{path}={getattr(args, flag)}")
     return load_config(args.config, overrides)
@@ -321,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("router", help="run a router process in the foreground")
     _add_config_args(p)
-    p.add_argument("--replica", action="append", default=[], metavar="HOST:PORT", help="route to these replicas instead of the controller's set")
+    p.add_argument(
+        "--replica", action="append", default=[], metavar="HOST:PORT", help="route to these replicas instead of the controller's set"
+    )
     p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("replica", help="run one replica outside Ray, in the foreground (experiments, foreign routers)")

@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 
-import pytest
 import pytest_asyncio
 
 from cluster.config import RouterConfig
@@ -43,7 +42,9 @@ class SimFleet:
             self.servicers.append(svc)
             self.servers.append(srv)
             eps.append({"replica_id": f"r{i}", "address": f"127.0.0.1:{port}", "max_model_len": "2048"})
-        self.router = Router(RouterConfig(host="127.0.0.1", grpc_port=0, http_port=0, policy=policy, no_replica_wait_s=0.5), static_source({"sim": eps}))
+        self.router = Router(
+            RouterConfig(host="127.0.0.1", grpc_port=0, http_port=0, policy=policy, no_replica_wait_s=0.5), static_source({"sim": eps})
+        )
         await self.router.start()
         return self.router
 

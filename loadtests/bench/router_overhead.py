@@ -7,7 +7,7 @@ the same replica processes: **direct** (the client spreads requests round-robin
 over the replicas' own gRPC `Replica/Generate`) and **router** (the client
 calls the router's public `Inference/Generate`, round-robin policy).  Arrivals
 are open-loop Poisson.  Printed per rate: TTFT p50/p99 of each phase, the
-added TTFT (router − direct), achieved rate, and errors; then the highest rate
+added TTFT (router - direct), achieved rate, and errors; then the highest rate
 the router sustained (≥ 95 % of offered completed, no errors).
 
 The sim replicas are set to a near-zero compute model (1 ms prefill, 1 ms
@@ -130,7 +130,10 @@ async def main_async(args: argparse.Namespace) -> dict:
         replicas = [start_sim_replica(procs, SIM) for _ in range(args.replicas)]
         grpc_port, _ = start_router(procs, replicas)
         print(f"{args.replicas} sim replicas, router on :{grpc_port}; {args.duration:.0f} s per phase, {MAX_TOKENS} tokens per request\n")
-        hdr = f"{'rate':>6} | {'direct p50':>10} {'p99':>7} | {'router p50':>10} {'p99':>7} | {'added p50':>9} {'p99':>7} | {'achieved':>8} | errors"
+        hdr = (
+            f"{'rate':>6} | {'direct p50':>10} {'p99':>7} | {'router p50':>10} {'p99':>7} | "
+            f"{'added p50':>9} {'p99':>7} | {'achieved':>8} | errors"
+        )
         print(hdr + "\n" + "-" * len(hdr))
         sustained = 0.0
         for rate in rates:

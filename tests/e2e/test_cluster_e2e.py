@@ -112,7 +112,7 @@ async def test_a_cancelled_stream_frees_the_engine(router):
 
 async def test_bad_inputs_get_clear_errors_not_server_errors(router):
     client = oai(router)
-    with pytest.raises(openai.BadRequestError, match="max_model_len|context|longer"):
+    with pytest.raises(openai.BadRequestError, match=r"max_model_len|context|longer"):
         await client.completions.create(model=MODEL, prompt="hello " * 3000, max_tokens=4)
     with pytest.raises(openai.BadRequestError, match="top_p"):
         await client.chat.completions.create(model=MODEL, messages=QUESTION, top_p=0)

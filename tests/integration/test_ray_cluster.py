@@ -81,7 +81,7 @@ async def test_load_spreads_across_the_controllers_replicas(cluster):
 
 
 async def test_a_killed_replica_is_replaced_and_traffic_avoids_it_meanwhile(cluster):
-    controller, router = cluster
+    _, router = cluster
     client = oai(router)
     victim_id = sorted(router.replicas.by_id)[0]
     victim = ray.get_actor(f"llm-cluster-replica-{victim_id}")
@@ -118,9 +118,7 @@ async def test_scale_up_then_down_drains_and_loses_no_request(cluster):
     await asyncio.sleep(0.3)
     await controller.set_replicas.remote("sim", 1)
     # New requests keep arriving during the drain.
-    later = [
-        await client.completions.create(model="sim", prompt=f"n{i}", max_tokens=2) for i in range(10) if not await asyncio.sleep(0.05)
-    ]
+    later = [await client.completions.create(model="sim", prompt=f"n{i}", max_tokens=2) for i in range(10) if not await asyncio.sleep(0.05)]
     done = await asyncio.gather(*tasks, return_exceptions=True)
     assert [type(d).__name__ for d in done if not hasattr(d, "usage")] == []
     assert all(d.usage.completion_tokens == 60 for d in done)
