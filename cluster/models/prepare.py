@@ -157,9 +157,11 @@ def prepare_embedded(name: str, cache_dir: Path | None = None, progress: bool = 
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
         try:
             _convert(model, tmp, progress)
-            # mkdtemp creates 0700; the cache is meant to be shared by whoever
-            # runs engines on this machine.
+            # mkdtemp creates 0700 (and safetensors writes 0600); the cache is
+            # meant to be shared by whoever runs engines on this machine.
             os.chmod(tmp, 0o755)
+            for written in tmp.iterdir():
+                os.chmod(written, 0o644)
             if target.exists():
                 # A directory without a valid marker: incomplete or an older
                 # format.  It is not trusted, so it is replaced.

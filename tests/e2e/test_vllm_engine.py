@@ -56,6 +56,13 @@ async def engine(model_dir: Path) -> AsyncIterator[object]:
         await eng.shutdown()
 
 
+async def test_unknown_engine_arg_is_rejected_before_starting(model_dir: Path) -> None:
+    from cluster.engine.vllm_backend import VllmEngine
+
+    with pytest.raises(ValueError, match="no_such_arg"):
+        await VllmEngine.create(str(model_dir), served_name=MODEL, engine_args={"no_such_arg": 1})
+
+
 def chat(request_id: str, content: str, max_tokens: int = 32, **sampling: object) -> EngineRequest:
     return EngineRequest(
         request_id=request_id,
@@ -183,3 +190,9 @@ async def test_resume_continues_like_an_uninterrupted_greedy_run(engine) -> None
     # Usage covers the whole logical request, resumed tokens included.
     assert resumed[-1].completion_tokens == full[-1].completion_tokens
     assert resumed[-1].prompt_tokens == full[-1].prompt_tokens
+
+    # Everything already produced elsewhere: nothing left to generate.
+    done_request = chat("done", question, max_tokens=8)
+    done_request.resume_token_ids = full_ids[:8]
+    done = await collect(engine.generate(done_request))
+    assert [(d.token_ids, d.finish_reason, d.completion_tokens) for d in done] == [([], "length", 8)]

@@ -68,3 +68,37 @@ def test_prepared_directory_is_reused_without_converting(tmp_path: Path) -> None
     assert prepare_embedded(EMBEDDED_NAME, cache_dir=tmp_path, progress=False) == target
     assert resolve_model_source(f"embedded:{EMBEDDED_NAME}", cache_dir=tmp_path) == str(target)
     assert resolve_model_source(EMBEDDED_NAME, cache_dir=tmp_path) == str(target)
+
+
+def test_interrupted_conversion_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster.models import prepare
+
+    def convert_then_die(model: object, out_dir: Path, progress: bool) -> None:
+        (out_dir / "model.safetensors").write_bytes(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "_convert", convert_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_embedded(EMBEDDED_NAME, cache_dir=tmp_path, progress=False)
+    models = tmp_path / "models"
+    assert not (models / EMBEDDED_NAME).exists()
+    assert not list(models.glob(f".{EMBEDDED_NAME}.tmp-*"))
+
+
+def test_stale_leftovers_are_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster.models import prepare
+
+    def fake_convert(model: object, out_dir: Path, progress: bool) -> None:
+        (out_dir / "config.json").write_text("{}")
+        (out_dir / MARKER_NAME).write_text(json.dumps({"format_version": FORMAT_VERSION}))
+
+    monkeypatch.setattr(prepare, "_convert", fake_convert)
+    old = _fake_prepared(tmp_path, FORMAT_VERSION - 1)  # an older layout: not trusted
+    (old / "weights.bin").write_text("old")
+    crashed = tmp_path / "models" / f".{EMBEDDED_NAME}.tmp-crashed"
+    crashed.mkdir()
+
+    target = prepare_embedded(EMBEDDED_NAME, cache_dir=tmp_path, progress=False)
+    assert target == old
+    assert (target / "config.json").exists() and not (target / "weights.bin").exists()
+    assert not crashed.exists()
