@@ -144,12 +144,12 @@ def _wait_ready(controller: Any, cfg: ClusterConfig, timeout_s: float) -> None:
 
     want = sum(m.replicas for m in cfg.models)
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=want, desc="replicas ready", unit="replica", disable=not sys.stderr.isatty() and want == 0) as bar:
+    with tqdm(total=want, desc="replicas ready", unit="replica", mininterval=1.0) as bar:
         while True:
             st = ray.get(controller.status.remote())
             ready = sum(m["ready"] for m in st["models"].values())
-            bar.n = min(ready, want)
-            bar.refresh()
+            if min(ready, want) != bar.n:
+                bar.update(min(ready, want) - bar.n)
             if ready >= want:
                 return
             if time.monotonic() > deadline:
@@ -224,12 +224,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, m in st["models"].items():
         print(f"model {name}: engine={m['engine']} desired={m['desired']} ready={m['ready']}")
     cols = ("replica_id", "model", "state", "address", "in_flight", "running", "waiting", "kv_cache_usage", "age_s")
-    rows = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in cols] for r in st["replicas"]]
+    rows = [[_cell(r.get(c)) for c in cols] for r in st["replicas"]]
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
     return 0
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def cmd_generate(args: argparse.Namespace, chat: bool) -> int:

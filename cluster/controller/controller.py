@@ -118,6 +118,8 @@ class ControllerActor:
 
     async def status(self) -> dict[str, Any]:
         await self.run()
+        ready = [r for r in self.replicas.values() if r.state == "READY"]
+        await asyncio.gather(*(self._probe(r) for r in ready))  # fresh load figures, not the last check's
         models = {}
         for name, m in self.models.items():
             reps = [r for r in self.replicas.values() if r.model == name]
