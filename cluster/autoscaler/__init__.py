@@ -1,0 +1,1 @@
+"""The autoscaler: metrics source -> policy -> actuator, in one loop (`llm-cluster autoscaler`)."""
