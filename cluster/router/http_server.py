@@ -2,7 +2,7 @@
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions`` (SSE streaming and not, with ``usage``),
-``GET /healthz`` (liveness) and ``GET /readyz`` (200 only while a replica is
+``GET /healthz`` (liveness; ``/health`` too, as vLLM) and ``GET /readyz`` (200 only while a replica is
 ready).  Errors use OpenAI's JSON shape ``{"error": {message, type, param,
 code}}`` so the official client raises its usual exceptions.  It shares the
 gRPC front end's balancer and validation, so both APIs route and reject alike.
@@ -67,6 +67,8 @@ class OpenAIServer:
                 web.post("/v1/chat/completions", self.chat_completions),
                 web.post("/v1/completions", self.completions),
                 web.get("/healthz", self.healthz),
+                # vLLM's server answers GET /health; tools built for it (guidellm, gateways) probe that path.
+                web.get("/health", self.healthz),
                 web.get("/readyz", self.readyz),
             ]
         )
