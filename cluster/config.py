@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-POLICIES = ("round_robin", "power_of_two")
+POLICIES = ("round_robin", "power_of_two", "prefix_aware", "session_affinity", "least_kv", "weighted")
 
 
 class ConfigError(ValueError):
@@ -57,6 +57,67 @@ class ModelConfig(_Strict):
         return 0.1 if self.engine == "sim" else 1.0
 
 
+class PrefixAwareOptions(_Strict):
+    #: "text": hash fixed-size character blocks of the prompt (no tokenizer in the router);
+    #: "sim_tokens": the sim engine's tokenizer and block hashes (exactly the sim's cache blocks).
+    hash_unit: Literal["text", "sim_tokens"] = "text"
+    #: Characters per text block (about block_chars / 4 tokens).
+    block_chars: int = Field(128, ge=8)
+    #: At most this many leading blocks of a prompt are hashed (bounds per-request cost).
+    max_blocks: int = Field(128, ge=1)
+    #: Bounded load: no replica takes a request above ceil((1 + eps) x mean in-flight).
+    balance_eps: float = Field(0.5, ge=0)
+    #: Score = matched fraction - load_weight x load / (mean load + 1).
+    load_weight: float = Field(0.1, ge=0)
+    #: A match shorter than this fraction of the prompt's blocks counts as a miss.
+    min_match: float = Field(0.0, ge=0, le=1)
+    #: Index entries per replica when its load report gives no KV capacity.
+    default_index_blocks: int = Field(16_384, ge=1)
+    #: Hard cap on index entries per replica, whatever its KV capacity.
+    max_index_blocks: int = Field(262_144, ge=1)
+
+
+class SessionAffinityOptions(_Strict):
+    #: Sessions remembered (LRU).
+    max_sessions: int = Field(100_000, ge=1)
+    #: Spill over when the session's replica would exceed ceil((1 + eps) x mean in-flight).
+    balance_eps: float = Field(1.0, ge=0)
+
+
+class LeastKvOptions(_Strict):
+    #: Candidates sampled per decision (power of k choices); all of them when fewer.
+    sample: int = Field(4, ge=1)
+    #: Added to KV usage (0..1) per request this router has in flight there, so a
+    #: burst between two load reports does not all land on one replica.
+    in_flight_weight: float = Field(0.02, ge=0)
+
+
+class WeightedOptions(_Strict):
+    #: Weights of the scorers; a replica's score is the weighted sum, the best wins.
+    prefix: float = Field(1.0, ge=0)
+    session: float = Field(0.5, ge=0)
+    load: float = Field(0.3, ge=0)
+    kv: float = Field(0.2, ge=0)
+    #: Random candidates scored beside the prefix holders and the session's replica.
+    sample: int = Field(4, ge=1)
+    balance_eps: float = Field(0.5, ge=0)
+
+
+class PolicyOptions(_Strict):
+    prefix_aware: PrefixAwareOptions = Field(default_factory=PrefixAwareOptions)
+    session_affinity: SessionAffinityOptions = Field(default_factory=SessionAffinityOptions)
+    least_kv: LeastKvOptions = Field(default_factory=LeastKvOptions)
+    weighted: WeightedOptions = Field(default_factory=WeightedOptions)
+
+
+class CircuitBreakerConfig(_Strict):
+    #: Consecutive failed attempts (errors or first-token timeouts) that eject a replica.
+    failures: int = Field(3, ge=1)
+    #: First ejection length; each further ejection in a row doubles it, up to max_eject_s.
+    eject_s: float = Field(5.0, gt=0)
+    max_eject_s: float = Field(60.0, gt=0)
+
+
 class RouterConfig(_Strict):
     host: str = "0.0.0.0"
     grpc_port: int = Field(50051, ge=0, le=65535)
@@ -71,6 +132,12 @@ class RouterConfig(_Strict):
     default_max_tokens: int = Field(256, ge=1)
     #: Attempts per request when a replica fails before the first token.
     max_attempts: int = Field(3, ge=1)
+    #: Options of each routing policy (only the chosen one's are used).
+    policy_options: PolicyOptions = Field(default_factory=PolicyOptions)
+    #: A replica that sends no first token within this many seconds is given
+    #: up on for the request (retried elsewhere) and counts as a failure.
+    first_token_timeout_s: float = Field(60.0, gt=0)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
 
     @field_validator("policy")
     @classmethod

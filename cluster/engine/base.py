@@ -76,6 +76,8 @@ class Engine(abc.ABC):
 
     #: Context length in tokens, for validation and ListModels.
     max_model_len: int
+    #: KV-cache capacity in tokens, reported to routers (0: unknown).
+    kv_capacity_tokens: int = 0
 
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[Delta]:

@@ -372,6 +372,7 @@ class SimEngine(Engine):
         self.params = params
         self.model_name = model_name
         self.max_model_len = params.max_model_len
+        self.kv_capacity_tokens = params.kv_capacity_blocks * params.block_size
         self.num_preemptions = 0
         self.num_steps = 0
         self._pool = _BlockPool(params.kv_capacity_blocks)

@@ -85,7 +85,7 @@ class LoadStreamRequest(_message.Message):
     def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("replica_id", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "timestamp", "draining")
+    __slots__ = ("replica_id", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "timestamp", "draining", "recent_ttft_s", "kv_capacity_tokens")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,8 @@ class LoadReport(_message.Message):
     PREFIX_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    RECENT_TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     running: int
     waiting: int
@@ -102,7 +104,9 @@ class LoadReport(_message.Message):
     prefix_cache_hits: int
     timestamp: float
     draining: bool
-    def __init__(self, replica_id: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., timestamp: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+    recent_ttft_s: float
+    kv_capacity_tokens: int
+    def __init__(self, replica_id: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., timestamp: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_ttft_s: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

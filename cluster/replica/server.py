@@ -21,6 +21,9 @@ from cluster.proto import replica_pb2, replica_pb2_grpc
 log = logging.getLogger(__name__)
 
 MIN_LOAD_INTERVAL_MS = 10
+#: Weight of the newest sample in the reported TTFT mean: about the last 10
+#: requests count, so the signal follows a load change within a second or two.
+TTFT_EWMA_ALPHA = 0.2
 
 
 def to_engine_request(req: replica_pb2.ReplicaGenerateRequest) -> EngineRequest:
@@ -56,6 +59,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self.model = model
         self.draining = False
         self.in_flight: set[str] = set()
+        self.recent_ttft_s = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -74,8 +78,15 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self.in_flight.add(rid)
         self._idle.clear()
         finished = False
+        started = time.monotonic()
+        first = True
         try:
             async for d in self.engine.generate(ereq):
+                if first:
+                    first = False
+                    ttft = time.monotonic() - started
+                    a = TTFT_EWMA_ALPHA
+                    self.recent_ttft_s = ttft if self.recent_ttft_s == 0 else (1 - a) * self.recent_ttft_s + a * ttft
                 if d.finish_reason is not None:
                     finished = True
                 yield replica_pb2.ReplicaChunk(
@@ -111,6 +122,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             prefix_cache_hits=snap.prefix_cache_hits,
             timestamp=time.time(),
             draining=self.draining,
+            recent_ttft_s=self.recent_ttft_s,
+            kv_capacity_tokens=getattr(self.engine, "kv_capacity_tokens", 0) or 0,
         )
 
     async def StreamLoad(

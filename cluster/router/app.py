@@ -15,6 +15,7 @@ from typing import Any
 from cluster.config import ClusterConfig, RouterConfig
 from cluster.logs import setup_logging
 from cluster.router.balancer import Balancer
+from cluster.router.circuit import CircuitBreaker
 from cluster.router.grpc_server import InferenceServicer, start_grpc_server
 from cluster.router.http_server import OpenAIServer, start_http_server
 from cluster.router.policies import make_policy
@@ -31,9 +32,11 @@ class Router:
         self.replicas = ReplicaSet(source)
         self.balancer = Balancer(
             self.replicas,
-            make_policy(config.policy),
+            make_policy(config.policy, config.policy_options),
             no_replica_wait_s=config.no_replica_wait_s,
             max_attempts=config.max_attempts,
+            first_token_timeout_s=config.first_token_timeout_s,
+            breaker=CircuitBreaker(config.circuit_breaker),
         )
         self.grpc_port = 0
         self.http_port = 0

@@ -28,6 +28,20 @@ Endpoints = dict[str, list[dict[str, str]]]
 EndpointSource = Callable[[int], Awaitable[tuple[int, Endpoints]]]
 
 
+@dataclass(eq=False, slots=True)
+class ModelLoad:
+    """Totals over one model's replicas, kept current so policies read the mean in O(1)."""
+
+    in_flight: int = 0
+    size: int = 1
+    #: While monotonic() < this, some replica of the model is ejected: the balancer filters candidates.
+    ejected_until: float = 0.0
+
+    @property
+    def mean_in_flight(self) -> float:
+        return self.in_flight / max(self.size, 1)
+
+
 @dataclass(eq=False)
 class ReplicaHandle:
     replica_id: str
@@ -43,11 +57,33 @@ class ReplicaHandle:
     load_at: float = 0.0
     removed: bool = False
     max_model_len: int = 0
+    #: The model's totals, shared by its replicas (a private one until a ReplicaSet assigns it).
+    group: ModelLoad = field(default_factory=ModelLoad, repr=False)
+    # Circuit breaker (see cluster.router.circuit): consecutive failures, and
+    # the time until which the replica gets no new request.
+    failures: int = 0
+    ejected_until: float = 0.0
+    ejections: int = 0
     _load_task: asyncio.Task | None = field(default=None, repr=False)
 
     @property
     def load_stale(self) -> bool:
         return time.monotonic() - self.load_at > STALE_AFTER_S
+
+    @property
+    def routable(self) -> bool:
+        """Still in the endpoint set and not ejected by the circuit breaker."""
+        return not self.removed and self.ejected_until <= time.monotonic()
+
+    def begin(self) -> None:
+        """One request of this router starts on the replica."""
+        self.in_flight += 1
+        self.routed += 1
+        self.group.in_flight += 1
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        self.group.in_flight -= 1
 
     async def _follow_load(self) -> None:
         """Keep ``load`` current from the replica's pushed reports; reconnect on errors."""
@@ -84,6 +120,7 @@ class ReplicaSet:
         self._task: asyncio.Task | None = None
         self._bg: set[asyncio.Task] = set()
         self.models: set[str] = set()
+        self.groups: dict[str, ModelLoad] = {}
 
     async def start(self, wait_first: float = 10.0) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -146,11 +183,19 @@ class ReplicaSet:
                     self.by_id[rid] = h
                 handles.append(h)
             by_model[model] = handles
+            group = self.groups.setdefault(model, ModelLoad())
+            group.size = len(handles)
+            for h in handles:
+                if h.group is not group:
+                    group.in_flight += h.in_flight
+                    h.group = group
         for rid in [rid for rid in self.by_id if rid not in seen]:
             h = self.by_id.pop(rid)
             t = asyncio.get_running_loop().create_task(h.close())
             self._bg.add(t)
             t.add_done_callback(self._bg.discard)
+        for model in [m for m in self.groups if m not in by_model]:
+            del self.groups[model]
         self.by_model = by_model
         self.models = set(endpoints)
         self.version = version

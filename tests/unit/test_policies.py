@@ -58,4 +58,4 @@ def test_unknown_policy_names_the_known_ones():
         assert "round_robin" in str(exc) and "power_of_two" in str(exc)
     else:
         raise AssertionError("expected ValueError")
-    assert set(POLICIES) == {"round_robin", "power_of_two"}
+    assert set(POLICIES) == {"round_robin", "power_of_two", "prefix_aware", "session_affinity", "least_kv", "weighted"}

@@ -1,0 +1,84 @@
+"""Load signals and candidate sampling shared by the policies.
+
+A replica's load, as the router sees it, combines two sources:
+
+- the router's own in-flight count per replica (exact, updated on every
+  request, but blind to other routers' traffic), and
+- the replica's pushed :class:`LoadReport` (every 100 ms: running, waiting,
+  KV usage, recent TTFT), which covers every router's traffic but is up to one
+  interval old.
+
+``load_of`` takes the larger of the two views, so neither a burst this router
+just sent nor traffic from other routers is missed.  A replica whose last
+report is older than ``STALE_AFTER_S`` (or that never reported) is *stale*:
+its load is unknown and it may be hung or partitioned, so policies prefer
+fresh replicas and fall back to stale ones only when nothing else is left.
+
+Everything here is O(1) per replica looked at; policies look at a bounded
+sample, never at all replicas, so a decision stays cheap with 1,000 replicas.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+from cluster.router.replicas import ReplicaHandle
+
+
+def load_of(h: ReplicaHandle) -> int:
+    """Requests on the replica: max(this router's in-flight, the replica's running + waiting)."""
+    rep = h.load
+    if rep is None or h.load_stale:
+        return h.in_flight
+    return max(h.in_flight, rep.running + rep.waiting)
+
+
+def kv_usage_of(h: ReplicaHandle) -> float:
+    rep = h.load
+    return rep.kv_cache_usage if rep is not None and not h.load_stale else 0.0
+
+
+def load_cap(h: ReplicaHandle, eps: float) -> int:
+    """Bounded loads: the most in-flight requests a replica may hold after taking one more.
+
+    ceil((1 + eps) * (total + 1) / n), as in consistent hashing with bounded
+    loads (Mirrokni et al.): the mean includes the request being placed, so
+    with an idle cluster the cap is at least 1 and some replica always fits.
+    """
+    g = h.group
+    return max(1, math.ceil((1 + eps) * (g.in_flight + 1) / max(g.size, 1)))
+
+
+def under_cap(h: ReplicaHandle, eps: float) -> bool:
+    return h.in_flight + 1 <= load_cap(h, eps)
+
+
+def sample(candidates: Sequence[ReplicaHandle], k: int, rng: random.Random) -> Sequence[ReplicaHandle]:
+    """Up to ``k`` distinct candidates, uniformly at random (all of them when there are at most ``k``)."""
+    n = len(candidates)
+    if n <= k:
+        return candidates
+    if k == 2:
+        i = rng.randrange(n)
+        j = rng.randrange(n - 1)
+        return (candidates[i], candidates[j + 1 if j >= i else j])
+    return [candidates[i] for i in rng.sample(range(n), k)]
+
+
+def least_loaded(candidates: Sequence[ReplicaHandle], rng: random.Random, k: int = 2) -> ReplicaHandle:
+    """Power of k choices: the fresh, least loaded of ``k`` random candidates (stale ones last)."""
+    best: ReplicaHandle | None = None
+    best_key: tuple[bool, int] | None = None
+    for h in sample(candidates, k, rng):
+        key = (h.load_stale or not h.routable, load_of(h))
+        if best_key is None or key < best_key:
+            best, best_key = h, key
+    assert best is not None
+    return best
+
+
+def usable(h: ReplicaHandle, model: str) -> bool:
+    """A replica remembered by an index may still be chosen: same model, in the set, not ejected, fresh."""
+    return h.model == model and h.routable and not h.load_stale

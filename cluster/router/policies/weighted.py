@@ -1,0 +1,96 @@
+"""A weighted combination of scorers, mixed by the operator in config.
+
+Spec: the scored replicas are (a) those the prefix index says recently got a
+prefix of this prompt, (b) the session's last replica, and (c) ``sample``
+random candidates, so the cost stays bounded whatever the replica count.
+Each usable one (same model, not ejected, fresh report, among the candidates
+on a retry) that is under the bounded-load cap gets
+
+    score = prefix x matched fraction of the prompt's blocks
+          + session x (1 if it served this session last)
+          - load x load / (mean in-flight + 1)
+          - kv x KV-cache usage (0..1)
+
+and the best score wins; if none qualifies, the least loaded of two random
+candidates.  The outcome is ``prefix_hit`` when the winner had a prefix
+match, else ``session_hit`` when it was the session's, else ``pick``.  The
+prompt is recorded in the prefix index and the session map for the winner.
+
+Examples: ``{prefix: 1, load: 0.3}`` is prefix-aware with a softer load
+trade-off; ``{session: 1, load: 0.5}`` is session affinity; ``{kv: 1}`` is
+least KV.  Failure modes: those of the scorers it mixes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from cluster.config import PrefixAwareOptions, SessionAffinityOptions, WeightedOptions
+from cluster.router.policies.base import RouteRequest, RoutingPolicy
+from cluster.router.policies.prefix_index import PrefixIndex
+from cluster.router.policies.signals import kv_usage_of, least_loaded, load_of, sample, under_cap, usable
+from cluster.router.replicas import ReplicaHandle
+
+
+class Weighted(RoutingPolicy):
+    name = "weighted"
+
+    def __init__(
+        self,
+        opts: WeightedOptions | None = None,
+        prefix_opts: PrefixAwareOptions | None = None,
+        session_opts: SessionAffinityOptions | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        from collections import OrderedDict
+
+        self.opts = opts or WeightedOptions()
+        self.session_opts = session_opts or SessionAffinityOptions()
+        self.index = PrefixIndex(prefix_opts or PrefixAwareOptions())
+        self.sessions: OrderedDict[tuple[str, str], ReplicaHandle] = OrderedDict()
+        self._rng = rng or random.Random()
+
+    def choose(self, candidates: Sequence[ReplicaHandle], request: RouteRequest) -> ReplicaHandle:
+        o = self.opts
+        hashes = self.index.hashes(request.prompt) if o.prefix > 0 else []
+        depth = self.index.matches(hashes) if hashes else {}
+        skey = (request.model, request.session_id) if request.session_id else None
+        mine = self.sessions.get(skey) if skey is not None and o.session > 0 else None
+        scored: dict[ReplicaHandle, None] = dict.fromkeys(depth)
+        if mine is not None:
+            scored[mine] = None
+        for h in sample(candidates, o.sample, self._rng):
+            scored[h] = None
+        n = max(len(hashes), 1)
+        best: ReplicaHandle | None = None
+        best_score = float("-inf")
+        for h in scored:
+            if not usable(h, request.model) or (request.attempt and h not in candidates):
+                continue
+            if not under_cap(h, o.balance_eps):
+                continue
+            score = (
+                o.prefix * depth.get(h, 0) / n
+                + (o.session if h is mine else 0.0)
+                - o.load * load_of(h) / (h.group.mean_in_flight + 1)
+                - o.kv * kv_usage_of(h)
+            )
+            if score > best_score:
+                best, best_score = h, score
+        if best is None:
+            best = least_loaded(candidates, self._rng)
+            request.outcome = "spill_over" if scored else "pick"
+        elif depth.get(best):
+            request.outcome = "prefix_hit"
+        elif best is mine:
+            request.outcome = "session_hit"
+        else:
+            request.outcome = "pick"
+        self.index.record(best, hashes)
+        if skey is not None:
+            self.sessions[skey] = best
+            self.sessions.move_to_end(skey)
+            while len(self.sessions) > self.session_opts.max_sessions:
+                self.sessions.popitem(last=False)
+        return best
