@@ -89,7 +89,7 @@ class LeastKvOptions(_Strict):
     sample: int = Field(4, ge=1)
     #: Added to KV usage (0..1) per request this router has in flight there, so a
     #: burst between two load reports does not all land on one replica.
-    in_flight_weight: float = Field(0.02, ge=0)
+    in_flight_weight: float = Field(0.05, ge=0)
 
 
 class WeightedOptions(_Strict):

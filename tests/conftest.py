@@ -32,18 +32,30 @@ class SimFleet:
         self.servers: list = []
         self.router: Router | None = None
 
-    async def start(self, n: int, policy: str = "round_robin", **sim: object) -> Router:
+    async def start(
+        self,
+        n: int,
+        policy: str = "round_robin",
+        *,
+        router: dict | None = None,
+        servicers: dict[int, type[ReplicaServicer]] | None = None,
+        **sim: object,
+    ) -> Router:
+        """``router``: extra RouterConfig fields; ``servicers``: a servicer class for replica i (fault injection)."""
         eps = []
         for i in range(n):
             eng = SimEngine(SimParams.from_dict({"time_scale": 0.05, "seed": i, **sim}), model_name="sim")
-            svc = ReplicaServicer(eng, f"r{i}", "sim")
+            svc = (servicers or {}).get(i, ReplicaServicer)(eng, f"r{i}", "sim")
             srv, port = await start_server(svc, "127.0.0.1", 0)
             self.engines.append(eng)
             self.servicers.append(svc)
             self.servers.append(srv)
             eps.append({"replica_id": f"r{i}", "address": f"127.0.0.1:{port}", "max_model_len": "2048"})
         self.router = Router(
-            RouterConfig(host="127.0.0.1", grpc_port=0, http_port=0, policy=policy, no_replica_wait_s=0.5), static_source({"sim": eps})
+            RouterConfig.model_validate(
+                {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "policy": policy, "no_replica_wait_s": 0.5, **(router or {})}
+            ),
+            static_source({"sim": eps}),
         )
         await self.router.start()
         return self.router

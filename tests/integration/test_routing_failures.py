@@ -1,0 +1,116 @@
+"""Failure handling in the balancer, over real gRPC on loopback with injected faults.
+
+A failing replica (every Generate answers UNAVAILABLE), a hung one (Generate
+never sends a token), and the circuit breaker that ejects a replica and probes
+it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import openai
+import pytest
+
+from cluster.replica.server import ReplicaServicer
+from cluster.router import metrics
+
+pytestmark = pytest.mark.asyncio
+
+
+class FailingServicer(ReplicaServicer):
+    """Refuses every request before its first token while ``broken``."""
+
+    broken = True
+
+    async def Generate(self, request, context):  # type: ignore[override]
+        if type(self).broken:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "injected failure")
+        async for chunk in super().Generate(request, context):
+            yield chunk
+
+
+class HungServicer(ReplicaServicer):
+    """Accepts requests and never answers (a wedged engine)."""
+
+    async def Generate(self, request, context):  # type: ignore[override]
+        await asyncio.Event().wait()
+        yield  # pragma: no cover
+
+
+def oai(router) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{router.http_port}/v1", api_key="unused", max_retries=0)
+
+
+async def stop_and_assert_no_task_leaked(fleet) -> None:
+    await fleet.stop()
+    fleet.router, fleet.servers, fleet.engines = None, [], []
+    await asyncio.sleep(0.05)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert not left, left
+
+
+def _retries(reason: str) -> float:
+    return metrics.REGISTRY.get_sample_value("llm_cluster_router_retries_total", {"model": "sim", "reason": reason}) or 0.0
+
+
+async def test_a_replica_that_fails_before_the_first_token_is_retried_on_another(sim_fleet):
+    FailingServicer.broken = True
+    router = await sim_fleet.start(2, policy="round_robin", servicers={0: FailingServicer}, router={"circuit_breaker": {"failures": 100}})
+    before = _retries("unavailable")
+    client = oai(router)
+    results = await asyncio.gather(*(client.completions.create(model="sim", prompt=f"p{i}", max_tokens=3) for i in range(10)))
+    assert all(r.usage.completion_tokens == 3 for r in results)
+    assert router.replicas.by_id["r0"].routed >= 3  # it was tried, and nobody saw its failures
+    assert _retries("unavailable") - before == router.replicas.by_id["r0"].routed
+    await stop_and_assert_no_task_leaked(sim_fleet)
+
+
+async def test_the_circuit_breaker_ejects_a_failing_replica_and_probes_it_back(sim_fleet):
+    FailingServicer.broken = True
+    router = await sim_fleet.start(
+        2, policy="round_robin", servicers={0: FailingServicer}, router={"circuit_breaker": {"failures": 2, "eject_s": 1.0}}
+    )
+    client = oai(router)
+    bad = router.replicas.by_id["r0"]
+    for i in range(6):
+        await client.completions.create(model="sim", prompt=f"a{i}", max_tokens=2)
+    assert bad.ejected_until > time.monotonic()
+    tried = bad.routed
+    for i in range(10):
+        await client.completions.create(model="sim", prompt=f"b{i}", max_tokens=2)
+    assert bad.routed == tried  # ejected: no request went there
+    FailingServicer.broken = False  # it recovers
+    await asyncio.sleep(1.1)
+    for i in range(10):
+        await client.completions.create(model="sim", prompt=f"c{i}", max_tokens=2)
+    assert bad.routed > tried + 2  # probed, then back in the rotation
+    assert bad.failures == 0 and bad.ejections == 0
+    await stop_and_assert_no_task_leaked(sim_fleet)
+
+
+@pytest.mark.slow
+async def test_a_hung_replica_does_not_delay_requests_to_healthy_ones(sim_fleet):
+    router = await sim_fleet.start(2, policy="round_robin", servicers={0: HungServicer}, router={"first_token_timeout_s": 1.0})
+    client = oai(router)
+
+    async def one(i: int) -> float:
+        t0 = time.monotonic()
+        r = await client.completions.create(model="sim", prompt=f"p{i}", max_tokens=2)
+        assert r.usage.completion_tokens == 2
+        return time.monotonic() - t0
+
+    latencies = sorted(await asyncio.gather(*(one(i) for i in range(10))))
+    # Round robin sent the first half to the hung replica: those waited the
+    # first-token timeout and were retried on the healthy one; the rest never
+    # waited on the hung replica at all.
+    fast = [t for t in latencies if t < 0.8]
+    assert len(fast) >= 4, latencies
+    assert latencies[-1] < 1.0 + 3.0, latencies
+    assert _retries("first_token_timeout") >= 1
+    # The hung replica's requests were cancelled there, not left to pile up.
+    await asyncio.sleep(0.1)
+    assert router.replicas.by_id["r0"].in_flight == 0
+    await stop_and_assert_no_task_leaked(sim_fleet)
