@@ -251,10 +251,32 @@ def cmd_generate(args: argparse.Namespace, chat: bool) -> int:
                 max_tokens=args.max_tokens,
                 temperature=args.temperature,
                 seed=args.seed,
+                api_key=args.api_key or os.environ.get("LLM_CLUSTER_API_KEY"),
+                ca_file=args.ca_file,
             )
         )
     except KeyboardInterrupt:
         return 130
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    from cluster.router.auth import add_key_to_file, digest, new_key
+
+    key = new_key()
+    line = f"  - {{sha256: '{digest(key)}', tenant: {args.tenant}}}"
+    if args.file:
+        try:
+            add_key_to_file(args.file, digest(key), args.tenant)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"added to {args.file} (tenant {args.tenant!r}); the router picks it up without a restart", file=sys.stderr)
+    else:
+        print("add this line under `keys:` in the key file (router.auth.key_file):", file=sys.stderr)
+    print(key)
+    print(line)
+    print("the key is shown once and stored nowhere; give it to the tenant now", file=sys.stderr)
+    return 0
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
@@ -283,7 +305,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         _connect_ray(cfg, start=False)
         source = controller_source(ray.get_actor(CONTROLLER_NAME))
     try:
-        asyncio.run(serve_forever(Router(cfg.router, source)))
+        asyncio.run(serve_forever(Router(cfg.router, source, cfg.internal_tls)))
     except KeyboardInterrupt:
         pass
     return 0
@@ -293,7 +315,7 @@ def cmd_replica(args: argparse.Namespace) -> int:
     from cluster.replica.standalone import run_standalone
 
     cfg = _config_from_args(args)
-    return asyncio.run(run_standalone(cfg.models[0], args.port, args.host))
+    return asyncio.run(run_standalone(cfg.models[0], args.port, args.host, cfg.internal_tls))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,7 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-tokens", type=int, default=128)
         p.add_argument("--temperature", type=float, default=0.0)
         p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--api-key", default=None, help="API key (default: $LLM_CLUSTER_API_KEY); needed when router.auth is on")
+        p.add_argument("--ca-file", default=None, help="use TLS, trusting this CA certificate (router.tls)")
         p.set_defaults(func=lambda a, chat=chat: cmd_generate(a, chat))
+
+    p = sub.add_parser("keys", help="API keys for router.auth")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    kp = ksub.add_parser("new", help="make a new API key for a tenant; prints the key and its hash line for the key file")
+    kp.add_argument("--tenant", required=True, help="tenant the key belongs to (its limits are in the key file)")
+    kp.add_argument("--file", default=None, help="also add the hash to this key file (the tenant is created with no limits if new)")
+    kp.set_defaults(func=cmd_keys_new)
 
     p = sub.add_parser("models", help="model utilities")
     msub = p.add_subparsers(dest="models_command", required=True)

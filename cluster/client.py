@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import grpc
 
@@ -41,20 +42,32 @@ async def stream_generate(
     max_tokens: int | None = None,
     temperature: float | None = None,
     seed: int | None = None,
+    api_key: str | None = None,
+    ca_file: str | None = None,
 ) -> int:
-    """Stream one generation to stdout; returns a process exit code."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    """Stream one generation to stdout; returns a process exit code.
+
+    ``api_key`` goes in ``authorization`` metadata; ``ca_file`` switches to TLS,
+    trusting that CA.
+    """
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+    if ca_file:
+        ca = Path(ca_file).read_bytes()  # noqa: ASYNC240 - once, before any call
+        channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
+    else:
+        channel = grpc.aio.insecure_channel(target)
+    async with channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         try:
             if model is None:
-                models = (await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=10)).models
+                models = (await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=10, metadata=metadata)).models
                 if not models:
                     print("error: the router serves no model yet", file=sys.stderr)
                     return 1
                 model = models[0].name
             req = build_request(text, model=model, chat=chat, max_tokens=max_tokens, temperature=temperature, seed=seed)
             usage = None
-            async for chunk in stub.Generate(req):
+            async for chunk in stub.Generate(req, metadata=metadata):
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
                 if chunk.finish_reason:

@@ -8,7 +8,7 @@ import socket
 
 import pytest_asyncio
 
-from cluster.config import RouterConfig
+from cluster.config import InternalTLSConfig, RouterConfig
 from cluster.engine.sim import SimEngine, SimParams
 from cluster.replica.server import ReplicaServicer, start_server
 from cluster.router.app import Router
@@ -39,24 +39,24 @@ class SimFleet:
         *,
         router: dict | None = None,
         servicers: dict[int, type[ReplicaServicer]] | None = None,
+        internal_tls: InternalTLSConfig | None = None,
         **sim: object,
     ) -> Router:
-        """``router``: extra RouterConfig fields; ``servicers``: a servicer class for replica i (fault injection)."""
+        """``router``: extra RouterConfig fields (auth, admission, tls...); ``servicers``: a servicer class for
+        replica i (fault injection); ``internal_tls``: mutual TLS between router and replicas."""
         eps = []
         for i in range(n):
             eng = SimEngine(SimParams.from_dict({"time_scale": 0.05, "seed": i, **sim}), model_name="sim")
             svc = (servicers or {}).get(i, ReplicaServicer)(eng, f"r{i}", "sim")
-            srv, port = await start_server(svc, "127.0.0.1", 0)
+            srv, port = await start_server(svc, "127.0.0.1", 0, tls=internal_tls)
             self.engines.append(eng)
             self.servicers.append(svc)
             self.servers.append(srv)
-            eps.append({"replica_id": f"r{i}", "address": f"127.0.0.1:{port}", "max_model_len": "2048"})
-        self.router = Router(
-            RouterConfig.model_validate(
-                {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "policy": policy, "no_replica_wait_s": 0.5, **(router or {})}
-            ),
-            static_source({"sim": eps}),
+            eps.append({"replica_id": f"r{i}", "address": f"127.0.0.1:{port}", "max_model_len": str(eng.max_model_len)})
+        cfg = RouterConfig.model_validate(
+            {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "policy": policy, "no_replica_wait_s": 0.5, **(router or {})}
         )
+        self.router = Router(cfg, static_source({"sim": eps}), internal_tls)
         await self.router.start()
         return self.router
 

@@ -218,7 +218,7 @@ class ControllerActor:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=r.pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
                 ),
-            ).remote(r.replica_id, model.model_dump(), plan.executor_backend, env)
+            ).remote(r.replica_id, model.model_dump(), plan.executor_backend, env, self.config.internal_tls.model_dump())
             info = await asyncio.wait_for(r.actor.start.remote(), self.config.controller.start_timeout_s)
             r.address = info["address"]
             r.max_model_len = info["max_model_len"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from cluster.config import ModelConfig
+from cluster.config import InternalTLSConfig, ModelConfig
 from cluster.engine import make_engine
 from cluster.logs import setup_logging
 from cluster.replica.server import ReplicaServicer, start_server
@@ -25,13 +25,22 @@ log = logging.getLogger(__name__)
 
 
 class ReplicaActor:
-    def __init__(self, replica_id: str, model: dict[str, Any], executor_backend: str | None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        model: dict[str, Any],
+        executor_backend: str | None,
+        env: dict[str, str] | None = None,
+        tls: dict[str, Any] | None = None,
+    ) -> None:
         setup_logging()
         for k, v in (env or {}).items():
             os.environ[k] = v
         self.replica_id = replica_id
         self.model = ModelConfig.model_validate(model)
         self.executor_backend = executor_backend
+        #: ``internal_tls``: the replica then serves mutual TLS only.
+        self.tls = InternalTLSConfig.model_validate(tls) if tls else None
         self.engine = None
         self.servicer: ReplicaServicer | None = None
         self.server = None
@@ -42,7 +51,7 @@ class ReplicaActor:
         self.engine = await make_engine(self.model, executor_backend=self.executor_backend)
         self.servicer = ReplicaServicer(self.engine, self.replica_id, self.model.name)
         host = ray.util.get_node_ip_address()
-        self.server, port = await start_server(self.servicer, host="0.0.0.0", port=0)
+        self.server, port = await start_server(self.servicer, host="0.0.0.0", port=0, tls=self.tls)
         self.address = f"{host}:{port}"
         log.info("replica ready", extra={"replica": self.replica_id, "model": self.model.name, "address": self.address})
         return {"address": self.address, "max_model_len": self.engine.max_model_len}

@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from cluster.config import InternalTLSConfig
 from cluster.engine.base import ChatMessage, Engine, EngineRequest, EngineRequestError, Sampling
 from cluster.proto import replica_pb2, replica_pb2_grpc
+from cluster.tls import replica_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,10 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         return len(self.in_flight)
 
 
-async def start_server(servicer: ReplicaServicer, host: str = "0.0.0.0", port: int = 0) -> tuple[grpc.aio.Server, int]:
+async def start_server(
+    servicer: ReplicaServicer, host: str = "0.0.0.0", port: int = 0, tls: InternalTLSConfig | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Serve ``servicer``; with ``tls`` (``internal_tls``), only clients with a cluster certificate get in."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -155,6 +160,8 @@ async def start_server(servicer: ReplicaServicer, host: str = "0.0.0.0", port: i
         ]
     )
     replica_pb2_grpc.add_ReplicaServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    creds = replica_server_credentials(tls)
+    addr = f"{host}:{port}"
+    bound = server.add_secure_port(addr, creds) if creds is not None else server.add_insecure_port(addr)
     await server.start()
     return server, bound

@@ -3,19 +3,21 @@
 Requests are admitted to the replicas while the router's in-flight count is
 below ``capacity()`` (e.g. ready replicas x per-replica concurrency); the rest
 wait here.  When a slot frees, the next request is chosen by weighted fair
-queuing (start-time fair queuing over virtual time):
+queuing (self-clocked fair queuing over virtual time):
 
 - every tenant is a flow with its own FIFO;
 - a request's finish tag is ``max(V, flow's last tag) + cost / weight``, where
   cost is its estimated tokens and weight comes from its priority class
-  (``interactive`` outweighs ``batch``), and V is the tag of the last request
-  dispatched;
+  (``interactive`` outweighs ``batch``), and V is the finish tag of the last
+  request dispatched;
 - the head request with the smallest tag goes next.
 
 So a tenant flooding the queue only lengthens its own flow: another tenant's
 request is tagged from the current virtual time and passes the backlog, and
 interactive traffic gets ``weight`` times the share of batch traffic under
-contention.  Without contention (free capacity) nothing waits.
+contention.  Without contention (free capacity) nothing waits, and V moves up
+to the admitted request's tag, so past use does not count against a tenant
+when contention begins (every flow then starts from the same V).
 
 Refusals are immediate and explicit, never a hang: a full queue raises
 :class:`QueueFull`, and a request still waiting at its deadline raises
@@ -116,7 +118,7 @@ class AdmissionQueue:
 
     def _advance(self, flow: str, inc: float) -> None:
         self._last_tag[flow] = max(self._vtime, self._last_tag.get(flow, 0.0)) + inc
-        self._vtime = max(self._vtime, self._last_tag[flow] - inc)
+        self._vtime = max(self._vtime, self._last_tag[flow])
         if len(self._last_tag) > 4 * (self.waiting + 64):
             # Forget idle flows whose tags are in the past: they restart at V anyway.
             self._last_tag = {f: t for f, t in self._last_tag.items() if t > self._vtime or f in self._flows}

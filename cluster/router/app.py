@@ -12,10 +12,11 @@ import asyncio
 import logging
 from typing import Any
 
-from cluster.config import ClusterConfig, RouterConfig
+from cluster.config import ClusterConfig, InternalTLSConfig, RouterConfig
 from cluster.logs import setup_logging
 from cluster.router.balancer import Balancer
 from cluster.router.circuit import CircuitBreaker
+from cluster.router.gate import Gate
 from cluster.router.grpc_server import InferenceServicer, start_grpc_server
 from cluster.router.http_server import OpenAIServer, start_http_server
 from cluster.router.policies import make_policy
@@ -27,9 +28,9 @@ ROUTER_NAME = "llm-cluster-router"
 
 
 class Router:
-    def __init__(self, config: RouterConfig, source: EndpointSource) -> None:
+    def __init__(self, config: RouterConfig, source: EndpointSource, internal_tls: InternalTLSConfig | None = None) -> None:
         self.config = config
-        self.replicas = ReplicaSet(source)
+        self.replicas = ReplicaSet(source, internal_tls)
         self.balancer = Balancer(
             self.replicas,
             make_policy(config.policy, config.policy_options),
@@ -38,6 +39,9 @@ class Router:
             first_token_timeout_s=config.first_token_timeout_s,
             breaker=CircuitBreaker(config.circuit_breaker),
         )
+        # Auth, per-tenant limits and the admission queue, shared by both front ends.
+        self.gate = Gate(config, self.balancer)
+        self.replicas.on_change.append(self.gate.capacity_changed)
         self.grpc_port = 0
         self.http_port = 0
         self._grpc = None
@@ -45,11 +49,12 @@ class Router:
 
     async def start(self) -> None:
         await self.replicas.start()
+        self.gate.start()
         self._grpc, self.grpc_port, _ = await start_grpc_server(
-            InferenceServicer(self.balancer, self.config), self.config.host, self.config.grpc_port
+            InferenceServicer(self.balancer, self.config, self.gate), self.config.host, self.config.grpc_port
         )
         self._http, self.http_port = await start_http_server(
-            OpenAIServer(self.balancer, self.config), self.config.host, self.config.http_port
+            OpenAIServer(self.balancer, self.config, self.gate), self.config.host, self.config.http_port
         )
         log.info("router serving", extra={"grpc_port": self.grpc_port, "http_port": self.http_port, "policy": self.config.policy})
 
@@ -58,6 +63,7 @@ class Router:
             await self._grpc.stop(grace_s)
         if self._http is not None:
             await self._http.cleanup()
+        self.gate.stop()
         await self.replicas.stop()
 
 
@@ -76,7 +82,7 @@ class RouterActor:
             from cluster.controller import CONTROLLER_NAME
 
             controller = ray.get_actor(CONTROLLER_NAME)
-            self.router = Router(self.config.router, controller_source(controller))
+            self.router = Router(self.config.router, controller_source(controller), self.config.internal_tls)
             await self.router.start()
         return {"grpc_port": self.router.grpc_port, "http_port": self.router.http_port}
 

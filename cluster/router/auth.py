@@ -29,10 +29,12 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cluster.config import TenantLimits as TenantSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,6 @@ KEY_PREFIX = "llmc-"
 
 class AuthError(Exception):
     """Missing or unknown key: HTTP 401 / gRPC UNAUTHENTICATED."""
-
-
-class TenantSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    priority: Literal["interactive", "batch"] = "interactive"
-    requests_per_minute: int | None = Field(None, gt=0)
-    tokens_per_minute: int | None = Field(None, gt=0)
-    max_concurrent: int | None = Field(None, gt=0)
 
 
 class KeyEntry(BaseModel):
@@ -79,8 +72,8 @@ class Tenant:
     spec: TenantSpec
 
 
-#: The tenant of every request when authentication is off.
-ANONYMOUS = Tenant("anonymous", TenantSpec())
+#: The tenant of every request when authentication is off (limits from ``router.auth.anonymous``).
+ANONYMOUS = "anonymous"
 
 
 def digest(key: str) -> str:
@@ -108,6 +101,26 @@ def parse_key_file(text: str) -> dict[str, Tenant]:
             raise ValueError(f"key file field 'keys.{i}.tenant': unknown tenant {k.tenant!r}")
         out[k.sha256] = Tenant(k.tenant, kf.tenants[k.tenant])
     return out
+
+
+def add_key_to_file(path: str | Path, sha256: str, tenant: str) -> None:
+    """Append a key digest for ``tenant`` to the key file (created if missing), keeping it valid."""
+    p = Path(path)
+    text = p.read_text() if p.exists() else ""
+    parse_key_file(text)  # refuse to edit a file that is already broken
+    data: dict[str, Any] = yaml.safe_load(text) or {}
+    if not data.get("tenants"):
+        data["tenants"] = {}
+    if tenant not in data["tenants"]:
+        data["tenants"][tenant] = {}
+    if not data.get("keys"):
+        data["keys"] = []
+    data["keys"].append({"sha256": sha256, "tenant": tenant})
+    out = yaml.safe_dump(data, sort_keys=False)
+    parse_key_file(out)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(out)
+    tmp.replace(p)  # atomic: a router reloading meanwhile sees the old or the new file
 
 
 def bearer(header: str | None) -> str | None:

@@ -1,4 +1,12 @@
-"""The public gRPC API (inference.proto), plus grpc.health.v1 and reflection."""
+"""The public gRPC API (inference.proto), plus grpc.health.v1 and reflection.
+
+Inference and ListModels pass the :class:`Gate`: ``authorization: Bearer <key>``
+metadata (UNAUTHENTICATED when missing or bad), then per-tenant limits and the
+admission queue (RESOURCE_EXHAUSTED with ``retry-after`` trailing metadata, in
+seconds).  Requests that do not parse as protobuf get INVALID_ARGUMENT, not
+grpc's default INTERNAL: the handlers are registered with a deserializer that
+never raises.  TLS (and client certificates) come from ``router.tls``.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +20,40 @@ from grpc_reflection.v1alpha import reflection
 
 from cluster.config import RouterConfig
 from cluster.proto import inference_pb2, inference_pb2_grpc
+from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
-from cluster.router.validation import InvalidRequest, validate
+from cluster.router.gate import Gate, Refused
+from cluster.router.validation import InvalidRequest, check_context, validate
+from cluster.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
 SESSION_METADATA_KEY = "x-session-id"
+AUTH_METADATA_KEY = "authorization"
+
+
+class Malformed:
+    """A request body that did not parse; the handler answers INVALID_ARGUMENT."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(parse: object) -> object:
+    def deserialize(data: bytes) -> object:
+        try:
+            return parse(data)  # type: ignore[operator]
+        except Exception as exc:
+            return Malformed(f"request is not a valid protobuf message: {type(exc).__name__}")
+
+    return deserialize
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: RouterError) -> None:
+    trailing: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, Refused):
+        trailing = (("retry-after", str(exc.retry_after_s)),)
+    await context.abort(exc.code, exc.message, trailing_metadata=trailing)
 
 
 def _opt(msg: object, name: str) -> object:
@@ -25,13 +61,25 @@ def _opt(msg: object, name: str) -> object:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, balancer: Balancer, config: RouterConfig) -> None:
+    def __init__(self, balancer: Balancer, config: RouterConfig, gate: Gate | None = None) -> None:
         self.balancer = balancer
         self.config = config
+        self.gate = gate or Gate(config, balancer)
+
+    async def _tenant(self, context: grpc.aio.ServicerContext) -> object:
+        md = dict(context.invocation_metadata() or ())
+        key = md.get(AUTH_METADATA_KEY)
+        try:
+            return self.gate.authenticate(bearer(key) if isinstance(key, str) else None)
+        except RouterError as exc:
+            await _abort(context, exc)
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        tenant = await self._tenant(context)
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
         s = request.sampling
         which = request.WhichOneof("input")
         session = dict(context.invocation_metadata() or ()).get(SESSION_METADATA_KEY)
@@ -50,6 +98,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 session_id=session if isinstance(session, str) else None,
                 default_max_tokens=self.config.default_max_tokens,
             )
+            if self.balancer.known_model(req.model):
+                check_context(req, self.balancer.replicas.max_model_len(req.model))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if which is None:
@@ -58,7 +108,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timeout = min(remaining, self.config.request_timeout_s) if remaining is not None else self.config.request_timeout_s
         rid = req.request_id
         try:
-            async with contextlib.aclosing(self.balancer.generate(req, timeout)) as stream:
+            async with contextlib.aclosing(self.gate.generate(tenant, req, timeout)) as stream:  # type: ignore[arg-type]
                 async for c in stream:
                     chunk = inference_pb2.GenerateChunk(request_id=rid, text=c.text, token_ids=c.token_ids)
                     if c.finish_reason:
@@ -68,11 +118,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                         chunk.usage.cached_prompt_tokens = c.cached_prompt_tokens
                     yield chunk
         except RouterError as exc:
-            await context.abort(exc.code, exc.message)
+            await _abort(context, exc)
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
+        await self._tenant(context)
         reps = self.balancer.replicas
         return inference_pb2.ListModelsResponse(
             models=[
@@ -88,7 +139,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
 async def start_grpc_server(servicer: InferenceServicer, host: str, port: int) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", servicer.config.max_body_bytes)])
-    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+    _add_inference(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -97,10 +148,31 @@ async def start_grpc_server(servicer: InferenceServicer, host: str, port: int) -
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    creds = server_credentials(servicer.config.tls)
+    addr = f"{host}:{port}"
+    bound = server.add_secure_port(addr, creds) if creds is not None else server.add_insecure_port(addr)
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(names[0], health_pb2.HealthCheckResponse.SERVING)
     return server, bound, health_servicer
+
+
+def _add_inference(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Like the generated ``add_InferenceServicer_to_server``, with deserializers that never raise."""
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate,
+            request_deserializer=_tolerant(inference_pb2.GenerateRequest.FromString),
+            response_serializer=inference_pb2.GenerateChunk.SerializeToString,
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels,
+            request_deserializer=_tolerant(inference_pb2.ListModelsRequest.FromString),
+            response_serializer=inference_pb2.ListModelsResponse.SerializeToString,
+        ),
+    }
+    name = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

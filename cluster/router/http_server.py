@@ -2,8 +2,10 @@
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions``,
 ``POST /v1/completions`` (SSE streaming and not, with ``usage``),
-``GET /healthz`` (liveness; ``/health`` too, as vLLM) and ``GET /readyz`` (200 only while a replica is
-ready).  Errors use OpenAI's JSON shape ``{"error": {message, type, param,
+``GET /healthz`` (liveness; ``/health`` too, as vLLM), ``GET /readyz`` (200 only while a replica is
+ready) and ``GET /openapi.json`` (the API's OpenAPI schema, :mod:`openapi`).
+Inference and model listing pass the :class:`Gate` (API key → 401, limits /
+full queue → 429 with ``Retry-After``); health and schema need no key.  Errors use OpenAI's JSON shape ``{"error": {message, type, param,
 code}}`` so the official client raises its usual exceptions.  It shares the
 gRPC front end's balancer and validation, so both APIs route and reject alike.
 """
@@ -22,8 +24,12 @@ from aiohttp import web
 
 from cluster.config import RouterConfig
 from cluster.proto import replica_pb2
+from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
-from cluster.router.validation import InvalidRequest, ValidRequest, validate
+from cluster.router.gate import Gate, Refused
+from cluster.router.openapi import openapi_schema
+from cluster.router.validation import InvalidRequest, ValidRequest, check_context, validate
+from cluster.tls import http_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +43,21 @@ _HTTP_STATUS = {
 }
 
 
-def error_response(status: int, message: str, etype: str = "invalid_request_error", param: str | None = None) -> web.Response:
+def error_response(
+    status: int, message: str, etype: str = "invalid_request_error", param: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     body = {"error": {"message": message, "type": etype, "param": param, "code": status}}
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _router_error(exc: RouterError) -> web.Response:
     status, etype = _HTTP_STATUS.get(exc.code, (500, "internal_error"))
-    return error_response(status, exc.message, etype)
+    headers = None
+    if isinstance(exc, Refused):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="llm-cluster"'}
+    return error_response(status, exc.message, etype, headers=headers)
 
 
 def _usage(c: replica_pb2.ReplicaChunk) -> dict[str, Any]:
@@ -57,9 +70,10 @@ def _usage(c: replica_pb2.ReplicaChunk) -> dict[str, Any]:
 
 
 class OpenAIServer:
-    def __init__(self, balancer: Balancer, config: RouterConfig) -> None:
+    def __init__(self, balancer: Balancer, config: RouterConfig, gate: Gate | None = None) -> None:
         self.balancer = balancer
         self.config = config
+        self.gate = gate or Gate(config, balancer)
         self.app = web.Application(client_max_size=config.max_body_bytes, middlewares=[self._errors])
         self.app.add_routes(
             [
@@ -70,6 +84,7 @@ class OpenAIServer:
                 # vLLM's server answers GET /health; tools built for it (guidellm, gateways) probe that path.
                 web.get("/health", self.healthz),
                 web.get("/readyz", self.readyz),
+                web.get("/openapi.json", self.openapi),
             ]
         )
 
@@ -96,7 +111,14 @@ class OpenAIServer:
         ready = sum(len(v) for v in self.balancer.replicas.by_model.values())
         return web.json_response({"ready": ready > 0, "ready_replicas": ready}, status=200 if ready else 503)
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_schema(sorted(self.balancer.replicas.models)))
+
     async def models(self, request: web.Request) -> web.Response:
+        try:
+            self.gate.authenticate(bearer(request.headers.get("Authorization")))
+        except RouterError as exc:
+            return _router_error(exc)
         now = int(time.time())
         data = [{"id": m, "object": "model", "created": now, "owned_by": "llm-cluster"} for m in sorted(self.balancer.replicas.models)]
         return web.json_response({"object": "list", "data": data})
@@ -116,10 +138,13 @@ class OpenAIServer:
         if not isinstance(body, dict):
             raise InvalidRequest("body", "must be a JSON object")
         n = body.get("n", 1)
-        if n != 1:
+        if isinstance(n, bool) or n not in (1, None):
             raise InvalidRequest("n", "only n=1 is supported")
-        if "stream" in body and not isinstance(body["stream"], bool):
+        if body.get("stream") is not None and not isinstance(body["stream"], bool):
             raise InvalidRequest("stream", "must be a boolean")
+        so = body.get("stream_options")
+        if so is not None and not (isinstance(so, dict) and isinstance(so.get("include_usage", False), bool)):
+            raise InvalidRequest("stream_options", 'must be an object like {"include_usage": true}')
         prompt = None
         if not chat:
             prompt = body.get("prompt")
@@ -151,13 +176,20 @@ class OpenAIServer:
         return req, body
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        # Authenticate before reading the body: a caller without a key learns nothing else.
+        try:
+            tenant = self.gate.authenticate(bearer(request.headers.get("Authorization")))
+        except RouterError as exc:
+            return _router_error(exc)
         try:
             req, body = await self._parse(request, chat)
+            if self.balancer.known_model(req.model):
+                check_context(req, self.balancer.replicas.max_model_len(req.model))
         except InvalidRequest as exc:
             return error_response(400, str(exc), param=exc.param)
         if not self.balancer.known_model(req.model):
             return error_response(404, f"model {req.model!r} not found; see GET /v1/models", "not_found_error", "model")
-        stream = self.balancer.generate(req, self.config.request_timeout_s)
+        stream = self.gate.generate(tenant, req, self.config.request_timeout_s)
         created = int(time.time())
         rid = ("chatcmpl-" if chat else "cmpl-") + req.request_id
         if body.get("stream"):
@@ -245,7 +277,7 @@ class OpenAIServer:
 async def start_http_server(server: OpenAIServer, host: str, port: int) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(server.app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=http_ssl_context(server.config.tls))
     await site.start()
     bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
     return runner, bound

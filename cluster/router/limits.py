@@ -82,12 +82,21 @@ class Limiter:
         if st is None or self._stale(st, tenant):
             now = self._clock()
             rpm, tpm = spec.requests_per_minute, spec.tokens_per_minute
-            st = TenantState(
+            new = TenantState(
                 requests=Bucket(rpm, rpm / 60, rpm, now) if rpm else None,
                 tokens=Bucket(tpm, tpm / 60, tpm, now) if tpm else None,
                 max_concurrent=spec.max_concurrent,
                 in_flight=st.in_flight if st else 0,
+                refused=st.refused if st else {},
             )
+            # A reload that changes limits must not hand out a fresh full bucket:
+            # keep what was used, capped at the new capacity.
+            if st is not None:
+                for old_b, new_b in ((st.requests, new.requests), (st.tokens, new.tokens)):
+                    if old_b is not None and new_b is not None:
+                        old_b.refill(now)
+                        new_b.level = min(new_b.capacity, old_b.level)
+            st = new
             self._states[tenant.name] = st
         return st
 
@@ -126,8 +135,12 @@ class Limiter:
         st.in_flight += 1
         return Grant(tenant.name, estimated_tokens)
 
-    def release(self, grant: Grant, used_tokens: int | None = None) -> None:
-        """End of request: free the concurrency slot and settle tokens (None: keep the estimate)."""
+    def release(self, grant: Grant, used_tokens: int | None = None, *, refund_request: bool = False) -> None:
+        """End of request: free the concurrency slot and settle tokens (None: keep the estimate).
+
+        ``refund_request``: the request never ran (refused later, e.g. by a full
+        admission queue), so it does not count against requests per minute.
+        """
         if grant.released:
             return
         grant.released = True
@@ -135,10 +148,13 @@ class Limiter:
         if st is None:
             return
         st.in_flight -= 1
+        if refund_request and st.requests is not None:
+            st.requests.refill(self._clock())
+            st.requests.level = min(st.requests.capacity, st.requests.level + 1)
         if st.tokens is not None and used_tokens is not None:
             st.tokens.refill(self._clock())
             # May go negative: an under-estimate is paid back from future allowance.
-            st.tokens.level += grant.charged_tokens - used_tokens
+            st.tokens.level = min(st.tokens.capacity, st.tokens.level + grant.charged_tokens - used_tokens)
 
     def _refuse(self, st: TenantState, what: str) -> None:
         st.refused[what] = st.refused.get(what, 0) + 1
@@ -146,3 +162,9 @@ class Limiter:
     def in_flight(self, tenant: str) -> int:
         st = self._states.get(tenant)
         return st.in_flight if st else 0
+
+    def total_in_flight(self) -> int:
+        return sum(st.in_flight for st in self._states.values())
+
+    def refused(self) -> dict[str, dict[str, int]]:
+        return {name: dict(st.refused) for name, st in self._states.items() if st.refused}

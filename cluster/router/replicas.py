@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from cluster.config import InternalTLSConfig
 from cluster.proto import replica_pb2, replica_pb2_grpc
+from cluster.tls import replica_channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +113,10 @@ class ReplicaHandle:
 
 
 class ReplicaSet:
-    def __init__(self, source: EndpointSource) -> None:
+    def __init__(self, source: EndpointSource, tls: InternalTLSConfig | None = None) -> None:
         self._source = source
+        # Mutual TLS to the replicas (``internal_tls``); read once, shared by every channel.
+        self._creds, self._tls_options = replica_channel_credentials(tls)
         self.by_model: dict[str, list[ReplicaHandle]] = {}
         self.by_id: dict[str, ReplicaHandle] = {}
         self.version = -1
@@ -121,6 +125,13 @@ class ReplicaSet:
         self._bg: set[asyncio.Task] = set()
         self.models: set[str] = set()
         self.groups: dict[str, ModelLoad] = {}
+        #: Called after every endpoint-set change (e.g. the admission queue's capacity grew).
+        self.on_change: list[Callable[[], None]] = []
+
+    def max_model_len(self, model: str) -> int:
+        """The smallest known context length among the model's ready replicas (0: unknown)."""
+        lens = [h.max_model_len for h in self.by_model.get(model, ()) if h.max_model_len > 0]
+        return min(lens, default=0)
 
     async def start(self, wait_first: float = 10.0) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -200,19 +211,23 @@ class ReplicaSet:
         self.models = set(endpoints)
         self.version = version
         self._changed.set()
+        for cb in self.on_change:
+            cb()
         log.info("endpoint set updated", extra={"version": version, "replicas": {m: len(v) for m, v in by_model.items()}})
 
     def _connect(self, rid: str, model: str, address: str) -> ReplicaHandle:
-        channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-                ("grpc.http2.max_pings_without_data", 0),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            *self._tls_options,
+        ]
+        if self._creds is not None:
+            channel = grpc.aio.secure_channel(address, self._creds, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(address, options=options)
         h = ReplicaHandle(rid, model, address, channel, replica_pb2_grpc.ReplicaStub(channel))
         h._load_task = asyncio.get_running_loop().create_task(h._follow_load())
         return h

@@ -3,8 +3,10 @@
 Both front ends turn their input into a :class:`ValidRequest` here, so a bad
 parameter gets the same message on either path: gRPC answers
 INVALID_ARGUMENT, HTTP answers 400 in OpenAI's error shape.  The message always
-names the parameter.  Limits that only the engine knows (prompt length in
-tokens vs. its context) are checked by the engine and reported the same way.
+names the parameter.  :func:`check_context` refuses what cannot fit the
+model's context (``max_model_len`` of its replicas, from the endpoint set)
+without a tokenizer; the exact prompt length in tokens is checked by the
+engine and reported the same way.
 """
 
 from __future__ import annotations
@@ -165,3 +167,22 @@ def _message(i: int, m: object) -> ChatMessage:
     elif content is None:
         content = ""
     return ChatMessage(role=role, content=_text(f"messages[{i}].content", content, allow_empty=True))
+
+
+#: No tokenizer covers more than this many characters per token on ordinary text;
+#: the router's prompt check is only a cheap bound, the engine checks exactly.
+MAX_CHARS_PER_TOKEN = 8
+
+
+def check_context(req: ValidRequest, max_model_len: int) -> None:
+    """Refuse a prompt that cannot fit the model's context (0: unknown, no check)."""
+    if max_model_len <= 0:
+        return
+    # max_tokens beyond the context is not refused: generation stops at the
+    # context's end with finish_reason "length", as the engines do.
+    chars = len(req.routing_text)
+    if chars > max_model_len * MAX_CHARS_PER_TOKEN:
+        raise InvalidRequest(
+            "messages" if req.messages is not None else "prompt",
+            f"is {chars} characters, certainly longer than the model's context (max_model_len {max_model_len} tokens)",
+        )

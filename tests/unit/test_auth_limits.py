@@ -113,3 +113,27 @@ def test_an_unlimited_tenant_is_never_refused():
     t = tenant()
     for _ in range(10_000):
         lim.acquire(t, 10_000)
+
+
+def test_keys_new_prints_a_key_that_the_file_it_updates_accepts(tmp_path, capsys):
+    from cluster.cli import main
+
+    p = tmp_path / "keys.yaml"
+    p.write_text("tenants:\n  search: {requests_per_minute: 10}\nkeys: []\n")
+    assert main(["keys", "new", "--tenant", "search", "--file", str(p)]) == 0
+    assert main(["keys", "new", "--tenant", "batch-jobs", "--file", str(p)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    key1, line1, key2 = out[0], out[1], out[2]
+    assert key1.startswith("llmc-") and digest(key1) in line1 and "tenant: search" in line1
+    store = KeyStore(p)
+    assert store.authenticate(key1).spec.requests_per_minute == 10
+    assert store.authenticate(key2).name == "batch-jobs"
+    assert key1 not in p.read_text()
+
+
+def test_keys_new_has_help():
+    from cluster.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["keys", "new", "--help"])
+    assert exc.value.code == 0

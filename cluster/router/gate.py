@@ -1,0 +1,147 @@
+"""The router's gate: authentication, per-tenant limits and the admission queue, in that order.
+
+Both front ends call the gate, so the two APIs authenticate, limit and refuse
+alike:
+
+1. :meth:`Gate.authenticate` maps the presented key to a tenant (HTTP 401 /
+   UNAUTHENTICATED when missing or unknown).  With ``router.auth.enabled``
+   off, every request belongs to the one ``anonymous`` tenant.
+2. :meth:`Gate.generate` charges the tenant's limits (:mod:`limits`), then
+   waits in the weighted-fair admission queue (:mod:`admission`) for one of
+   the router's slots (ready replicas x ``max_concurrent_per_replica``), then
+   relays the balancer's stream.  A limit, a full queue or a queue deadline
+   raises :class:`Refused` at once (HTTP 429 + ``Retry-After`` /
+   RESOURCE_EXHAUSTED with ``retry-after`` trailing metadata), before any
+   byte of the answer, so the front ends can still send a proper status.
+3. When the stream ends (finished, failed, or the client left), the queue
+   slot is released and the tenant's token charge is reconciled with the real
+   usage (the final chunk's prompt + completion tokens; for a stream cut off
+   early, the prompt estimate plus the tokens already sent).
+
+Failure modes: a key file that becomes invalid keeps the previous keys
+(:class:`KeyStore`); refusals never wait; every exit path releases what it
+took, which :meth:`Gate.leaks` checks (the soak test asserts it is empty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from cluster.config import RouterConfig
+from cluster.proto import replica_pb2
+from cluster.router.admission import AdmissionQueue, AdmissionRefused
+from cluster.router.auth import ANONYMOUS, AuthError, KeyStore, Tenant
+from cluster.router.balancer import Balancer, RouterError
+from cluster.router.limits import Limiter, LimitExceeded, estimate_tokens
+from cluster.router.validation import ValidRequest
+
+log = logging.getLogger(__name__)
+
+
+class Refused(RouterError):
+    """A request refused for capacity or quota: 429 / RESOURCE_EXHAUSTED, with a retry hint."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(RouterError):
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.UNAUTHENTICATED, message)
+
+
+def _prompt_chars(req: ValidRequest) -> int:
+    if req.prompt is not None:
+        return len(req.prompt)
+    return sum(len(m.content) + 8 for m in req.messages or ())
+
+
+class Gate:
+    def __init__(self, config: RouterConfig, balancer: Balancer, capacity: Callable[[], int] | None = None) -> None:
+        self.config = config
+        self.balancer = balancer
+        auth = config.auth
+        self.keys: KeyStore | None = KeyStore(auth.key_file) if auth.enabled and auth.key_file else None
+        self.anonymous = Tenant(ANONYMOUS, auth.anonymous)
+        self.limiter = Limiter()
+        adm = config.admission
+        self.queue = AdmissionQueue(capacity or self._capacity, adm.max_queue, dict(adm.weights))
+        self.refused = 0
+        self.admitted = 0
+
+    def _capacity(self) -> int:
+        # With no ready replica the balancer's own bounded wait answers 503; the
+        # gate lets one replica's worth through so that path is reached.
+        ready = sum(len(v) for v in self.balancer.replicas.by_model.values())
+        return max(ready, 1) * self.config.admission.max_concurrent_per_replica
+
+    def start(self) -> None:
+        if self.keys is not None:
+            self.keys.start_watching(self.config.auth.reload_interval_s)
+
+    def stop(self) -> None:
+        if self.keys is not None:
+            self.keys.stop_watching()
+
+    def capacity_changed(self) -> None:
+        """The replica set changed: admit waiters that now fit."""
+        self.queue.dispatch()
+
+    def authenticate(self, key: str | None) -> Tenant:
+        if self.keys is None:
+            return self.anonymous
+        try:
+            return self.keys.authenticate(key)
+        except AuthError as exc:
+            raise Unauthenticated(str(exc)) from None
+
+    async def generate(self, tenant: Tenant, req: ValidRequest, timeout_s: float) -> AsyncIterator[replica_pb2.ReplicaChunk]:
+        """Admit ``req`` for ``tenant`` and relay its stream; raises :class:`Refused` before the first chunk."""
+        started = time.monotonic()
+        est_prompt = _prompt_chars(req) // 4
+        try:
+            grant = self.limiter.acquire(tenant, estimate_tokens(_prompt_chars(req), req.max_tokens))
+        except LimitExceeded as exc:
+            self.refused += 1
+            raise Refused(str(exc), exc.retry_after_s) from None
+        try:
+            wait = min(self.config.admission.queue_timeout_s, timeout_s)
+            await self.queue.admit(tenant.name, tenant.spec.priority, cost=float(req.max_tokens + est_prompt), timeout_s=wait)
+        except AdmissionRefused as exc:
+            self.limiter.release(grant, used_tokens=0, refund_request=True)
+            self.refused += 1
+            raise Refused(str(exc), exc.retry_after_s) from None
+        except BaseException:
+            self.limiter.release(grant, used_tokens=0, refund_request=True)
+            raise
+        self.admitted += 1
+        used: int | None = None
+        sent = 0
+        try:
+            left = timeout_s - (time.monotonic() - started)
+            async with contextlib.aclosing(self.balancer.generate(req, max(left, 0.001))) as stream:
+                async for c in stream:
+                    sent += len(c.token_ids) or (1 if c.text else 0)
+                    if c.finish_reason:
+                        used = c.prompt_tokens + c.completion_tokens
+                    yield c
+        finally:
+            self.queue.release()
+            self.limiter.release(grant, used if used is not None else est_prompt + sent)
+
+    def leaks(self) -> dict[str, int]:
+        """What is still held; all zero when no request is in flight."""
+        out = {
+            "admission_in_flight": self.queue.in_flight,
+            "admission_waiting": self.queue.depth(),
+            "limiter_in_flight": self.limiter.total_in_flight(),
+            "balancer_in_flight": self.balancer.in_flight,
+            "replica_handles_in_flight": sum(h.in_flight for h in self.balancer.replicas.by_id.values()),
+        }
+        return {k: v for k, v in out.items() if v}
