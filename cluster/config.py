@@ -230,6 +230,9 @@ class RouterConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     tls: ServerTLSConfig = Field(default_factory=ServerTLSConfig)
+    #: Times one request may be resumed on another replica after its replica
+    #: failed mid-stream (request migration); 0 turns migration off.
+    max_migrations: int = Field(2, ge=0)
 
     @field_validator("policy")
     @classmethod

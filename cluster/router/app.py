@@ -38,6 +38,7 @@ class Router:
             max_attempts=config.max_attempts,
             first_token_timeout_s=config.first_token_timeout_s,
             breaker=CircuitBreaker(config.circuit_breaker),
+            max_migrations=config.max_migrations,
         )
         # Auth, per-tenant limits and the admission queue, shared by both front ends.
         self.gate = Gate(config, self.balancer)

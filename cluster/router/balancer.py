@@ -12,10 +12,29 @@ first token within ``first_token_timeout_s`` (a hung replica): the attempt is
 cancelled and the request moves on, and each request relays on its own task,
 so a hung replica never delays requests routed elsewhere.  Failed attempts
 feed the circuit breaker (cluster.router.circuit), which ejects a replica
-that keeps failing and probes it back later.  After the first token a
-failure ends the stream with UNAVAILABLE.  When the caller goes away (client
-cancel, deadline), the relaying coroutine is cancelled, which cancels the
-replica call, which aborts the request in the engine.
+that keeps failing and probes it back later.
+
+A replica that fails *after* the first token (process killed, node lost,
+connection dropped) is not the client's problem either: the request is
+migrated.  The balancer remembers the token ids it has relayed, and asks
+another replica to continue from the prompt plus those tokens
+(``resume_token_ids``); that engine appends them to the prompt, reduces
+``max_tokens`` by their count and emits only what comes after, so the client
+sees one continuous stream.  With seeded sampling (or temperature 0) the
+continuation is the one the failed replica would have produced.  At most
+``max_migrations`` migrations per request; past that, or when no other
+replica is ready, the stream ends with UNAVAILABLE naming the cause.  The last
+chunk's usage is rewritten to describe the whole logical request (engines
+disagree on whether resumed tokens count as prompt or completion).
+
+Failure modes: text an engine held back at the moment of failure because it
+might begin a stop string is lost (at most the longest stop string minus one
+character); a replica that stalls after its first token is not detected here
+(the request's deadline bounds it).
+
+When the caller goes away (client cancel, deadline), the relaying coroutine is
+cancelled, which cancels the replica call, which aborts the request in the
+engine.
 """
 
 from __future__ import annotations
@@ -77,6 +96,7 @@ class Balancer:
         max_attempts: int = 3,
         first_token_timeout_s: float = 60.0,
         breaker: CircuitBreaker | None = None,
+        max_migrations: int = 2,
     ) -> None:
         self.replicas = replicas
         self.policy = policy
@@ -84,7 +104,10 @@ class Balancer:
         self.max_attempts = max_attempts
         self.first_token_timeout_s = first_token_timeout_s
         self.breaker = breaker or CircuitBreaker()
+        self.max_migrations = max_migrations
         self.in_flight = 0
+        #: Streams resumed on another replica, ever (tests and status read it).
+        self.migrations = 0
 
     def known_model(self, model: str) -> bool:
         return model in self.replicas.models
@@ -106,24 +129,34 @@ class Balancer:
         rreq = to_replica_request(req)
         route = RouteRequest(model=req.model, request_id=req.request_id, prompt=req.routing_text, session_id=req.session_id)
         tried: list[ReplicaHandle] = []
+        sent_ids: list[int] = []  # token ids relayed to the client so far, over every replica
+        retries = migrations = 0
         last_error = ""
         self.in_flight += 1
         try:
-            for attempt in range(self.max_attempts):
-                found = await self.replicas.wait_for_replicas(req.model, self.no_replica_wait_s if attempt == 0 else 0.0)
+            while True:
+                found = await self.replicas.wait_for_replicas(req.model, self.no_replica_wait_s if not tried else 0.0)
                 candidates = self._candidates(req.model, found, tried)
                 if not candidates:
-                    raise RouterError(grpc.StatusCode.UNAVAILABLE, f"no ready replica for model {req.model!r}")
-                route.attempt = attempt
+                    why = f"replica failed mid-stream, none left to resume on: {last_error}" if sent_ids else "no ready replica"
+                    raise RouterError(grpc.StatusCode.UNAVAILABLE, f"{why} (model {req.model!r})")
+                route.attempt = len(tried)
                 replica = self.policy.choose(candidates, route)
                 metrics.ROUTING_DECISIONS.labels(req.model, self.policy.name, route.outcome).inc()
                 tried.append(replica)
-                started = False
                 replica.begin()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     replica.end()
                     raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a replica answered")
+                if len(tried) > 1:
+                    # A fresh engine request id per attempt: the failed replica
+                    # may still hold the old one for a moment (its abort races us).
+                    rreq.request_id = f"{req.request_id}.{len(tried) - 1}"
+                if sent_ids:
+                    del rreq.resume_token_ids[:]
+                    rreq.resume_token_ids.extend(sent_ids)
+                resumed = len(sent_ids)
                 call = replica.stub.Generate(rreq, timeout=left)
                 try:
                     stream = call.__aiter__()
@@ -132,46 +165,77 @@ class Balancer:
                     # never wait on it, since each relays on its own task.
                     first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
                     try:
-                        first = await asyncio.wait_for(stream.__anext__(), first_wait)
+                        chunk = await asyncio.wait_for(stream.__anext__(), first_wait)
                     except StopAsyncIteration:
                         return
                     except TimeoutError:
                         if left is not None and first_wait >= left:
                             raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
                         self.breaker.failure(replica)
-                        last_error = f"no first token within {self.first_token_timeout_s:g}s"
-                        metrics.RETRIES.labels(req.model, "first_token_timeout").inc()
-                        log.warning(
-                            "replica sent no first token in time; retrying",
-                            extra={"replica": replica.replica_id, "request_id": req.request_id, "attempt": attempt + 1},
+                        failure, reason = (
+                            f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s",
+                            "first_token_timeout",
                         )
-                        continue
-                    started = True
-                    self.breaker.success(replica)
-                    yield first
-                    async for chunk in stream:
-                        yield chunk
-                    return
+                    else:
+                        self.breaker.success(replica)
+                        while True:
+                            if chunk.finish_reason and resumed:
+                                _whole_request_usage(chunk, len(sent_ids) + len(chunk.token_ids))
+                            sent_ids.extend(chunk.token_ids)
+                            yield chunk
+                            try:
+                                chunk = await stream.__anext__()
+                            except StopAsyncIteration:
+                                return
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code()
                     if code == grpc.StatusCode.INVALID_ARGUMENT:
                         raise RouterError(code, exc.details() or "invalid argument") from None
                     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         raise RouterError(code, "deadline exceeded") from None
-                    if started or code not in _RETRYABLE:
-                        raise RouterError(grpc.StatusCode.UNAVAILABLE, f"replica failed mid-stream: {exc.details()}") from None
+                    if code not in _RETRYABLE:
+                        raise RouterError(grpc.StatusCode.UNAVAILABLE, f"replica failed: {code.name}: {exc.details()}") from None
                     self.breaker.failure(replica)
-                    last_error = f"{code.name}: {exc.details()}"
-                    metrics.RETRIES.labels(req.model, code.name.lower()).inc()
-                    log.warning(
-                        "replica failed before first token; retrying",
-                        extra={"replica": replica.replica_id, "request_id": req.request_id, "error": last_error, "attempt": attempt + 1},
-                    )
-                    await asyncio.sleep(random.uniform(0.005, 0.02) * (2**attempt))
+                    failure, reason = f"{replica.replica_id}: {code.name}: {exc.details()}", code.name.lower()
                 finally:
                     replica.end()
                     if not call.done():
                         call.cancel()
-            raise RouterError(grpc.StatusCode.UNAVAILABLE, f"all {self.max_attempts} attempts failed; last: {last_error}")
+                last_error = failure
+                if sent_ids:
+                    migrations += 1
+                    if migrations > self.max_migrations:
+                        why = f"replica failed mid-stream after {self.max_migrations} migrations; last: {last_error}"
+                        raise RouterError(grpc.StatusCode.UNAVAILABLE, why)
+                    self.migrations += 1
+                    metrics.RETRIES.labels(req.model, "mid_stream").inc()
+                    log.warning(
+                        "replica failed mid-stream; migrating the request",
+                        extra={"replica": replica.replica_id, "request_id": req.request_id, "error": last_error, "sent": len(sent_ids)},
+                    )
+                    continue
+                retries += 1
+                if retries >= self.max_attempts:
+                    raise RouterError(grpc.StatusCode.UNAVAILABLE, f"all {self.max_attempts} attempts failed; last: {last_error}")
+                metrics.RETRIES.labels(req.model, reason).inc()
+                log.warning(
+                    "replica failed before first token; retrying",
+                    extra={"replica": replica.replica_id, "request_id": req.request_id, "error": last_error, "attempt": retries},
+                )
+                if reason != "first_token_timeout":
+                    await asyncio.sleep(random.uniform(0.005, 0.02) * (2 ** (retries - 1)))
         finally:
             self.in_flight -= 1
+
+
+def _whole_request_usage(last: replica_pb2.ReplicaChunk, completion_tokens: int) -> None:
+    """Make a resumed stream's usage describe the whole request, whatever the engine counted.
+
+    A resuming engine sees the resumed tokens as prompt: the sim counts them in
+    ``prompt_tokens``, vLLM in ``completion_tokens``.  Their sum is the same
+    either way, and the router knows how many tokens it relayed.
+    """
+    total = last.prompt_tokens + last.completion_tokens
+    last.completion_tokens = completion_tokens
+    last.prompt_tokens = max(total - completion_tokens, 0)
+    last.cached_prompt_tokens = min(last.cached_prompt_tokens, last.prompt_tokens)

@@ -56,7 +56,12 @@ ROUTING_DECISIONS = Counter(
     ["model", "policy", "outcome"],
     registry=REGISTRY,
 )
-RETRIES = Counter("llm_cluster_router_retries", "Attempts retried on another replica, by reason.", ["model", "reason"], registry=REGISTRY)
+RETRIES = Counter(
+    "llm_cluster_router_retries",
+    "Attempts retried on another replica, by reason: before_first_token (a retry) or mid_stream (a migration).",
+    ["model", "reason"],
+    registry=REGISTRY,
+)
 REPLICAS_KNOWN = Gauge("llm_cluster_router_replicas_known", "Replicas in the router's endpoint set.", ["model"], registry=REGISTRY)
 REPLICAS_HEALTHY = Gauge(
     "llm_cluster_router_replicas_healthy",

@@ -1,0 +1,264 @@
+"""Fault injection under load: a replica killed mid-stream, a dropped connection, a slow replica.
+
+Real parts: sim replicas behind their own gRPC servers (as separate processes
+where a process is killed), the router in-process over loopback, clients over
+both public APIs.  Every scenario checks the same promises: each request ends
+within its deadline; no accepted request is lost (it completes, is migrated,
+or ends with a clear error); migrated streams are continuous and complete
+(token for token what an undisturbed run produces).  Each prints its counts
+(``pytest -s``): sent, completed, migrated, refused, failed, lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+import grpc
+import pytest
+
+from cluster.client import build_request
+from cluster.config import RouterConfig
+from cluster.engine.sim import SimEngine, SimParams
+from cluster.proto import inference_pb2_grpc
+from cluster.replica.server import ReplicaServicer, start_server
+from cluster.router.app import Router
+from cluster.router.replicas import static_source
+from loadtests.bench._procs import Procs, start_sim_replica
+from tests.faults.driver import judge, run_load
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
+
+SIM = {"time_scale": 0.2}  # ~7 ms per decode step: a 40-token stream lasts ~0.3 s
+
+
+def make_router(addresses: list[str], policy: str = "round_robin", timeout_s: float = 600.0) -> Router:
+    eps = [{"replica_id": f"r{i}", "address": a, "max_model_len": "2048"} for i, a in enumerate(addresses)]
+    cfg = RouterConfig(host="127.0.0.1", grpc_port=0, http_port=0, policy=policy, no_replica_wait_s=0.5, request_timeout_s=timeout_s)
+    return Router(cfg, static_source({"sim": eps}))
+
+
+async def wait_until(pred, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+def streaming(engine: SimEngine) -> int:
+    """Requests on ``engine`` that have produced a few tokens already (mid-stream)."""
+    return sum(seq.num_generated >= 3 for seq in list(engine._running.values()))
+
+
+class LocalReplicas:
+    """Sim replicas in this process, each behind its own gRPC server."""
+
+    def __init__(self) -> None:
+        self.engines: list[SimEngine] = []
+        self.servicers: list[ReplicaServicer] = []
+        self.servers: list = []
+
+    async def add(self, **sim: float) -> str:
+        i = len(self.engines)
+        eng = SimEngine(SimParams.from_dict({**SIM, "seed": i, **sim}), model_name="sim")
+        svc = ReplicaServicer(eng, f"r{i}", "sim")
+        srv, port = await start_server(svc, "127.0.0.1", 0)
+        self.engines.append(eng)
+        self.servicers.append(svc)
+        self.servers.append(srv)
+        return f"127.0.0.1:{port}"
+
+    def busy(self) -> int:
+        return sum(e.load().running + e.load().waiting for e in self.engines)
+
+    async def stop(self) -> None:
+        for srv in self.servers:
+            await srv.stop(0.1)
+        for eng in self.engines:
+            await eng.shutdown()
+
+
+class CuttableProxy:
+    """A TCP proxy whose connections can be dropped at once, as a network fault would."""
+
+    def __init__(self, target: str) -> None:
+        self.host, port = target.rsplit(":", 1)
+        self.target_port = int(port)
+        self.transports: list[asyncio.Transport] = []
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+        self.transports += [writer.transport, up_writer.transport]  # type: ignore[list-item]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        for t in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            task = asyncio.create_task(t)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def cut(self) -> None:
+        """Reset every open connection, both sides (the replica and the router see a dead peer)."""
+        for t in self.transports:
+            t.abort()
+        self.transports.clear()
+        self.cuts += 1
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+
+
+async def test_killing_a_replica_process_mid_stream_loses_no_request():
+    procs = Procs()
+    try:
+        addresses = await asyncio.gather(*(asyncio.to_thread(start_sim_replica, procs, "{time_scale: 0.2}") for _ in range(3)))
+        router = make_router(list(addresses))
+        await router.start()
+        victim = router.replicas.by_id["r0"]
+        outcomes: list = []
+        load = asyncio.create_task(run_load(router.grpc_port, router.http_port, concurrency=12, requests=150, progress=outcomes))
+        # Kill the process while streams are relaying through it.
+        await wait_until(lambda: victim.in_flight >= 3 and len(outcomes) > 20, 30)
+        await asyncio.sleep(0.1)  # past their first tokens (a stream lasts ~0.3 s)
+        on_victim = victim.in_flight
+        os.kill(procs.procs[0].pid, signal.SIGKILL)
+        await load
+        tally = await judge(outcomes, router.balancer.migrations)
+        print("\n" + tally.line("replica killed mid-stream") + f" (in flight on the victim: {on_victim})")
+        await router.stop(0.5)
+    finally:
+        procs.stop()
+    assert tally.lost == 0, tally.lost_examples
+    assert tally.refused == tally.failed == 0, tally.errors[:5]  # two replicas were left: everything survives
+    assert tally.completed == tally.sent == 150
+    assert on_victim >= 1 and tally.migrated >= 1  # the streams on the victim moved on
+
+
+async def test_a_dropped_connection_mid_stream_is_migrated_and_frees_the_replica_slot():
+    local = LocalReplicas()
+    proxy: CuttableProxy | None = None
+    try:
+        first = await local.add()
+        proxy = CuttableProxy(first)
+        addresses = [await proxy.start(), await local.add(), await local.add()]
+        router = make_router(addresses)
+        await router.start()
+        outcomes: list = []
+        load = asyncio.create_task(run_load(router.grpc_port, router.http_port, concurrency=12, requests=150, progress=outcomes))
+        for _ in range(3):  # three network faults during the run
+            await wait_until(lambda: streaming(local.engines[0]) >= 2 or load.done(), 30)
+            if load.done():
+                break
+            proxy.cut()
+            await asyncio.sleep(0.3)
+        await load
+        tally = await judge(outcomes, router.balancer.migrations)
+        print("\n" + tally.line("connection dropped") + f" (cuts: {proxy.cuts})")
+        # The replica behind the cut connection noticed its client was gone and freed the slots.
+        await wait_until(lambda: local.busy() == 0, 5)
+        assert all(not s.in_flight for s in local.servicers)
+        await router.stop(0.5)
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+        await local.stop()
+    assert tally.lost == 0, tally.lost_examples
+    assert tally.refused == tally.failed == 0, tally.errors[:5]
+    assert tally.completed == tally.sent
+    assert proxy.cuts >= 1 and tally.migrated >= 2
+
+
+async def test_a_slow_replica_delays_no_request_past_its_deadline():
+    local = LocalReplicas()
+    try:
+        # r0 is 25 times slower than the others: a 40-token stream on it takes ~7 s.
+        addresses = [await local.add(time_scale=5.0), await local.add(), await local.add()]
+        router = make_router(addresses, policy="power_of_two", timeout_s=3.0)  # HTTP requests' deadline
+        await router.start()
+        outcomes = await run_load(router.grpc_port, router.http_port, concurrency=12, requests=120, deadline_s=3.0)
+        tally = await judge(outcomes, router.balancer.migrations)
+        print("\n" + tally.line("slow replica"))
+        # Requests cut off by their deadline were aborted on the slow replica too.
+        await wait_until(lambda: local.busy() == 0, 5)
+        await router.stop(0.5)
+    finally:
+        await local.stop()
+    assert tally.lost == 0, tally.lost_examples
+    assert max(o.elapsed_s for o in outcomes) < 3.0 + 1.0
+    # Whatever did not complete ended with a clear deadline error, not a hang or a reset.
+    assert all("DEADLINE_EXCEEDED" in e or "HTTP 504" in e or "SSE 504" in e for e in tally.errors), tally.errors[:5]
+    assert tally.completed >= 0.8 * tally.sent  # power of two keeps most traffic off the slow replica
+
+
+async def _stream_and_kill(local: LocalReplicas, router: Router, kill_after: int) -> tuple[list, BaseException | None]:
+    """One seeded gRPC stream; the server of the replica relaying it stops after ``kill_after`` chunks."""
+    chunks: list = []
+    req = build_request("a story please", model="sim", chat=True, max_tokens=30, seed=7)
+    req.sampling.temperature = 0.8
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as ch:
+        try:
+            async for c in inference_pb2_grpc.InferenceStub(ch).Generate(req, timeout=20):
+                chunks.append(c)
+                if len(chunks) == kill_after:
+                    busy = next(i for i, h in enumerate(router.replicas.by_id.values()) if h.in_flight)
+                    await local.servers[busy].stop(0)
+        except grpc.aio.AioRpcError as exc:
+            return chunks, exc
+    return chunks, None
+
+
+async def test_a_migrated_stream_is_the_undisturbed_stream_with_the_same_usage():
+    local = LocalReplicas()
+    try:
+        router = make_router([await local.add(), await local.add()])
+        await router.start()
+        undisturbed, _ = await _stream_and_kill(local, router, kill_after=0)
+        chunks, error = await _stream_and_kill(local, router, kill_after=8)
+        await router.stop(0.5)
+    finally:
+        await local.stop()
+    assert error is None
+    assert router.balancer.migrations == 1
+    assert [t for c in chunks for t in c.token_ids] == [t for c in undisturbed for t in c.token_ids]
+    assert "".join(c.text for c in chunks) == "".join(c.text for c in undisturbed)
+    assert [c.finish_reason for c in chunks].count("length") == 1 and chunks[-1].finish_reason == "length"
+    # Usage describes the whole request, as if nothing had happened.
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (
+        undisturbed[-1].usage.prompt_tokens,
+        undisturbed[-1].usage.completion_tokens,
+    )
+
+
+async def test_with_migration_off_a_mid_stream_failure_ends_with_a_clear_error():
+    local = LocalReplicas()
+    try:
+        router = make_router([await local.add(), await local.add()])
+        router.balancer.max_migrations = 0
+        await router.start()
+        chunks, error = await _stream_and_kill(local, router, kill_after=5)
+        await router.stop(0.5)
+    finally:
+        await local.stop()
+    assert len(chunks) == 5 and not chunks[-1].finish_reason
+    assert isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "mid-stream" in error.details()
