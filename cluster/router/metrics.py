@@ -58,7 +58,7 @@ ROUTING_DECISIONS = Counter(
 )
 RETRIES = Counter(
     "llm_cluster_router_retries",
-    "Attempts retried on another replica, by reason: before_first_token (a retry) or mid_stream (a migration).",
+    "Attempts retried on another replica, by reason: the failed attempt's gRPC code, first_token_timeout, or mid_stream (a migration).",
     ["model", "reason"],
     registry=REGISTRY,
 )
