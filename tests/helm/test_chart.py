@@ -1,0 +1,376 @@
+"""The Helm chart (deploy/helm/llm-cluster), checked offline with the real Helm binary.
+
+For the default values and every example values file: `helm lint --strict`; `helm template`, then every built-in
+kind validated strictly against the Kubernetes schemas of the `kubernetes-validate` package and every custom
+resource against its upstream CRD schema (../shared/schemas); the rendered cluster.yaml loaded with the code's own
+`load_config`; the autoscaler's Role compared with what its Kubernetes actuator calls.  Bad values must fail with a
+message that names the mistake.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from cluster.autoscaler.actuators.kubernetes import RBAC_RULES, KubernetesTarget, rbac_rules
+from cluster.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "llm-cluster"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+CASES = [None, *EXAMPLES]
+CASE_IDS = ["defaults", *(p.stem for p in EXAMPLES)]
+# Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator knows.
+K8S_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version() + ".0"]
+# kind -> (CRD file under the shared schemas folder, served version)
+CRDS = {
+    "RayCluster": ("kuberay/ray.io_rayclusters.yaml", "v1"),
+    "ServiceMonitor": ("prometheus-operator/monitoring.coreos.com_servicemonitors.yaml", "v1"),
+    "PodMonitor": ("prometheus-operator/monitoring.coreos.com_podmonitors.yaml", "v1"),
+    "PrometheusRule": ("prometheus-operator/monitoring.coreos.com_prometheusrules.yaml", "v1"),
+    "ScaledObject": ("keda/keda.sh_scaledobjects.yaml", "v1alpha1"),
+}
+
+
+def shared_schemas() -> Path:
+    """../shared/schemas beside the checkout (a worktree's parent holds `shared` too), else /work/shared."""
+    for base in (ROOT.parent / "shared", Path("/work/shared")):
+        if (base / "schemas").is_dir():
+            return base / "schemas"
+    pytest.fail("CRD schemas not found: expected ../shared/schemas beside the repository (see its README)")
+
+
+@functools.cache
+def helm() -> str:
+    binary = ROOT / ".tools" / "bin" / "helm"
+    if not binary.exists():
+        subprocess.run([str(ROOT / "tools" / "fetch_helm.sh")], check=True, env=os.environ | {"PYTHON": sys.executable})
+    return str(binary)
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm(), *args], capture_output=True, text=True, timeout=120)
+
+
+def values_args(case: Path | None, extra: dict[str, Any] | None, tmp: Path | None = None) -> list[str]:
+    args = ["-f", str(case)] if case else []
+    if extra is not None:
+        assert tmp is not None
+        path = tmp / "extra-values.yaml"
+        path.write_text(yaml.safe_dump(extra))
+        args += ["-f", str(path)]
+    return args
+
+
+@functools.cache
+def render(case: Path | None) -> list[dict[str, Any]]:
+    out = run_helm("template", "llm", str(CHART), "--namespace", "serving", *values_args(case, None))
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def render_with(tmp_path: Path, extra: dict[str, Any], case: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return run_helm("template", "llm", str(CHART), "--namespace", "serving", *values_args(case, extra, tmp_path))
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+# ---- lint and schemas ---------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_the_chart_lints_strictly(case: Path | None) -> None:
+    out = run_helm("lint", "--strict", str(CHART), *values_args(case, None))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_every_builtin_kind_validates_against_the_kubernetes_schemas(case: Path | None) -> None:
+    builtin = [d for d in render(case) if d["kind"] not in CRDS]
+    assert {"Deployment", "Service", "ConfigMap"} <= {d["kind"] for d in builtin}
+    for doc in builtin:
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.path)
+                pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} (Kubernetes {version}): {path}: {exc.message}")
+
+
+def test_the_builtin_check_catches_a_misspelt_field() -> None:
+    (dep,) = [d for d in of_kind(render(None), "Deployment") if d["metadata"]["name"].endswith("-router")]
+    dep = copy.deepcopy(dep)
+    dep["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}  # typo of readinessProbe
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSIONS[-1], strict=True)
+
+
+def _strict(schema: Any) -> Any:
+    """Reject unknown fields, as the API server's strict field validation does (the CRDs only prune them)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@functools.cache
+def crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    path, version = CRDS[kind]
+    crd = yaml.safe_load((shared_schemas() / path).read_text())
+    assert crd["spec"]["names"]["kind"] == kind
+    (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return jsonschema.Draft7Validator(_strict(entry["schema"]["openAPIV3Schema"]))
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_every_custom_resource_validates_against_its_crd(case: Path | None) -> None:
+    customs = [d for d in render(case) if d["kind"] in CRDS]
+    assert "RayCluster" in {d["kind"] for d in customs}
+    for doc in customs:
+        group_version = doc["apiVersion"]
+        errors = sorted(crd_validator(doc["kind"]).iter_errors(doc), key=lambda e: list(e.path))
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.path)}: {e.message}" for e in errors[:5])
+        assert not errors, f"{doc['kind']} ({group_version}) {doc['metadata']['name']}: {detail}"
+
+
+def test_the_crd_check_catches_a_misspelt_field() -> None:
+    doc = copy.deepcopy(of_kind(render(None), "RayCluster")[0])
+    doc["spec"]["workerGroupSpecs"][0]["replica"] = 3  # typo of `replicas`
+    assert any("replica" in e.message for e in crd_validator("RayCluster").iter_errors(doc))
+
+
+def test_the_values_schema_is_generated_from_the_config_model() -> None:
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gen_helm_schema
+    finally:
+        sys.path.pop(0)
+    committed = (CHART / "values.schema.json").read_text()
+    assert committed == gen_helm_schema.render(), "values.schema.json is stale: run `make helm-schema` and commit it"
+
+
+# ---- the rendered cluster config is one the code accepts ----------------------------------------------
+def _autoscaler_overrides(docs: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    deployments = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-autoscaler")]
+    if not deployments:
+        return [], {}
+    args = deployments[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["llm-cluster", "autoscaler"]
+    overrides = [a.removeprefix("--set=") for a in args if a.startswith("--set=")]
+    flags = dict(a.removeprefix("--").split("=", 1) for a in args[2:] if not a.startswith("--set="))
+    return overrides, flags
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_the_rendered_cluster_config_loads_with_the_code(case: Path | None, tmp_path: Path) -> None:
+    docs = render(case)
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
+    path = tmp_path / "cluster.yaml"
+    path.write_text(cm["data"]["cluster.yaml"])
+    cfg = load_config(path)
+    values = yaml.safe_load(case.read_text()) if case else {}
+    expected_models = [m["name"] for m in (values.get("cluster", {}).get("models") or [{"name": "smollm2-135m-instruct"}])]
+    assert [m.name for m in cfg.models] == expected_models
+    assert cfg.ray.address == "ray://llm-llm-cluster-head-svc:10001"
+    assert cfg.router.host == "0.0.0.0"
+
+    overrides, flags = _autoscaler_overrides(docs)
+    if not overrides:
+        return
+    assert flags["model"] in expected_models
+    if "autoscaler" in type(cfg).model_fields:
+        load_config(path, overrides)  # the autoscaler's --set flags are valid config too
+    target = next((o.split("=", 1)[1] for o in overrides if o.startswith("autoscaler.actuator.kubernetes=")), None)
+    if target is not None:
+        KubernetesTarget.model_validate(yaml.safe_load(target))
+
+
+# ---- RBAC: exactly what the actuator calls --------------------------------------------------------------
+TARGETS = {
+    "RayCluster": {"autoscaler": {"actuator": {"kind": "kubernetes", "target": {"kind": "RayCluster", "workerGroup": "cpu"}}}},
+    "Deployment": {"autoscaler": {"actuator": {"kind": "kubernetes", "target": {"kind": "Deployment", "name": "engine"}}}},
+    "StatefulSet": {"autoscaler": {"actuator": {"kind": "kubernetes", "target": {"kind": "StatefulSet", "name": "engine"}}}},
+}
+
+
+def test_the_autoscaler_role_grants_exactly_what_the_actuator_calls(tmp_path: Path) -> None:
+    union: list[dict[str, Any]] = []
+    for kind, extra in TARGETS.items():
+        out = render_with(tmp_path, extra)
+        assert out.returncode == 0, out.stderr
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        (role,) = of_kind(docs, "Role")
+        (binding,) = of_kind(docs, "RoleBinding")
+        overrides, _ = _autoscaler_overrides(docs)
+        target = KubernetesTarget.model_validate(
+            yaml.safe_load(next(o.split("=", 1)[1] for o in overrides if o.startswith("autoscaler.actuator.kubernetes=")))
+        )
+        assert target.kind == kind
+        assert target.namespace == "serving"
+        rules = copy.deepcopy(role["rules"])
+        for rule in rules:
+            assert rule.pop("resourceNames") == [target.name]  # this one object only
+        assert rules == rbac_rules(kind)
+        union += rules
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        (sa,) = of_kind(docs, "ServiceAccount")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "serving"}]
+    assert sorted(union, key=json.dumps) == sorted(RBAC_RULES, key=json.dumps)
+
+
+def test_the_ray_actuator_gets_no_kubernetes_permissions() -> None:
+    docs = render(EXAMPLES[[p.stem for p in EXAMPLES].index("cpu-small")])
+    assert of_kind(docs, "Role") == [] and of_kind(docs, "RoleBinding") == []
+    (sa,) = of_kind(docs, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+
+
+def test_the_gpu_example_scales_its_own_raycluster_worker_group() -> None:
+    docs = render(CHART / "examples" / "gpu-multinode.yaml")
+    (role,) = of_kind(docs, "Role")
+    (rc,) = of_kind(docs, "RayCluster")
+    assert role["rules"][0]["resourceNames"] == [rc["metadata"]["name"]]
+    (group,) = rc["spec"]["workerGroupSpecs"]
+    container = group["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert group["rayStartParams"]["num-gpus"] == "8"
+
+
+# ---- the router ------------------------------------------------------------------------------------
+def test_the_router_is_ready_only_with_a_ready_replica_and_exposes_three_ports() -> None:
+    docs = render(None)
+    (dep,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-router")]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": 50051, "http": 8000, "metrics": 9400}
+    (svc,) = [d for d in of_kind(docs, "Service") if d["metadata"]["name"].endswith("-router")]
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 50051, "http": 8000, "metrics": 9400}
+    assert of_kind(docs, "HorizontalPodAutoscaler") and of_kind(docs, "PodDisruptionBudget")
+
+
+def test_secret_references_reach_the_pods_that_need_them() -> None:
+    docs = render(CHART / "examples" / "gpu-multinode.yaml")
+    (rc,) = of_kind(docs, "RayCluster")
+    head_env = {e["name"]: e for e in rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert head_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+    (router,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-router")]
+    router_env = {e["name"]: e for e in router["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert router_env["LLM_CLUSTER_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "llm-api-keys", "key": "api-keys"}
+    assert "HF_TOKEN" not in router_env
+    (pvc,) = of_kind(docs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_keda_mode_scales_a_worker_statefulset_on_the_autoscalers_promql() -> None:
+    docs = render(CHART / "examples" / "keda.yaml")
+    (so,) = of_kind(docs, "ScaledObject")
+    (sts,) = of_kind(docs, "StatefulSet")
+    assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"]}
+    assert so["spec"]["triggers"][0]["metadata"]["query"] == 'sum(llm_cluster:replica_load:sum{model="qwen2.5-7b-instruct"})'
+    assert not [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-autoscaler")]
+    worker = sts["spec"]["template"]["spec"]["containers"][0]
+    assert "ray start --address=llm-llm-cluster-head-svc:6379 --block" in worker["args"][0]
+    (rc,) = of_kind(docs, "RayCluster")
+    assert "gpu" not in [g["groupName"] for g in rc["spec"].get("workerGroupSpecs", [])]
+
+
+def test_monitoring_includes_the_project_rules_and_dashboards() -> None:
+    docs = render(None)
+    rule_files = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
+    groups = [g for f in rule_files if "test" not in f.name for g in (yaml.safe_load(f.read_text()) or {}).get("groups", [])]
+    rules = of_kind(docs, "PrometheusRule")
+    if groups:
+        (rule,) = rules
+        assert rule["spec"]["groups"] == groups
+        assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    else:
+        assert rules == []  # nothing to ship yet: no empty PrometheusRule
+    dashboards = sorted(p.name for p in (ROOT / "deploy" / "grafana").glob("*.json"))
+    cms = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboards")]
+    if dashboards:
+        (cm,) = cms
+        assert sorted(cm["data"]) == dashboards
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        for name in dashboards:
+            assert json.loads(cm["data"][name]) == json.loads((ROOT / "deploy" / "grafana" / name).read_text())
+    else:
+        assert cms == []
+    assert {d["kind"] for d in docs} >= {"ServiceMonitor", "PodMonitor", "NetworkPolicy"}
+
+
+# ---- bad values -------------------------------------------------------------------------------------------
+GPU_GROUP = {"name": "gpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 2, "gpus": 8}
+GPU_MODEL = {"name": "big", "source": "org/big", "tensor_parallel_size": 3, "num_gpus_per_shard": 1}
+BAD_VALUES = {
+    "negative model replicas": (
+        {"cluster": {"models": [{"name": "m", "source": "org/m", "replicas": -1}]}},
+        r"at '/cluster/models/0/replicas': minimum: got -1, want 0",
+    ),
+    "negative worker replicas": (
+        {"ray": {"workerGroups": [{**GPU_GROUP, "replicas": -2}]}},
+        r"at '/ray/workerGroups/0/replicas': minimum: got -2, want 0",
+    ),
+    "negative router replicas": ({"router": {"replicas": -1}}, r"at '/router/replicas': minimum: got -1, want 1"),
+    "no model at all": ({"cluster": {"models": []}}, r"at '/cluster/models': minItems: got 0, want 1"),
+    "model without a source": ({"cluster": {"models": [{"name": "m"}]}}, r"at '/cluster/models/0': missing property 'source'"),
+    "tensor parallel size not dividing the group's GPUs": (
+        {"cluster": {"models": [GPU_MODEL]}, "ray": {"workerGroups": [GPU_GROUP]}},
+        r'model "big": tensor_parallel_size 3 does not divide the 8 GPUs of worker group "gpu"',
+    ),
+    "unknown routing policy": (
+        {"cluster": {"router": {"policy": "fastest"}}},
+        r"at '/cluster/router/policy': value must be one of 'round_robin', 'power_of_two'",
+    ),
+    "unknown config field": ({"cluster": {"router": {"polcy": "round_robin"}}}, r"additional properties 'polcy' not allowed"),
+    "replicas outside the worker group bounds": (
+        {"ray": {"workerGroups": [{**GPU_GROUP, "replicas": 5}]}},
+        r"ray.workerGroups\[gpu\]: replicas 5 must lie within minReplicas..maxReplicas = 0..2",
+    ),
+    "both autoscalers": ({"keda": {"enabled": True}}, r"autoscaler.enabled and keda.enabled are both true"),
+    "autoscaler scaling an unknown model": ({"autoscaler": {"model": "nope"}}, r'autoscaler.model: unknown model "nope"'),
+    "deployment target without a name": (
+        {"autoscaler": {"actuator": {"kind": "kubernetes", "target": {"kind": "Deployment"}}}},
+        r"autoscaler.actuator.target.name is required for a Deployment or StatefulSet target",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_bad_values_are_rejected_with_a_clear_message(name: str, tmp_path: Path) -> None:
+    extra, message = BAD_VALUES[name]
+    out = render_with(tmp_path, extra)
+    assert out.returncode != 0, f"rendered although {name}"
+
+    assert re.search(message, out.stderr), f"{name}: expected /{message}/ in:\n{out.stderr}"
+    # `helm lint` fails on schema errors; a template's `fail` it only reports (Helm's lint mode logs it as
+    # "[INFO] Fail: ..."), while `helm install` / `template` stop on both, as checked above.
+    lint = run_helm("lint", "--strict", str(CHART), *values_args(None, extra, tmp_path))
+    if "values don't meet the specifications" in out.stderr:
+        assert lint.returncode != 0, shlex.join(lint.args)
+    else:
+        assert re.search(message, lint.stdout + lint.stderr), shlex.join(lint.args)
+
+
+def test_a_tensor_parallel_size_that_divides_every_gpu_group_renders(tmp_path: Path) -> None:
+    ok = {"cluster": {"models": [{**GPU_MODEL, "tensor_parallel_size": 4}]}, "ray": {"workerGroups": [GPU_GROUP]}}
+    out = render_with(tmp_path, ok)
+    assert out.returncode == 0, out.stderr
