@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from cluster.autoscaler.actuators.kubernetes import RBAC_RULES, KubernetesTarget, rbac_rules
-from cluster.config import load_config
+from cluster.config import POLICIES, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "llm-cluster"
@@ -273,9 +273,15 @@ def test_secret_references_reach_the_pods_that_need_them() -> None:
     head_env = {e["name"]: e for e in rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
     assert head_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
     (router,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-router")]
-    router_env = {e["name"]: e for e in router["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert router_env["LLM_CLUSTER_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "llm-api-keys", "key": "api-keys"}
+    pod = router["spec"]["template"]["spec"]
+    router_env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert "HF_TOKEN" not in router_env
+    (keys,) = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+    assert keys["secret"] == {"secretName": "llm-api-keys", "items": [{"key": "keys.yaml", "path": "keys.yaml"}]}
+    assert {"name": "api-keys", "mountPath": "/etc/llm-cluster/auth", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
+    auth = yaml.safe_load(cm["data"]["cluster.yaml"])["router"]["auth"]
+    assert auth == {"enabled": True, "key_file": "/etc/llm-cluster/auth/keys.yaml"}  # API keys on in the chart
     (pvc,) = of_kind(docs, "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
@@ -338,7 +344,7 @@ BAD_VALUES = {
     ),
     "unknown routing policy": (
         {"cluster": {"router": {"policy": "fastest"}}},
-        r"at '/cluster/router/policy': value must be one of 'round_robin', 'power_of_two'",
+        r"at '/cluster/router/policy': value must be one of " + re.escape(", ".join(f"'{p}'" for p in POLICIES)),
     ),
     "unknown config field": ({"cluster": {"router": {"polcy": "round_robin"}}}, r"additional properties 'polcy' not allowed"),
     "replicas outside the worker group bounds": (

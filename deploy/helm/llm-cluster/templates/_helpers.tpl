@@ -135,6 +135,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $cfg := deepCopy .Values.cluster -}}
 {{- $router := deepCopy ($cfg.router | default dict) -}}
 {{- $_ := set $router "host" "0.0.0.0" -}}
+{{- if .Values.secrets.apiKeys.name -}}
+{{- $auth := deepCopy ($router.auth | default dict) -}}
+{{- $_ := set $auth "enabled" true -}}
+{{- $_ := set $auth "key_file" "/etc/llm-cluster/auth/keys.yaml" -}}
+{{- $_ := set $router "auth" $auth -}}
+{{- end -}}
 {{- $_ := set $cfg "router" $router -}}
 {{- $ray := deepCopy ($cfg.ray | default dict) -}}
 {{- $_ := set $ray "address" (printf "ray://%s:10001" (include "llm-cluster.headService" .)) -}}
@@ -185,7 +191,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: models
   mountPath: {{ .Values.modelStorage.mountPath }}
 - name: config
-  mountPath: /etc/llm-cluster
+  mountPath: /etc/llm-cluster/config
   readOnly: true
 - name: dshm
   mountPath: /dev/shm
