@@ -380,3 +380,9 @@ def test_a_tensor_parallel_size_that_divides_every_gpu_group_renders(tmp_path: P
     ok = {"cluster": {"models": [{**GPU_MODEL, "tensor_parallel_size": 4}]}, "ray": {"workerGroups": [GPU_GROUP]}}
     out = render_with(tmp_path, ok)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_images_carry_the_ray_version_the_chart_declares() -> None:
+    ray_version = yaml.safe_load((CHART / "values.yaml").read_text())["ray"]["rayVersion"]
+    for dockerfile in sorted((ROOT / "deploy" / "docker").glob("Dockerfile.*")):
+        assert f"ARG RAY_VERSION={ray_version}\n" in dockerfile.read_text(), dockerfile.name
