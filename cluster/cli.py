@@ -84,6 +84,7 @@ def _connect_ray(cfg: ClusterConfig, start: bool) -> None:
             if not start:
                 raise SystemExit("no running cluster found (start one with `llm-cluster up`)") from None
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--disable-usage-stats", "--include-dashboard=false"]
+        cmd.append(f"--node-ip-address={cfg.ray.node_ip_address}")
         if cfg.ray.num_cpus is not None:
             cmd.append(f"--num-cpus={cfg.ray.num_cpus}")
         env = os.environ | {ENV_MARKER: "1"}

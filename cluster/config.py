@@ -257,6 +257,10 @@ class RayConfig(_Strict):
     address: str | None = None
     namespace: str = "llm-cluster"
     num_cpus: int | None = None
+    #: Address of the Ray head that `llm-cluster up` starts itself (ignored when joining ``address``).
+    #: Loopback keeps a single-machine cluster's traffic on this machine; set the machine's own IP to let
+    #: other machines join it with `ray start --address`.
+    node_ip_address: str = "127.0.0.1"
 
 
 class ClusterConfig(_Strict):

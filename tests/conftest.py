@@ -15,6 +15,9 @@ from cluster.router.app import Router
 from cluster.router.replicas import static_source
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Every Ray node a test starts (ray.init, ray.cluster_utils.Cluster, `llm-cluster up`) uses the loopback address,
+# so no test traffic leaves 127.0.0.0/8 (Ray would otherwise pick the machine's outward-facing address).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def free_port() -> int:
