@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
+import os
 import random
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -123,12 +129,54 @@ async def run_phase(name: str, rate: float, duration_s: float, replicas: list[st
     return phase
 
 
+def start_profiler(pid: int, seconds: float, out: str) -> subprocess.Popen | None:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        print("--profile: py-spy is not installed (pip install py-spy); skipping the profile")
+        return None
+    cmd = [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "250", "-f", "raw", "-o", out, "--nonblocking"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_profile(path: str, top: int = 12) -> dict:
+    """Shares of the router's samples by where the innermost frame is, and the top frames by self time."""
+    own: collections.Counter[str] = collections.Counter()
+    where: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(n)
+        own[frames[-1]] += int(n)
+        leaf = frames[-1]
+        if "grpc" in leaf:
+            kind = "gRPC library, Python part"
+        elif "asyncio" in leaf or "selectors" in leaf:
+            # py-spy cannot see Cython frames: grpc.aio's Cython callbacks show as the loop's Handle._run.
+            kind = "asyncio loop, incl. grpc.aio's Cython callbacks"
+        elif "threading" in leaf:
+            kind = "gRPC's completion-queue polling thread"
+        else:
+            kind = "router code and the stdlib it calls"
+        where[kind] += int(n)
+    print(f"\nrouter profile ({total} samples) -> {path}")
+    for kind, n in where.most_common():
+        print(f"  {100 * n / max(total, 1):5.1f}%  {kind}")
+    print("  top frames by self time:")
+    for frame, n in own.most_common(top):
+        print(f"  {100 * n / max(total, 1):5.1f}%  {frame[:110]}")
+    return {"samples": total, "by_kind": {k: n / max(total, 1) for k, n in where.items()}}
+
+
 async def main_async(args: argparse.Namespace) -> dict:
     rates = [float(r) for r in args.rates.split(",")]
     out: dict = {"rates": []}
     with running() as procs:
         replicas = [start_sim_replica(procs, SIM) for _ in range(args.replicas)]
         grpc_port, _ = start_router(procs, replicas)
+        router_pid = procs.procs[-1].pid
         print(f"{args.replicas} sim replicas, router on :{grpc_port}; {args.duration:.0f} s per phase, {MAX_TOKENS} tokens per request\n")
         hdr = (
             f"{'rate':>6} | {'direct p50':>10} {'p99':>7} | {'router p50':>10} {'p99':>7} | "
@@ -138,7 +186,10 @@ async def main_async(args: argparse.Namespace) -> dict:
         sustained = 0.0
         for rate in rates:
             d = await run_phase("direct", rate, args.duration, replicas, grpc_port, 1)
+            prof = start_profiler(router_pid, args.duration, args.profile) if args.profile and rate == max(rates) else None
             r = await run_phase("router", rate, args.duration, replicas, grpc_port, 1)
+            if prof is not None:
+                prof.wait(60)
             add50, add99 = r.pct(50) - d.pct(50), r.pct(99) - d.pct(99)
             errs = {**{f"direct:{k}": v for k, v in d.errors.items()}, **{f"router:{k}": v for k, v in r.errors.items()}}
             print(
@@ -160,6 +211,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         out["highest_sustained_rate"] = sustained
         print(f"\nhighest rate sustained through the router (>=95% completed, no errors): {sustained:.0f} req/s")
         print("targets: added TTFT <= 0.3 ms p50 and <= 2 ms p99 at 1,000 streaming req/s")
+        if args.profile and os.path.exists(args.profile):  # noqa: ASYNC240 - once, after the run
+            out["profile"] = summarize_profile(args.profile)
     return out
 
 
@@ -169,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--profile", metavar="FILE", help="py-spy the router during the highest rate; raw stacks to FILE")
     args = p.parse_args(argv)
     out = asyncio.run(main_async(args))
     if args.json:
