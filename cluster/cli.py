@@ -321,8 +321,10 @@ def cmd_router(args: argparse.Namespace) -> int:
 def cmd_replica(args: argparse.Namespace) -> int:
     from cluster.replica.standalone import run_standalone
 
+    # --http-port here is the replica's own OpenAI endpoint, not a router port.
+    http_port, args.http_port = args.http_port, None
     cfg = _config_from_args(args)
-    return asyncio.run(run_standalone(cfg.models[0], args.port, args.host, cfg.internal_tls))
+    return asyncio.run(run_standalone(cfg.models[0], args.port, args.host, cfg.internal_tls, http_port))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="gRPC port (0: pick one, printed)")
+    p.epilog = (
+        "--http-port P also serves an OpenAI-compatible HTTP API on the replica itself (0: pick one, printed), "
+        "so foreign gateways (vllm-router, smg) can route to it"
+    )
     p.set_defaults(func=cmd_replica)
     return parser
 

@@ -39,6 +39,7 @@ class Router:
             first_token_timeout_s=config.first_token_timeout_s,
             breaker=CircuitBreaker(config.circuit_breaker),
             max_migrations=config.max_migrations,
+            policy_options=config.policy_options,
         )
         # Auth, per-tenant limits and the admission queue, shared by both front ends.
         self.gate = Gate(config, self.balancer)

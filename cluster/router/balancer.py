@@ -47,10 +47,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from cluster.config import PolicyOptions
 from cluster.proto import replica_pb2
 from cluster.router import metrics
 from cluster.router.circuit import CircuitBreaker
-from cluster.router.policies import RouteRequest, RoutingPolicy
+from cluster.router.policies import RouteRequest, RoutingPolicy, make_policy
 from cluster.router.replicas import ReplicaHandle, ReplicaSet
 from cluster.router.validation import ValidRequest
 
@@ -97,6 +98,7 @@ class Balancer:
         first_token_timeout_s: float = 60.0,
         breaker: CircuitBreaker | None = None,
         max_migrations: int = 2,
+        policy_options: PolicyOptions | None = None,
     ) -> None:
         self.replicas = replicas
         self.policy = policy
@@ -105,9 +107,20 @@ class Balancer:
         self.first_token_timeout_s = first_token_timeout_s
         self.breaker = breaker or CircuitBreaker()
         self.max_migrations = max_migrations
+        self.policy_options = policy_options
+        #: Policies chosen per request (x-routing-policy), built on first use, each with its own state.
+        self.policies: dict[str, RoutingPolicy] = {policy.name: policy}
         self.in_flight = 0
         #: Streams resumed on another replica, ever (tests and status read it).
         self.migrations = 0
+
+    def policy_for(self, name: str | None) -> RoutingPolicy:
+        if name is None or name == self.policy.name:
+            return self.policy
+        p = self.policies.get(name)
+        if p is None:
+            p = self.policies[name] = make_policy(name, self.policy_options)
+        return p
 
     def known_model(self, model: str) -> bool:
         return model in self.replicas.models
@@ -128,6 +141,7 @@ class Balancer:
         deadline = time.monotonic() + timeout_s if timeout_s else None
         rreq = to_replica_request(req)
         route = RouteRequest(model=req.model, request_id=req.request_id, prompt=req.routing_text, session_id=req.session_id)
+        policy = self.policy_for(req.routing_policy)
         tried: list[ReplicaHandle] = []
         sent_ids: list[int] = []  # token ids relayed to the client so far, over every replica
         retries = migrations = 0
@@ -141,8 +155,8 @@ class Balancer:
                     why = f"replica failed mid-stream, none left to resume on: {last_error}" if sent_ids else "no ready replica"
                     raise RouterError(grpc.StatusCode.UNAVAILABLE, f"{why} (model {req.model!r})")
                 route.attempt = len(tried)
-                replica = self.policy.choose(candidates, route)
-                metrics.ROUTING_DECISIONS.labels(req.model, self.policy.name, route.outcome).inc()
+                replica = policy.choose(candidates, route)
+                metrics.ROUTING_DECISIONS.labels(req.model, policy.name, route.outcome).inc()
                 tried.append(replica)
                 replica.begin()
                 left = None if deadline is None else deadline - time.monotonic()

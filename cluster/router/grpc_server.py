@@ -29,6 +29,7 @@ from cluster.tls import server_credentials
 log = logging.getLogger(__name__)
 
 SESSION_METADATA_KEY = "x-session-id"
+POLICY_METADATA_KEY = "x-routing-policy"
 AUTH_METADATA_KEY = "authorization"
 
 
@@ -82,7 +83,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
         s = request.sampling
         which = request.WhichOneof("input")
-        session = dict(context.invocation_metadata() or ()).get(SESSION_METADATA_KEY)
+        metadata = dict(context.invocation_metadata() or ())
+        session = metadata.get(SESSION_METADATA_KEY)
+        policy = metadata.get(POLICY_METADATA_KEY)
         try:
             req = validate(
                 model=request.model,
@@ -97,6 +100,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 request_id=request.request_id or None,
                 session_id=session if isinstance(session, str) else None,
                 default_max_tokens=self.config.default_max_tokens,
+                routing_policy=policy if isinstance(policy, str) else None,
             )
             if self.balancer.known_model(req.model):
                 check_context(req, self.balancer.replicas.max_model_len(req.model))

@@ -172,6 +172,7 @@ class OpenAIServer:
             request_id=request.headers.get("x-request-id"),
             session_id=session,
             default_max_tokens=self.config.default_max_tokens,
+            routing_policy=request.headers.get("x-routing-policy"),
         )
         return req, body
 

@@ -46,6 +46,8 @@ class ValidRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     session_id: str | None = None
+    #: Per-request routing policy (``x-routing-policy`` header / metadata); None: the configured one.
+    routing_policy: str | None = None
 
     @property
     def routing_text(self) -> str:
@@ -106,6 +108,7 @@ def validate(
     request_id: object = None,
     session_id: str | None = None,
     default_max_tokens: int = 256,
+    routing_policy: str | None = None,
 ) -> ValidRequest:
     """Check every parameter; raise InvalidRequest naming the first bad one."""
     model_s = _text("model", model)
@@ -145,6 +148,12 @@ def validate(
     else:
         req.request_id = uuid.uuid4().hex
     req.session_id = session_id
+    if routing_policy is not None:
+        from cluster.config import POLICIES
+
+        if routing_policy not in POLICIES:
+            raise InvalidRequest("x-routing-policy", f"unknown policy {routing_policy!r}; choose one of {', '.join(POLICIES)}")
+        req.routing_policy = routing_policy
     return req
 
 

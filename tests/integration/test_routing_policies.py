@@ -59,3 +59,24 @@ async def test_round_robin_baseline_misses_more(sim_fleet):
     router = await sim_fleet.start(4, policy="round_robin")
     frac = await _cached_fraction(router)
     assert frac < 0.55, frac
+
+
+async def test_a_request_can_pick_its_policy_and_an_unknown_one_is_a_400(sim_fleet):
+    router = await sim_fleet.start(2, policy="round_robin")
+    client = oai(router)
+
+    def decisions() -> float:
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "llm_cluster_router_routing_decisions_total", {"model": "sim", "policy": "session_affinity", "outcome": "session_new"}
+            )
+            or 0.0
+        )
+
+    before = decisions()
+    await client.completions.create(
+        model="sim", prompt="hello", max_tokens=2, extra_headers={"x-routing-policy": "session_affinity", "x-session-id": "new-one"}
+    )
+    assert decisions() == before + 1
+    with pytest.raises(openai.BadRequestError, match="x-routing-policy"):
+        await client.completions.create(model="sim", prompt="hello", max_tokens=2, extra_headers={"x-routing-policy": "fastest"})
