@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -76,13 +77,20 @@ def start_http_replica(procs: Procs, engine_args: str) -> tuple[str, str]:
     return f"{m.group(1)}:{m.group(2)}", m.group(3)
 
 
+def find_binary(name: str) -> str | None:
+    """On PATH, or beside this Python (an unactivated venv)."""
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.exists() else None)
+
+
 def start_foreign(procs: Procs, kind: str, policy: str, urls: list[str]) -> str:
     port, metrics_port = free_port(), free_port()
+    binary = find_binary(kind)
     if kind == "vllm-router":
-        cmd = [shutil.which("vllm-router") or "vllm-router", "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
+        cmd = [binary or kind, "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
         cmd += ["--prometheus-port", str(metrics_port), "--log-level", "warning", "--worker-urls", *urls]
     else:
-        cmd = [shutil.which("smg") or "smg", "launch", "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
+        cmd = [binary or kind, "launch", "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
         cmd += ["--prometheus-port", str(metrics_port), "--log-level", "warn", "--worker-urls", *urls]
     procs.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     _wait_port(port)
@@ -120,7 +128,7 @@ async def _cache_counters(http_urls: list[str]) -> tuple[int, int]:
 async def run_system(system: str, args: argparse.Namespace) -> Row:
     kind, _, policy = system.partition(":")
     row = Row(system)
-    if kind != "ours" and shutil.which(kind) is None:
+    if kind != "ours" and find_binary(kind) is None:
         row.note = f"skipped: {kind} not installed (pip install -e '.[bench]')"
         return row
     engine_args = (
