@@ -34,7 +34,8 @@ import grpc
 
 from cluster.config import RouterConfig
 from cluster.proto import replica_pb2
-from cluster.router.admission import AdmissionQueue, AdmissionRefused
+from cluster.router import metrics
+from cluster.router.admission import AdmissionQueue, AdmissionRefused, QueueFull
 from cluster.router.auth import ANONYMOUS, AuthError, KeyStore, Tenant
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.limits import Limiter, LimitExceeded, estimate_tokens
@@ -99,6 +100,7 @@ class Gate:
         try:
             return self.keys.authenticate(key)
         except AuthError as exc:
+            metrics.REFUSED.labels("", "unauthenticated").inc()
             raise Unauthenticated(str(exc)) from None
 
     async def generate(self, tenant: Tenant, req: ValidRequest, timeout_s: float) -> AsyncIterator[replica_pb2.ReplicaChunk]:
@@ -109,18 +111,26 @@ class Gate:
             grant = self.limiter.acquire(tenant, estimate_tokens(_prompt_chars(req), req.max_tokens))
         except LimitExceeded as exc:
             self.refused += 1
+            metrics.REFUSED.labels(tenant.name, exc.limit).inc()
             raise Refused(str(exc), exc.retry_after_s) from None
+        depth = metrics.QUEUE_DEPTH.labels(req.model)
+        depth.inc()
         try:
             wait = min(self.config.admission.queue_timeout_s, timeout_s)
             await self.queue.admit(tenant.name, tenant.spec.priority, cost=float(req.max_tokens + est_prompt), timeout_s=wait)
         except AdmissionRefused as exc:
             self.limiter.release(grant, used_tokens=0, refund_request=True)
             self.refused += 1
+            metrics.REFUSED.labels(tenant.name, "queue_full" if isinstance(exc, QueueFull) else "queue_timeout").inc()
             raise Refused(str(exc), exc.retry_after_s) from None
         except BaseException:
             self.limiter.release(grant, used_tokens=0, refund_request=True)
             raise
+        finally:
+            depth.dec()
         self.admitted += 1
+        in_flight = metrics.TENANT_IN_FLIGHT.labels(tenant.name)
+        in_flight.inc()
         used: int | None = None
         sent = 0
         try:
@@ -132,6 +142,7 @@ class Gate:
                         used = c.prompt_tokens + c.completion_tokens
                     yield c
         finally:
+            in_flight.dec()
             self.queue.release()
             self.limiter.release(grant, used if used is not None else est_prompt + sent)
 

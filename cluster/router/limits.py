@@ -26,10 +26,12 @@ CHARS_PER_TOKEN = 4
 
 
 class LimitExceeded(Exception):
-    def __init__(self, what: str, retry_after_s: float) -> None:
+    def __init__(self, what: str, retry_after_s: float, limit: str = "") -> None:
         self.retry_after_s = max(1, math.ceil(retry_after_s))
         super().__init__(f"tenant limit exceeded: {what}; retry after {self.retry_after_s} s")
         self.what = what
+        #: Which limit: requests_per_minute, tokens_per_minute or max_concurrent.
+        self.limit = limit
 
 
 @dataclass(slots=True)
@@ -115,19 +117,19 @@ class Limiter:
         now = self._clock()
         if st.max_concurrent is not None and st.in_flight >= st.max_concurrent:
             self._refuse(st, "max_concurrent")
-            raise LimitExceeded(f"{st.max_concurrent} concurrent requests", 1.0)
+            raise LimitExceeded(f"{st.max_concurrent} concurrent requests", 1.0, "max_concurrent")
         if st.requests is not None:
             st.requests.refill(now)
             wait = st.requests.wait_for(1)
             if wait > 0:
                 self._refuse(st, "requests_per_minute")
-                raise LimitExceeded(f"{int(st.requests.capacity)} requests per minute", wait)
+                raise LimitExceeded(f"{int(st.requests.capacity)} requests per minute", wait, "requests_per_minute")
         if st.tokens is not None:
             st.tokens.refill(now)
             wait = st.tokens.wait_for(estimated_tokens)
             if wait > 0:
                 self._refuse(st, "tokens_per_minute")
-                raise LimitExceeded(f"{int(st.tokens.capacity)} tokens per minute", wait)
+                raise LimitExceeded(f"{int(st.tokens.capacity)} tokens per minute", wait, "tokens_per_minute")
         if st.requests is not None:
             st.requests.level -= 1
         if st.tokens is not None:

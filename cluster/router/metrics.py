@@ -69,3 +69,13 @@ REPLICAS_HEALTHY = Gauge(
     ["model"],
     registry=REGISTRY,
 )
+REFUSED = Counter(
+    "llm_cluster_router_refused",
+    "Requests refused by the router's gate, by tenant and reason "
+    "(unauthenticated, requests_per_minute, tokens_per_minute, max_concurrent, queue_full, queue_timeout).",
+    ["tenant", "reason"],
+    registry=REGISTRY,
+)
+TENANT_IN_FLIGHT = Gauge(
+    "llm_cluster_router_tenant_in_flight_requests", "Admitted requests in flight, by tenant.", ["tenant"], registry=REGISTRY
+)
