@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from cluster.config import RouterConfig
+from cluster.config import ConfigError, RouterConfig
 from cluster.proto import replica_pb2
 from cluster.router import metrics
 from cluster.router.admission import AdmissionQueue, AdmissionRefused, QueueFull
@@ -68,7 +68,12 @@ class Gate:
         self.config = config
         self.balancer = balancer
         auth = config.auth
-        self.keys: KeyStore | None = KeyStore(auth.key_file) if auth.enabled and auth.key_file else None
+        self.keys: KeyStore | None = None
+        if auth.enabled and auth.key_file:
+            try:
+                self.keys = KeyStore(auth.key_file)
+            except ValueError as exc:  # unreadable or invalid at start: refuse to start, naming the field
+                raise ConfigError(f"config field 'router.auth.key_file': {exc}") from None
         self.anonymous = Tenant(ANONYMOUS, auth.anonymous)
         self.limiter = Limiter()
         adm = config.admission

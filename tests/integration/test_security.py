@@ -237,3 +237,38 @@ async def test_tls_on_public_ports_and_mutual_tls_to_replicas(sim_fleet, tmp_pat
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await replica_pb2_grpc.ReplicaStub(ch).Health(replica_pb2.HealthRequest(), timeout=2)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_client_certificates_can_be_required_on_the_public_port(sim_fleet, tmp_path):
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue("router")
+    user_cert, user_key = ca.issue("some-client")
+    router = await sim_fleet.start(1, router={"tls": {"cert_file": cert, "key_file": key, "client_ca_file": ca.cert_file}})
+    ca_pem = Path(ca.cert_file).read_bytes()  # noqa: ASYNC240 - a small local file
+    with_cert = grpc.ssl_channel_credentials(ca_pem, Path(user_key).read_bytes(), Path(user_cert).read_bytes())  # noqa: ASYNC240
+    async with grpc.aio.secure_channel(f"127.0.0.1:{router.grpc_port}", with_cert) as ch:
+        models = await inference_pb2_grpc.InferenceStub(ch).ListModels(inference_pb2.ListModelsRequest(), timeout=5)
+        assert [m.name for m in models.models] == ["sim"]
+    async with grpc.aio.secure_channel(f"127.0.0.1:{router.grpc_port}", grpc.ssl_channel_credentials(ca_pem)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await inference_pb2_grpc.InferenceStub(ch).ListModels(inference_pb2.ListModelsRequest(), timeout=2)
+    ctx = ssl.create_default_context(cafile=ca.cert_file)
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientError):
+            async with s.get(f"https://127.0.0.1:{router.http_port}/healthz", ssl=ctx) as r:
+                await r.read()
+        ctx.load_cert_chain(user_cert, user_key)
+        async with s.get(f"https://127.0.0.1:{router.http_port}/healthz", ssl=ctx) as r:
+            assert r.status == 200
+
+
+async def test_a_missing_key_file_or_certificate_fails_at_start_naming_the_field(tmp_path):
+    from cluster.config import ConfigError, RouterConfig, ServerTLSConfig
+    from cluster.router.gate import Gate
+    from cluster.tls import server_credentials
+
+    cfg = RouterConfig.model_validate({"auth": {"enabled": True, "key_file": str(tmp_path / "nope.yaml")}})
+    with pytest.raises(ConfigError, match=r"router.auth.key_file.*cannot read"):
+        Gate(cfg, balancer=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"router.tls.cert_file.*cannot read"):
+        server_credentials(ServerTLSConfig(cert_file=str(tmp_path / "x.crt"), key_file=str(tmp_path / "x.key")))
