@@ -7,9 +7,10 @@ alike:
    UNAUTHENTICATED when missing or unknown).  With ``router.auth.enabled``
    off, every request belongs to the one ``anonymous`` tenant.
 2. :meth:`Gate.generate` charges the tenant's limits (:mod:`limits`), then
-   waits in the weighted-fair admission queue (:mod:`admission`) for one of
-   the router's slots (ready replicas x ``max_concurrent_per_replica``), then
-   relays the balancer's stream.  A limit, a full queue or a queue deadline
+   waits in the model's weighted-fair admission queue (:mod:`admission`) for
+   one of its slots (the model's ready replicas x
+   ``max_concurrent_per_replica``; one queue per model, so a flood on one
+   model never holds back another), then relays the balancer's stream.  A limit, a full queue or a queue deadline
    raises :class:`Refused` at once (HTTP 429 + ``Retry-After`` /
    RESOURCE_EXHAUSTED with ``retry-after`` trailing metadata), before any
    byte of the answer, so the front ends can still send a proper status.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -64,7 +65,7 @@ def _prompt_chars(req: ValidRequest) -> int:
 
 
 class Gate:
-    def __init__(self, config: RouterConfig, balancer: Balancer, capacity: Callable[[], int] | None = None) -> None:
+    def __init__(self, config: RouterConfig, balancer: Balancer) -> None:
         self.config = config
         self.balancer = balancer
         auth = config.auth
@@ -76,15 +77,22 @@ class Gate:
                 raise ConfigError(f"config field 'router.auth.key_file': {exc}") from None
         self.anonymous = Tenant(ANONYMOUS, auth.anonymous)
         self.limiter = Limiter()
-        adm = config.admission
-        self.queue = AdmissionQueue(capacity or self._capacity, adm.max_queue, dict(adm.weights))
+        #: One admission queue per model (models are known before a request gets here).
+        self.queues: dict[str, AdmissionQueue] = {}
         self.refused = 0
         self.admitted = 0
 
-    def _capacity(self) -> int:
+    def queue(self, model: str) -> AdmissionQueue:
+        q = self.queues.get(model)
+        if q is None:
+            adm = self.config.admission
+            q = self.queues[model] = AdmissionQueue(lambda: self._capacity(model), adm.max_queue, dict(adm.weights))
+        return q
+
+    def _capacity(self, model: str) -> int:
         # With no ready replica the balancer's own bounded wait answers 503; the
         # gate lets one replica's worth through so that path is reached.
-        ready = sum(len(v) for v in self.balancer.replicas.by_model.values())
+        ready = len(self.balancer.replicas.by_model.get(model, ()))
         return max(ready, 1) * self.config.admission.max_concurrent_per_replica
 
     def start(self) -> None:
@@ -97,7 +105,8 @@ class Gate:
 
     def capacity_changed(self) -> None:
         """The replica set changed: admit waiters that now fit."""
-        self.queue.dispatch()
+        for q in self.queues.values():
+            q.dispatch()
 
     def authenticate(self, key: str | None) -> Tenant:
         if self.keys is None:
@@ -120,9 +129,10 @@ class Gate:
             raise Refused(str(exc), exc.retry_after_s) from None
         depth = metrics.QUEUE_DEPTH.labels(req.model)
         depth.inc()
+        queue = self.queue(req.model)
         try:
             wait = min(self.config.admission.queue_timeout_s, timeout_s)
-            await self.queue.admit(tenant.name, tenant.spec.priority, cost=float(req.max_tokens + est_prompt), timeout_s=wait)
+            await queue.admit(tenant.name, tenant.spec.priority, cost=float(req.max_tokens + est_prompt), timeout_s=wait)
         except AdmissionRefused as exc:
             self.limiter.release(grant, used_tokens=0, refund_request=True)
             self.refused += 1
@@ -148,14 +158,14 @@ class Gate:
                     yield c
         finally:
             in_flight.dec()
-            self.queue.release()
+            queue.release()
             self.limiter.release(grant, used if used is not None else est_prompt + sent)
 
     def leaks(self) -> dict[str, int]:
         """What is still held; all zero when no request is in flight."""
         out = {
-            "admission_in_flight": self.queue.in_flight,
-            "admission_waiting": self.queue.depth(),
+            "admission_in_flight": sum(q.in_flight for q in self.queues.values()),
+            "admission_waiting": sum(q.depth() for q in self.queues.values()),
             "limiter_in_flight": self.limiter.total_in_flight(),
             "balancer_in_flight": self.balancer.in_flight,
             "replica_handles_in_flight": sum(h.in_flight for h in self.balancer.replicas.by_id.values()),

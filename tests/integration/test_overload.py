@@ -93,8 +93,8 @@ async def test_ten_times_overload_is_refused_with_429_and_admitted_requests_keep
     async def sample() -> None:
         nonlocal max_depth, max_in_flight
         while True:
-            max_depth = max(max_depth, router.gate.queue.depth())
-            max_in_flight = max(max_in_flight, router.gate.queue.in_flight)
+            max_depth = max(max_depth, router.gate.queue("sim").depth())
+            max_in_flight = max(max_in_flight, router.gate.queue("sim").in_flight)
             await asyncio.sleep(0.02)
 
     sampler = asyncio.create_task(sample())
