@@ -100,6 +100,12 @@ def chart_schema(cluster: Schema) -> Schema:
                 {
                     "hubToken": obj({"name": string("Secret name; empty: none"), "key": string(minLength=1)}),
                     "apiKeys": obj({"name": string("Secret name; empty: none"), "key": string(minLength=1)}),
+                    "tls": obj(
+                        {
+                            "router": string("kubernetes.io/tls Secret for the router's public ports; empty: none"),
+                            "internal": string("Secret with ca.crt, tls.crt, tls.key for router<->replica mTLS; empty: none"),
+                        }
+                    ),
                 }
             ),
             "modelStorage": obj(

@@ -259,7 +259,7 @@ def test_the_router_is_ready_only_with_a_ready_replica_and_exposes_three_ports()
     docs = render(None)
     (dep,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-router")]
     container = dep["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": 50051, "http": 8000, "metrics": 9400}
     (svc,) = [d for d in of_kind(docs, "Service") if d["metadata"]["name"].endswith("-router")]
@@ -386,3 +386,32 @@ def test_the_images_carry_the_ray_version_the_chart_declares() -> None:
     ray_version = yaml.safe_load((CHART / "values.yaml").read_text())["ray"]["rayVersion"]
     for dockerfile in sorted((ROOT / "deploy" / "docker").glob("Dockerfile.*")):
         assert f"ARG RAY_VERSION={ray_version}\n" in dockerfile.read_text(), dockerfile.name
+
+
+def test_tls_secrets_are_mounted_and_wired_into_the_config(tmp_path: Path) -> None:
+    extra = {
+        "secrets": {"tls": {"router": "router-cert", "internal": "cluster-mtls"}},
+        "cluster": {"internal_tls": {"server_name": "replica.llm"}},
+    }
+    out = render_with(tmp_path, extra, CHART / "examples" / "cpu-small.yaml")
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
+    (tmp_path / "cluster.yaml").write_text(cm["data"]["cluster.yaml"])
+    cfg = load_config(tmp_path / "cluster.yaml")
+    assert cfg.router.tls.cert_file == "/etc/llm-cluster/tls/router/tls.crt"
+    assert (cfg.internal_tls.ca_file, cfg.internal_tls.server_name) == ("/etc/llm-cluster/tls/internal/ca.crt", "replica.llm")
+    (router,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-router")]
+    container = router["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/etc/llm-cluster/tls/router", "/etc/llm-cluster/tls/internal"} <= mounts
+    (rc,) = of_kind(docs, "RayCluster")
+    pods = [rc["spec"]["headGroupSpec"]["template"], *(g["template"] for g in rc["spec"]["workerGroupSpecs"])]
+    for pod in pods:
+        assert "/etc/llm-cluster/tls/internal" in {m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    for doc in docs:
+        if doc["kind"] not in CRDS:
+            kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+        else:
+            assert not list(crd_validator(doc["kind"]).iter_errors(doc))

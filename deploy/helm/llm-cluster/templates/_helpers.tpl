@@ -141,7 +141,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $auth "key_file" "/etc/llm-cluster/auth/keys.yaml" -}}
 {{- $_ := set $router "auth" $auth -}}
 {{- end -}}
+{{- if .Values.secrets.tls.router -}}
+{{- $tls := deepCopy ($router.tls | default dict) -}}
+{{- $_ := set $tls "cert_file" "/etc/llm-cluster/tls/router/tls.crt" -}}
+{{- $_ := set $tls "key_file" "/etc/llm-cluster/tls/router/tls.key" -}}
+{{- $_ := set $router "tls" $tls -}}
+{{- end -}}
 {{- $_ := set $cfg "router" $router -}}
+{{- if .Values.secrets.tls.internal -}}
+{{- $itls := deepCopy ($cfg.internal_tls | default dict) -}}
+{{- $_ := set $itls "ca_file" "/etc/llm-cluster/tls/internal/ca.crt" -}}
+{{- $_ := set $itls "cert_file" "/etc/llm-cluster/tls/internal/tls.crt" -}}
+{{- $_ := set $itls "key_file" "/etc/llm-cluster/tls/internal/tls.key" -}}
+{{- $_ := set $cfg "internal_tls" $itls -}}
+{{- end -}}
 {{- $ray := deepCopy ($cfg.ray | default dict) -}}
 {{- $_ := set $ray "address" (printf "ray://%s:10001" (include "llm-cluster.headService" .)) -}}
 {{- $_ := set $cfg "ray" $ray -}}
@@ -168,6 +181,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: dshm
   emptyDir:
     medium: Memory
+{{- with .Values.secrets.tls.internal }}
+- name: internal-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
 {{- end -}}
 
 {{/* Environment of the Ray containers. */}}
@@ -195,6 +213,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   readOnly: true
 - name: dshm
   mountPath: /dev/shm
+{{- if .Values.secrets.tls.internal }}
+- name: internal-tls
+  mountPath: /etc/llm-cluster/tls/internal
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* The pod template of one Ray worker group (RayCluster workerGroupSpec, or KEDA's StatefulSet). */}}
