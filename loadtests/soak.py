@@ -28,6 +28,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -48,7 +49,8 @@ def _serve_control(conn: Connection, stats: Any, stop: threading.Event) -> None:
             continue
         try:
             cmd = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the parent is gone: stop too, leave no orphan
+            stop.set()
             break
         if cmd == "stop":
             conn.send({"stopped": True})
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         growth_target=args.growth_target,
         sample_every_s=max(1.0, min(30.0, args.duration_s / 60)),
     )
+    # SIGTERM unwinds like Ctrl-C, so the children are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = asyncio.run(run_soak(cfg, progress=sys.stderr.isatty()))
     if args.out:
         with open(args.out, "w") as f:
