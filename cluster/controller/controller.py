@@ -17,12 +17,27 @@ One named, detached Ray actor (``llm-cluster-controller``) per cluster.  It
 
 Failure modes: if the controller itself dies, replicas and routers keep serving
 with the last endpoint set; Ray restarts the controller (max_restarts=-1) and it
-adopts the live, named replica actors it finds instead of restarting them.
+recovers the deployment without restarting anything healthy:
+
+- the desired counts come back from Ray's internal KV store, where every
+  ``set_replicas`` writes them (so an autoscaler's decision outlives the
+  restart); a controller created afresh starts from the config instead;
+- it adopts the live, named replica actors of its namespace: ready ones go
+  straight back into the endpoint set, ones that were still starting are
+  awaited, ones that were draining are drained and stopped;
+- each adopted replica gets its placement group back by name (placement groups
+  are detached, so they outlive the controller and its restarts), and groups
+  with no live replica left are removed, so none leaks;
+- endpoint-set versions start from the wall clock, so a router that saw the old
+  controller's versions still gets the new set at once.
+What is not recovered: the per-node CPU-core assignment of vLLM CPU replicas
+(adopted replicas keep their cores; new ones may be given overlapping cores).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -30,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.experimental import internal_kv
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -44,6 +60,8 @@ REPLICA_PREFIX = "llm-cluster-replica-"
 #: Time between leaving the endpoint set and refusing new requests, so routers
 #: receive the new set before the replica starts saying UNAVAILABLE.
 DRAIN_GRACE_S = 0.5
+#: Ray internal-KV key (per namespace) holding the desired replica counts.
+STATE_KEY = "llm-cluster/{namespace}/desired"
 
 
 @dataclass
@@ -69,19 +87,28 @@ class ControllerActor:
         self.config = ClusterConfig.model_validate(config)
         self.models: dict[str, ModelConfig] = {m.name: m for m in self.config.models}
         self.desired: dict[str, int] = {m.name: m.replicas for m in self.config.models}
+        self._state_key = STATE_KEY.format(namespace=ray.get_runtime_context().namespace).encode()
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            self._restore_desired()
+        else:
+            self._save_desired()
         self.replicas: dict[str, Replica] = {}
-        self.version = 0
+        # Milliseconds of wall clock: a restarted controller's versions exceed the
+        # ones routers saw from its previous life, so their watch answers at once.
+        self.version = int(time.time() * 1000)
         self._changed = asyncio.Condition()
         self._loop_task: asyncio.Task | None = None
+        self._run_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._cpu_slots: dict[str, set[int]] = {}
 
     # ---- public API (Ray actor methods) ---------------------------------
     async def run(self) -> bool:
         """Start the reconcile loop (idempotent)."""
-        if self._loop_task is None or self._loop_task.done():
-            await self._adopt_live_replicas()
-            self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
+        async with self._run_lock:  # after a restart, several first calls race here
+            if self._loop_task is None or self._loop_task.done():
+                await self._adopt_live_replicas()
+                self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
         return True
 
     async def set_replicas(self, model: str, n: int) -> dict[str, int]:
@@ -92,6 +119,7 @@ class ControllerActor:
             raise ValueError("replica count must be >= 0")
         old = self.desired[model]
         self.desired[model] = n
+        self._save_desired()
         log.info("desired replicas set", extra={"model": model, "from": old, "to": n})
         self._wake.set()
         return {"model": model, "desired": n, "previous": old}  # type: ignore[dict-item]
@@ -100,7 +128,8 @@ class ControllerActor:
         """Long-poll: return (version, endpoints) once version > known_version or on timeout."""
         await self.run()  # after a Ray restart of this actor, the first call restarts the loop
         async with self._changed:
-            if self.version <= known_version:
+            # known_version > version: the router saw an earlier controller's set.
+            if self.version == known_version:
                 try:
                     await asyncio.wait_for(self._changed.wait_for(lambda: self.version > known_version), timeout_s)
                 except TimeoutError:
@@ -158,6 +187,10 @@ class ControllerActor:
             self._loop_task.cancel()
         for model in self.desired:
             self.desired[model] = 0
+        try:
+            internal_kv._internal_kv_del(self._state_key)
+        except Exception:
+            log.warning("could not delete the saved desired counts", exc_info=True)
         await asyncio.gather(*(self._stop_replica(r, drain=False) for r in list(self.replicas.values())), return_exceptions=True)
 
     # ---- reconcile ---------------------------------------------------------
@@ -199,7 +232,9 @@ class ControllerActor:
     async def _start_replica(self, r: Replica, model: ModelConfig) -> None:
         plan = plan_placement(model)
         try:
-            r.pg = placement_group(plan.bundles, strategy=plan.strategy, name=f"{REPLICA_PREFIX}{r.replica_id}")
+            # Detached: the group must outlive a restart of this actor, or Ray
+            # would remove it, and the replica in it, with the old incarnation.
+            r.pg = placement_group(plan.bundles, strategy=plan.strategy, name=f"{REPLICA_PREFIX}{r.replica_id}", lifetime="detached")
             await asyncio.wait_for(r.pg.ready(), self.config.controller.start_timeout_s)
             r.node_id = ray.util.placement_group_table(r.pg)["bundles_to_node_id"].get(0)
             env = dict(model.env)
@@ -328,32 +363,124 @@ class ControllerActor:
 
         asyncio.get_running_loop().create_task(notify())
 
-    async def _adopt_live_replicas(self) -> None:
-        """After a controller restart, keep serving with the replicas that survived."""
+    def _save_desired(self) -> None:
         try:
-            from ray.util import list_named_actors
+            internal_kv._internal_kv_put(self._state_key, json.dumps(self.desired).encode(), overwrite=True)
+        except Exception:  # losing this only costs the counts on a restart
+            log.warning("could not save the desired counts", exc_info=True)
 
-            names = [a["name"] for a in list_named_actors(all_namespaces=True) if a["name"].startswith(REPLICA_PREFIX)]
+    def _restore_desired(self) -> None:
+        try:
+            raw = internal_kv._internal_kv_get(self._state_key)
+            saved = json.loads(raw) if raw else {}
+        except Exception:
+            log.warning("could not read the saved desired counts; using the config's", exc_info=True)
+            return
+        for model, n in saved.items():
+            if model in self.desired and isinstance(n, int) and n >= 0:
+                self.desired[model] = n
+        log.info("desired counts restored", extra={"desired": json.dumps(self.desired)})
+
+    async def _adopt_live_replicas(self) -> None:
+        """After a controller restart, keep serving with the replicas that survived.
+
+        Ready replicas are adopted as they are; one that was still starting is
+        awaited; one that was draining is drained and stopped.  Each gets its
+        placement group back, and groups left without a replica are removed.
+        """
+        try:
+            names = [n for n in ray.util.list_named_actors() if n.startswith(REPLICA_PREFIX)]
+        except Exception:
+            log.warning("cannot list named actors; adopting nothing", exc_info=True)
+            names = []
+        adopted = await asyncio.gather(*(self._adopt(name) for name in names))
+        self._remove_orphan_placement_groups()
+        if any(adopted):
+            self._publish()
+
+    async def _adopt(self, name: str) -> bool:
+        rid = name.removeprefix(REPLICA_PREFIX)
+        if rid in self.replicas:
+            return False
+        try:
+            actor = ray.get_actor(name)
+            h = await asyncio.wait_for(actor.health.remote(), 10)
+        except Exception as exc:
+            # Dead or wedged: it serves nothing; free its resources.
+            log.warning("replica found dead at adoption; removing it", extra={"replica": rid, "error": repr(exc)[:300]})
+            self._kill_orphan(name)
+            return False
+        model = h.get("model") or rid.rsplit("-", 1)[0]
+        if model not in self.models:
+            log.warning("replica of a model not in the config; removing it", extra={"replica": rid, "model": model})
+            self._kill_orphan(name)
+            return False
+        r = Replica(replica_id=rid, model=model, actor=actor, pg=_placement_group_named(name), address=h.get("address"))
+        r.max_model_len = int(h.get("max_model_len") or 0)
+        r.last_health = h
+        r.node_id = h.get("node_id")
+        r.started_at = float(h.get("started_at") or r.started_at)
+        self.replicas[rid] = r
+        loop = asyncio.get_running_loop()
+        if h.get("ready"):
+            r.state = "READY"
+        elif h.get("draining"):
+            r.state = "DRAINING"  # the previous controller was scaling it down
+            r.task = loop.create_task(self._stop_replica(r, drain=True))
+        else:
+            r.state = "STARTING"  # the previous controller's start() call still runs in the actor
+            r.task = loop.create_task(self._await_adopted_start(r))
+        log.info("adopted live replica", extra={"replica": rid, "state": r.state, "placement_group": r.pg is not None})
+        return r.state == "READY"
+
+    async def _await_adopted_start(self, r: Replica) -> None:
+        deadline = time.monotonic() + self.config.controller.start_timeout_s
+        while r.state == "STARTING" and time.monotonic() < deadline:
+            try:
+                h = await asyncio.wait_for(r.actor.health.remote(), 10)
+            except Exception:
+                break
+            if h.get("ready"):
+                r.state, r.address, r.last_health = "READY", h.get("address"), h
+                r.max_model_len = int(h.get("max_model_len") or 0)
+                self._publish()
+                return
+            await asyncio.sleep(0.5)
+        if r.state == "STARTING":
+            log.error("adopted replica never became ready", extra={"replica": r.replica_id})
+            r.state = "FAILED"
+            await self._cleanup(r)
+
+    def _kill_orphan(self, name: str) -> None:
+        try:
+            ray.kill(ray.get_actor(name), no_restart=True)
+        except Exception:
+            pass
+        pg = _placement_group_named(name)
+        if pg is not None:
+            remove_placement_group(pg)
+
+    def _remove_orphan_placement_groups(self) -> None:
+        """Remove replica placement groups that no known replica owns (e.g. the old controller died mid-start)."""
+        try:
+            table = ray.util.placement_group_table()
         except Exception:
             return
-        for name in names:
-            try:
-                actor = ray.get_actor(name)
-                h = await asyncio.wait_for(actor.health.remote(), 5)
-            except Exception:
-                continue
-            rid = name.removeprefix(REPLICA_PREFIX)
-            model = rid.rsplit("-", 1)[0]
-            if model not in self.models or not h.get("ready"):
-                continue
-            r = Replica(replica_id=rid, model=model, actor=actor, pg=None, state="READY", address=h.get("address"))
-            r.max_model_len = int(h.get("max_model_len") or 0)
-            r.last_health = h
-            r.node_id = h.get("node_id")
-            self.replicas[rid] = r
-            log.info("adopted live replica", extra={"replica": rid})
-        if names:
-            self._publish()
+        owned = {f"{REPLICA_PREFIX}{rid}" for rid in self.replicas}
+        for info in table.values():
+            name = info.get("name", "")
+            if name.startswith(REPLICA_PREFIX) and name not in owned and info.get("state") != "REMOVED":
+                pg = _placement_group_named(name)
+                if pg is not None:
+                    log.warning("removing an orphaned placement group", extra={"placement_group": name})
+                    remove_placement_group(pg)
+
+
+def _placement_group_named(name: str) -> PlacementGroup | None:
+    try:
+        return ray.util.get_placement_group(name)
+    except ValueError:
+        return None
 
 
 def _node_cpus(node_id: str) -> float:
