@@ -64,11 +64,17 @@ class Tally:
     errors: list[str] = field(default_factory=list)
 
     def line(self, name: str) -> str:
-        return (
+        """The scenario's counts as one line, also kept for the end-of-session summary."""
+        text = (
             f"faults[{name}]: sent={self.sent} completed={self.completed} migrated={self.migrated} "
             f"refused={self.refused} failed={self.failed} lost={self.lost}"
         )
+        REPORT.append(text)
+        return text
 
+
+#: Every tally line printed in this session; tests/faults/conftest.py shows them in pytest's summary.
+REPORT: list[str] = []
 
 _expected_cache: dict[tuple[int, int], tuple[list[int], str]] = {}
 
