@@ -50,6 +50,10 @@ class EngineRequest:
     # Tokens already produced by an earlier replica for this request (migration):
     # the engine continues after them and does not emit them again.
     resume_token_ids: list[int] = field(default_factory=list)
+    # The text the client received for them (None: unknown).  Engines hold back
+    # text that could begin a stop string, so it may be shorter than their
+    # detokenization; the resuming engine sends the difference first.
+    resume_text: str | None = None
 
 
 @dataclass(slots=True)

@@ -63,7 +63,11 @@ Model
   ``max_tokens`` is reduced by their count, and the random stream skips that
   many draws.  A seeded request resumed elsewhere therefore continues exactly
   where it left off.  ``prompt_tokens`` in the usage includes the resumed
-  tokens, because the engine did process them as prompt.
+  tokens, because the engine did process them as prompt.  With
+  ``resume_text`` (what the client already received), the resumed words
+  become the start of the request's text, the part of it the client lacks
+  (held back for a stop string) is sent first, and stop strings are matched
+  across the boundary, exactly as if the request had never moved.
 
 Defaults
 --------
@@ -385,6 +389,7 @@ class SimEngine(Engine):
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._word_ids = {w: self.tokenize(w)[0] for w in WORDS}
+        self._id_words = {i: w for w, i in self._word_ids.items()}
 
     # -- public helpers beyond the Engine interface --------------------------
 
@@ -412,7 +417,7 @@ class SimEngine(Engine):
         seq = self._new_seq(request)
         if seq.max_new <= 0:
             # Everything was already produced before migration.
-            yield self._final_delta(seq, "length", "", [])
+            yield self._final_delta(seq, "length", seq.text[seq.emitted :], [])
             return
         self._submit(seq)
         finished = False
@@ -473,7 +478,7 @@ class SimEngine(Engine):
         rng = random.Random(self._seed_for(request, ids[: len(ids) - resumed]))
         for _ in range(resumed):  # continue the stream where the earlier replica stopped
             rng.choice(WORDS)
-        return _Seq(
+        seq = _Seq(
             request_id=request.request_id,
             token_ids=ids,
             prompt_len=len(ids),
@@ -483,6 +488,20 @@ class SimEngine(Engine):
             out=asyncio.Queue(),
             leading_space=resumed > 0,
         )
+        if resumed and request.resume_text is not None:
+            self._resume_text(seq, request.resume_token_ids, request.resume_text)
+        return seq
+
+    def _resume_text(self, seq: _Seq, resumed_ids: Sequence[int], sent: str) -> None:
+        """Start from the resumed words' text, of which the client has ``sent``."""
+        words = [self._id_words.get(i) for i in resumed_ids]
+        text = " ".join(w for w in words if w is not None)
+        if None in words or not text.startswith(sent):
+            # Not this sim's output: continue without the resumed text.
+            log.warning("resume_text does not match the resumed tokens; ignoring it", extra={"request_id": seq.request_id})
+            return
+        seq.text = text
+        seq.emitted = len(sent)
 
     def _seed_for(self, request: EngineRequest, prompt_ids: list[int]) -> int:
         s = request.sampling

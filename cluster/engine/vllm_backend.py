@@ -325,13 +325,16 @@ class VllmEngine(Engine):
                     + f", which leaves no room in the model's context of {self.max_model_len} tokens"
                 )
 
+            # Text of the resumed tokens the client has not received yet (held
+            # back by the earlier engine for a stop string): it goes first.
+            pending = self._unsent_resumed_text(prompt_ids, resume_ids, request.resume_text)
             remaining = request.sampling.max_tokens - len(resume_ids)
             if remaining <= 0:
                 # An earlier replica already produced every token asked for.
                 finished = True
                 self._inflight.pop(request_id, None)
                 yield Delta(
-                    text="",
+                    text=pending,
                     token_ids=[],
                     finish_reason="length",
                     prompt_tokens=len(prompt_ids),
@@ -357,6 +360,8 @@ class VllmEngine(Engine):
                 if delta is None:
                     continue
                 generated += len(delta.token_ids)
+                if pending:
+                    delta.text, pending = pending + delta.text, ""
                 if delta.finish_reason is not None:
                     # Held back until vLLM's stream has ended by itself (right
                     # after its finished output), so it is never left open.
@@ -383,6 +388,25 @@ class VllmEngine(Engine):
                     await self._llm.abort(request_id)
                 except Exception:
                     logger.exception("aborting request %s failed", request_id, extra={"request_id": request_id})
+
+    def _unsent_resumed_text(self, prompt_ids: list[int], resume_ids: list[int], sent: str | None) -> str:
+        """The detokenized resumed tokens past what the client received (``sent``).
+
+        They are decoded after a few prompt tokens, so the first one gets the
+        spacing it had when it was generated.  A stop string that began in this
+        held-back text and ends in new text is not caught: vLLM matches stop
+        strings in its own output only.
+        """
+        if not resume_ids or sent is None:
+            return ""
+        tail = prompt_ids[-8:]
+        base = self._tokenizer.decode(tail, skip_special_tokens=True)
+        full = self._tokenizer.decode(tail + resume_ids, skip_special_tokens=True)
+        full = full[len(base) :] if full.startswith(base) else self._tokenizer.decode(resume_ids, skip_special_tokens=True)
+        if not full.startswith(sent):
+            logger.warning("resume_text does not match the resumed tokens; sending nothing extra")
+            return ""
+        return full[len(sent) :]
 
     def _to_delta(
         self,

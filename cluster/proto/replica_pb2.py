@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cllm_cluster/v1/replica.proto\x12\x0ellm_cluster.v1\"\x82\x01\n\x0fReplicaSampling\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x07\n\x05_seed\"/\n\x0eReplicaMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc1\x01\n\x16ReplicaGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1b.llm_cluster.v1.MessageListH\x00\x12\x31\n\x08sampling\x18\x04 \x01(\x0b\x32\x1f.llm_cluster.v1.ReplicaSampling\x12\x18\n\x10resume_token_ids\x18\x05 \x03(\rB\x07\n\x05input\"?\n\x0bMessageList\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.llm_cluster.v1.ReplicaMessage\"\x96\x01\n\x0cReplicaChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x06 \x01(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"(\n\x11LoadStreamRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\xeb\x01\n\nLoadReport\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x04 \x01(\x02\x12\x1c\n\x14prefix_cache_queries\x18\x05 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x06 \x01(\x04\x12\x11\n\ttimestamp\x18\x07 \x01(\x01\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x15\n\rrecent_ttft_s\x18\t \x01(\x01\x12\x1a\n\x12kv_capacity_tokens\x18\n \x01(\x04\"\x0f\n\rHealthRequest\"B\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t2\xbb\x02\n\x07Replica\x12R\n\x08Generate\x12&.llm_cluster.v1.ReplicaGenerateRequest\x1a\x1c.llm_cluster.v1.ReplicaChunk0\x01\x12\x44\n\x05\x41\x62ort\x12\x1c.llm_cluster.v1.AbortRequest\x1a\x1d.llm_cluster.v1.AbortResponse\x12M\n\nStreamLoad\x12!.llm_cluster.v1.LoadStreamRequest\x1a\x1a.llm_cluster.v1.LoadReport0\x01\x12G\n\x06Health\x12\x1d.llm_cluster.v1.HealthRequest\x1a\x1e.llm_cluster.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cllm_cluster/v1/replica.proto\x12\x0ellm_cluster.v1\"\x82\x01\n\x0fReplicaSampling\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x07\n\x05_seed\"/\n\x0eReplicaMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xeb\x01\n\x16ReplicaGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1b.llm_cluster.v1.MessageListH\x00\x12\x31\n\x08sampling\x18\x04 \x01(\x0b\x32\x1f.llm_cluster.v1.ReplicaSampling\x12\x18\n\x10resume_token_ids\x18\x05 \x03(\r\x12\x18\n\x0bresume_text\x18\x06 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05inputB\x0e\n\x0c_resume_text\"?\n\x0bMessageList\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.llm_cluster.v1.ReplicaMessage\"\x96\x01\n\x0cReplicaChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x06 \x01(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"(\n\x11LoadStreamRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\xeb\x01\n\nLoadReport\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x04 \x01(\x02\x12\x1c\n\x14prefix_cache_queries\x18\x05 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x06 \x01(\x04\x12\x11\n\ttimestamp\x18\x07 \x01(\x01\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x15\n\rrecent_ttft_s\x18\t \x01(\x01\x12\x1a\n\x12kv_capacity_tokens\x18\n \x01(\x04\"\x0f\n\rHealthRequest\"B\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t2\xbb\x02\n\x07Replica\x12R\n\x08Generate\x12&.llm_cluster.v1.ReplicaGenerateRequest\x1a\x1c.llm_cluster.v1.ReplicaChunk0\x01\x12\x44\n\x05\x41\x62ort\x12\x1c.llm_cluster.v1.AbortRequest\x1a\x1d.llm_cluster.v1.AbortResponse\x12M\n\nStreamLoad\x12!.llm_cluster.v1.LoadStreamRequest\x1a\x1a.llm_cluster.v1.LoadReport0\x01\x12G\n\x06Health\x12\x1d.llm_cluster.v1.HealthRequest\x1a\x1e.llm_cluster.v1.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICAMESSAGE']._serialized_start=181
   _globals['_REPLICAMESSAGE']._serialized_end=228
   _globals['_REPLICAGENERATEREQUEST']._serialized_start=231
-  _globals['_REPLICAGENERATEREQUEST']._serialized_end=424
-  _globals['_MESSAGELIST']._serialized_start=426
-  _globals['_MESSAGELIST']._serialized_end=489
-  _globals['_REPLICACHUNK']._serialized_start=492
-  _globals['_REPLICACHUNK']._serialized_end=642
-  _globals['_ABORTREQUEST']._serialized_start=644
-  _globals['_ABORTREQUEST']._serialized_end=678
-  _globals['_ABORTRESPONSE']._serialized_start=680
-  _globals['_ABORTRESPONSE']._serialized_end=710
-  _globals['_LOADSTREAMREQUEST']._serialized_start=712
-  _globals['_LOADSTREAMREQUEST']._serialized_end=752
-  _globals['_LOADREPORT']._serialized_start=755
-  _globals['_LOADREPORT']._serialized_end=990
-  _globals['_HEALTHREQUEST']._serialized_start=992
-  _globals['_HEALTHREQUEST']._serialized_end=1007
-  _globals['_HEALTHRESPONSE']._serialized_start=1009
-  _globals['_HEALTHRESPONSE']._serialized_end=1075
-  _globals['_REPLICA']._serialized_start=1078
-  _globals['_REPLICA']._serialized_end=1393
+  _globals['_REPLICAGENERATEREQUEST']._serialized_end=466
+  _globals['_MESSAGELIST']._serialized_start=468
+  _globals['_MESSAGELIST']._serialized_end=531
+  _globals['_REPLICACHUNK']._serialized_start=534
+  _globals['_REPLICACHUNK']._serialized_end=684
+  _globals['_ABORTREQUEST']._serialized_start=686
+  _globals['_ABORTREQUEST']._serialized_end=720
+  _globals['_ABORTRESPONSE']._serialized_start=722
+  _globals['_ABORTRESPONSE']._serialized_end=752
+  _globals['_LOADSTREAMREQUEST']._serialized_start=754
+  _globals['_LOADSTREAMREQUEST']._serialized_end=794
+  _globals['_LOADREPORT']._serialized_start=797
+  _globals['_LOADREPORT']._serialized_end=1032
+  _globals['_HEALTHREQUEST']._serialized_start=1034
+  _globals['_HEALTHREQUEST']._serialized_end=1049
+  _globals['_HEALTHRESPONSE']._serialized_start=1051
+  _globals['_HEALTHRESPONSE']._serialized_end=1117
+  _globals['_REPLICA']._serialized_start=1120
+  _globals['_REPLICA']._serialized_end=1435
 # @@protoc_insertion_point(module_scope)

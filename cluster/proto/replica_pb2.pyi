@@ -31,18 +31,20 @@ class ReplicaMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ReplicaGenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "chat", "sampling", "resume_token_ids")
+    __slots__ = ("request_id", "prompt", "chat", "sampling", "resume_token_ids", "resume_text")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TEXT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     chat: MessageList
     sampling: ReplicaSampling
     resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[MessageList, _Mapping]] = ..., sampling: _Optional[_Union[ReplicaSampling, _Mapping]] = ..., resume_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    resume_text: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[MessageList, _Mapping]] = ..., sampling: _Optional[_Union[ReplicaSampling, _Mapping]] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., resume_text: _Optional[str] = ...) -> None: ...
 
 class MessageList(_message.Message):
     __slots__ = ("messages",)

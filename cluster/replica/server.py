@@ -51,6 +51,7 @@ def to_engine_request(req: replica_pb2.ReplicaGenerateRequest) -> EngineRequest:
         prompt=prompt,
         messages=messages,
         resume_token_ids=list(req.resume_token_ids),
+        resume_text=req.resume_text if req.HasField("resume_text") else None,
     )
 
 

@@ -27,10 +27,14 @@ replica is ready, the stream ends with UNAVAILABLE naming the cause.  The last
 chunk's usage is rewritten to describe the whole logical request (engines
 disagree on whether resumed tokens count as prompt or completion).
 
-Failure modes: text an engine held back at the moment of failure because it
-might begin a stop string is lost (at most the longest stop string minus one
-character); a replica that stalls after its first token is not detected here
-(the request's deadline bounds it).
+The text relayed so far goes along (``resume_text``): an engine holds back
+the last characters that could begin a stop string, so the failed replica
+may have produced more text than the client got, and the resuming engine
+sends that difference first.
+
+Failure modes: a replica that stalls after its first token is not detected
+here (the request's deadline bounds it); see the engines for how exact a
+resumed stop-string check is.
 
 When the caller goes away (client cancel, deadline), the relaying coroutine is
 cancelled, which cancels the replica call, which aborts the request in the
@@ -144,6 +148,7 @@ class Balancer:
         policy = self.policy_for(req.routing_policy)
         tried: list[ReplicaHandle] = []
         sent_ids: list[int] = []  # token ids relayed to the client so far, over every replica
+        sent_text: list[str] = []  # and their text
         retries = migrations = 0
         last_error = ""
         self.in_flight += 1
@@ -170,6 +175,7 @@ class Balancer:
                 if sent_ids:
                     del rreq.resume_token_ids[:]
                     rreq.resume_token_ids.extend(sent_ids)
+                    rreq.resume_text = "".join(sent_text)
                 resumed = len(sent_ids)
                 call = replica.stub.Generate(rreq, timeout=left)
                 try:
@@ -196,6 +202,7 @@ class Balancer:
                             if chunk.finish_reason and resumed:
                                 _whole_request_usage(chunk, len(sent_ids) + len(chunk.token_ids))
                             sent_ids.extend(chunk.token_ids)
+                            sent_text.append(chunk.text)
                             yield chunk
                             try:
                                 chunk = await stream.__anext__()

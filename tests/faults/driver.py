@@ -44,6 +44,7 @@ class Outcome:
     seed: int
     max_tokens: int
     deadline_s: float
+    stop: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str = ""
@@ -76,22 +77,30 @@ class Tally:
 #: Every tally line printed in this session; tests/faults/conftest.py shows them in pytest's summary.
 REPORT: list[str] = []
 
-_expected_cache: dict[tuple[int, int], tuple[list[int], str]] = {}
+#: Stop strings by request index: one that never matches (the engine still holds
+#: back 3 characters, which a migration must not lose), one that often does, none.
+STOPS: tuple[list[str], ...] = (["qqqq"], ["e t"], [])
+
+_expected_cache: dict[tuple[int, int, tuple[str, ...]], tuple[list[int], str, str, int]] = {}
 
 
-async def expected(seed: int, max_tokens: int) -> tuple[list[int], str]:
-    """Token ids and text of an undisturbed run (the sim's seeded words do not depend on the prompt)."""
-    key = (seed, max_tokens)
+async def expected(seed: int, max_tokens: int, stop: list[str]) -> tuple[list[int], str, str, int]:
+    """Token ids, text, finish reason and completion tokens of an undisturbed run.
+
+    The sim's seeded words do not depend on the prompt, so any prompt will do.
+    """
+    key = (seed, max_tokens, tuple(stop))
     if key not in _expected_cache:
         engine = SimEngine(SimParams(time_scale=0.0))
         ids: list[int] = []
         text = ""
-        req = EngineRequest(request_id="ref", sampling=Sampling(max_tokens=max_tokens, seed=seed), prompt="reference prompt")
+        req = EngineRequest(request_id="ref", sampling=Sampling(max_tokens=max_tokens, seed=seed, stop=stop), prompt="reference prompt")
         async for d in engine.generate(req):
             ids += d.token_ids
             text += d.text
+            last = d
         await engine.shutdown()
-        _expected_cache[key] = (ids, text)
+        _expected_cache[key] = (ids, text, last.finish_reason or "", last.completion_tokens)
     return _expected_cache[key]
 
 
@@ -106,9 +115,9 @@ async def judge(outcomes: list[Outcome], migrated: int) -> Tally:
                 t.refused += 1
             t.errors.append(o.error)
             continue
-        ids, text = await expected(o.seed, o.max_tokens)
+        ids, text, finish, completion = await expected(o.seed, o.max_tokens, o.stop)
         ids_ok = o.api == "http" or o.token_ids == ids  # the HTTP API carries text only
-        if not hung and o.finish_reason == "length" and ids_ok and o.text == text and o.completion_tokens == o.max_tokens:
+        if not hung and o.finish_reason == finish and ids_ok and o.text == text and o.completion_tokens == completion:
             t.completed += 1
             continue
         t.lost += 1
@@ -123,6 +132,7 @@ async def judge(outcomes: list[Outcome], migrated: int) -> Tally:
 async def _one_grpc(stub: inference_pb2_grpc.InferenceStub, o: Outcome) -> None:
     req = build_request(f"request {o.index} tell me a story", model="sim", chat=o.index % 2 == 0, max_tokens=o.max_tokens, seed=o.seed)
     req.sampling.temperature = 0.8
+    req.sampling.stop.extend(o.stop)
     try:
         async for c in stub.Generate(req, timeout=o.deadline_s):
             o.token_ids += c.token_ids
@@ -141,6 +151,7 @@ async def _one_http(session: aiohttp.ClientSession, url: str, o: Outcome) -> Non
         "max_tokens": o.max_tokens,
         "seed": o.seed,
         "temperature": 0.8,
+        "stop": o.stop or None,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -192,7 +203,7 @@ async def run_load(
         async def client() -> None:
             for i in counter:
                 api = "http" if http_share and i % http_share == http_share - 1 else "grpc"
-                o = Outcome(index=i, api=api, seed=seed0 + i, max_tokens=max_tokens, deadline_s=deadline_s)
+                o = Outcome(index=i, api=api, seed=seed0 + i, max_tokens=max_tokens, deadline_s=deadline_s, stop=STOPS[i % len(STOPS)])
                 outcomes.append(o)
                 t0 = time.monotonic()
                 if api == "grpc":

@@ -32,7 +32,14 @@ def words(n: int, tag: str = "w") -> str:
 
 def request(rid: str, prompt: str = "hello there", max_tokens: int = 8, **sampling: Any) -> EngineRequest:
     resume = sampling.pop("resume", [])
-    return EngineRequest(request_id=rid, sampling=Sampling(max_tokens=max_tokens, **sampling), prompt=prompt, resume_token_ids=resume)
+    resume_text = sampling.pop("resume_text", None)
+    return EngineRequest(
+        request_id=rid,
+        sampling=Sampling(max_tokens=max_tokens, **sampling),
+        prompt=prompt,
+        resume_token_ids=resume,
+        resume_text=resume_text,
+    )
 
 
 async def collect(engine: SimEngine, req: EngineRequest) -> list[Delta]:
@@ -328,6 +335,25 @@ async def test_resumed_tokens_count_as_prompt_and_the_stream_continues_after_the
         assert (resumed[-1].prompt_tokens, resumed[-1].completion_tokens) == (14, 6)
         everything = await collect(engine, request("m2", words(10), max_tokens=10, seed=9, resume=ids_of(full)))
         assert [(d.finish_reason, d.completion_tokens) for d in everything] == [("length", 0)]
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_stream_sends_the_text_held_back_for_a_stop_string_and_matches_stops_across_the_boundary() -> None:
+    async with sim(time_scale=0.0) as engine:
+        plain = await collect(engine, request("p", max_tokens=12, seed=3))
+        split = 5
+        # A stop string that begins in the 5th word and ends in the 6th.
+        w5, w6 = (d.text.strip() for d in plain[split - 1 : split + 1])
+        stop = f"{w5[-1]} {w6[0]}"
+        whole = await collect(engine, request("w", max_tokens=12, seed=3, stop=[stop]))
+        assert whole[-1].finish_reason == "stop"
+        # The client of a replica that died after `split` tokens got less text
+        # than those tokens spell: the tail was held back for the stop string.
+        sent = text_of(whole[:split])
+        assert len(sent) < len(" ".join(d.text.strip() for d in plain[:split]))
+        resumed = await collect(engine, request("r", max_tokens=12, seed=3, stop=[stop], resume=ids_of(whole[:split]), resume_text=sent))
+        assert sent + text_of(resumed) == text_of(whole)
+        assert resumed[-1].finish_reason == "stop"
 
 
 def test_identical_prompt_prefixes_tokenize_to_identical_ids() -> None:
