@@ -52,7 +52,7 @@ async def test_a_tenant_over_its_rate_is_refused_while_another_keeps_its_latency
     hog_key, chat_key = new_key(), new_key()
     keys = tmp_path / "keys.yaml"
     keys.write_text(
-        "tenants:\n  hog: {priority: batch, requests_per_minute: 60}\n  chat: {}\n"
+        "tenants:\n  hog: {priority: batch, requests_per_minute: 60, max_concurrent: 4}\n  chat: {}\n"
         f"keys:\n  - {{sha256: '{digest(hog_key)}', tenant: hog}}\n  - {{sha256: '{digest(chat_key)}', tenant: chat}}\n"
     )
     router = await sim_fleet.start(
@@ -73,7 +73,7 @@ async def test_a_tenant_over_its_rate_is_refused_while_another_keeps_its_latency
     s_alone, s_hog, s_chat = summary(alone), summary(hog_res), summary(chat_res)
     print(f"\nlimits held: chat alone {s_alone}\n  hog {s_hog}\n  chat beside hog {s_chat}")
     assert set(s_hog["errors"]) == {"http_429"} and s_hog["errors"]["http_429"] >= s_hog["sent"] * 0.3
-    assert s_hog["ok"] >= 50  # its minute's burst was served
+    assert s_hog["ok"] >= 20  # served up to its limits
     assert s_chat["errors"] == {} and s_chat["ok"] == s_chat["sent"]
     assert s_chat["ttft_p99"] <= TTFT_SLO_S
     assert router.gate.leaks() == {}
