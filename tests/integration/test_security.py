@@ -141,7 +141,10 @@ async def test_token_and_concurrency_limits_refuse_and_free_when_requests_end(si
 
 
 async def test_a_full_admission_queue_refuses_with_429_instead_of_waiting(sim_fleet):
-    router = await sim_fleet.start(1, router={"admission": {"max_concurrent_per_replica": 1, "max_queue": 1, "queue_timeout_s": 0.5}})
+    # The running request takes ~2.8 s (400 tokens at time_scale 0.2), longer than the queue deadline.
+    router = await sim_fleet.start(
+        1, router={"admission": {"max_concurrent_per_replica": 1, "max_queue": 1, "queue_timeout_s": 1.5}}, time_scale=0.2
+    )
     long = {**CHAT, "max_tokens": 400}
     async with aiohttp.ClientSession() as s:
         running = asyncio.create_task(post(s, router, long))
@@ -150,9 +153,9 @@ async def test_a_full_admission_queue_refuses_with_429_instead_of_waiting(sim_fl
         await asyncio.sleep(0.1)
         t0 = time.monotonic()
         status, headers, body = await post(s, router, CHAT)
-        assert status == 429 and "queue full" in body["error"]["message"] and time.monotonic() - t0 < 0.5
+        assert status == 429 and "queue full" in body["error"]["message"] and time.monotonic() - t0 < 1.0
         assert "Retry-After" in headers
-        # The queued one waits for its deadline (0.5 s), then is refused the same way.
+        # The queued one waits for its deadline (1.5 s), then is refused the same way.
         status, headers, _ = await queued
         assert status == 429 and "Retry-After" in headers
         assert (await running)[0] == 200
