@@ -24,6 +24,30 @@ from cluster.replica.server import ReplicaServicer, start_server
 log = logging.getLogger(__name__)
 
 
+def fit_cpu_binding(spec: str, cores: list[int] | None = None) -> str:
+    """Map a ``VLLM_CPU_OMP_THREADS_BIND`` spec onto the cores this process may run on.
+
+    The controller hands out core slots from Ray's logical CPU count, which may exceed the node's real cores
+    (e.g. ``ray start --num-cpus 4`` on a 2-core node, to fit a 3-shard replica): core ``i`` becomes the
+    ``i mod n``-th usable core, so vLLM never binds a thread to a core that does not exist.  ``auto`` and
+    ``all`` pass through.
+    """
+    if spec in ("auto", "all", "nobind"):
+        return spec
+    usable = sorted(cores if cores is not None else os.sched_getaffinity(0))
+
+    def one(core: str) -> str:
+        if "-" in core:
+            lo, hi = (int(x) for x in core.split("-", 1))
+            return ",".join(one(str(c)) for c in range(lo, hi + 1))
+        return str(usable[int(core) % len(usable)])
+
+    try:
+        return "|".join(",".join(one(c) for c in shard.split(",")) for shard in spec.split("|"))
+    except ValueError:
+        return spec  # not ours to judge: vLLM reports a malformed spec itself
+
+
 class ReplicaActor:
     def __init__(
         self,
@@ -36,6 +60,8 @@ class ReplicaActor:
         setup_logging()
         for k, v in (env or {}).items():
             os.environ[k] = v
+        if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = fit_cpu_binding(os.environ["VLLM_CPU_OMP_THREADS_BIND"])
         self.replica_id = replica_id
         self.model = ModelConfig.model_validate(model)
         self.executor_backend = executor_backend
