@@ -196,3 +196,30 @@ async def test_resume_continues_like_an_uninterrupted_greedy_run(engine) -> None
     done_request.resume_token_ids = full_ids[:8]
     done = await collect(engine.generate(done_request))
     assert [(d.token_ids, d.finish_reason, d.completion_tokens) for d in done] == [([], "length", 8)]
+
+
+async def test_resume_sends_the_text_held_back_for_a_stop_string_first(engine) -> None:
+    question = "Explain in a few sentences why the sky is blue."
+    stop = ["never appears in the answer"]  # while streaming, vLLM holds back len - 1 characters
+    full_request = chat("full-stop", question, max_tokens=30)
+    full_request.sampling.stop = stop
+    full = await collect(engine.generate(full_request))
+    full_ids = [t for d in full for t in d.token_ids]
+    full_text = "".join(d.text for d in full)
+    # What the client of a replica that died after 12 tokens had received.
+    sent, got_ids = "", []
+    for d in full:
+        if len(got_ids) + len(d.token_ids) > 12:
+            break
+        got_ids += d.token_ids
+        sent += d.text
+    assert full_text.startswith(sent)
+    assert len(sent) + 10 < len(engine._tokenizer.decode(got_ids))  # text was held back at the split
+
+    resumed_request = chat("resumed-stop", question, max_tokens=30)
+    resumed_request.sampling.stop = stop
+    resumed_request.resume_token_ids = got_ids
+    resumed_request.resume_text = sent
+    resumed = await collect(engine.generate(resumed_request))
+    assert got_ids + [t for d in resumed for t in d.token_ids] == full_ids
+    assert sent + "".join(d.text for d in resumed) == full_text  # not a character lost or repeated
