@@ -454,6 +454,15 @@ class VllmEngine(Engine):
 
     # -- load & lifecycle -------------------------------------------------
 
+    @property
+    def kv_capacity_tokens(self) -> int:  # type: ignore[override]
+        """KV blocks x block size, once vLLM has sized its cache (0 when it does not say)."""
+        try:
+            cache = self._llm.vllm_config.cache_config
+            return int((cache.num_gpu_blocks or 0) * cache.block_size)
+        except Exception:  # an attribute vLLM moved or has not set: unknown, not fatal
+            return 0
+
     def scheduler_view(self) -> SchedulerView:
         """vLLM's own latest numbers, unclamped (diagnostics and tests)."""
         return self._sink.view()

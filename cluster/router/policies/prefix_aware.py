@@ -23,7 +23,7 @@ going to the same replica, but pure affinity piles a hot prefix onto one
 replica; the bounded-load cap (Mirrokni et al., consistent hashing with
 bounded loads) caps that at a constant factor of the mean.
 
-Cost: O(prompt blocks + matched holders) per request, independent of the
+Cost: O(prompt blocks) hashing plus a bounded lookup per request, independent of the
 number of replicas; memory bounded per replica (see ``prefix_index``).
 Failure modes: the index is optimistic (it does not see evictions or other
 routers); a stale or ejected replica's entries are skipped, and a replica that

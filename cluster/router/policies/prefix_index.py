@@ -15,8 +15,9 @@ KV cache can hold (``kv_capacity_tokens`` from its load reports, divided by
 the tokens per block; a default when unknown; ``max_index_blocks`` at most),
 so the index forgets what the replica has most likely evicted; and a replica
 that left the set is forgotten as soon as it is met again.  A lookup is
-O(matched blocks x replicas holding them), independent of the number of
-replicas, thanks to a global hash -> holders map.
+O(log blocks + a bounded number of holders), independent of the number of
+replicas and of how many hold a hot prefix, thanks to a global hash ->
+holders map.
 
 Failure modes: the index is what *this router* sent, not what the replica
 holds — other routers' traffic and the replica's own evictions make it
@@ -25,6 +26,7 @@ optimistic; a wrong guess costs one cache miss, never a wrong answer.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 
 from cluster.config import PrefixAwareOptions
@@ -62,20 +64,40 @@ class PrefixIndex:
 
     # -- lookup and update ----------------------------------------------------
 
-    def matches(self, hashes: list[int]) -> dict[ReplicaHandle, int]:
-        """Replica -> number of leading blocks of ``hashes`` recently sent there."""
-        depth: dict[ReplicaHandle, int] = {}
+    def matches(self, hashes: list[int], max_holders: int = 16) -> dict[ReplicaHandle, int]:
+        """Replicas recently sent a prefix of ``hashes`` -> how many leading blocks (at most ~3 x ``max_holders`` replicas).
+
+        The longest matched prefix is found by binary search (hashes are
+        chained, so a prompt's blocks are present as a prefix; an eviction gap
+        only shortens the match).  Its holders are examined, then those of
+        two shorter depths (3/4 and 1/2 of it), at most ``max_holders`` at
+        each: a hot prefix held by hundreds of replicas costs no more than a
+        cold one.
+        """
         holders = self._holders
-        for i, bh in enumerate(hashes):
-            hol = holders.get(bh)
-            if hol is None:
-                break
-            if type(hol) is set:
-                for h in hol:
-                    depth[h] = i + 1
+        lo, hi = 0, len(hashes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if hashes[mid - 1] in holders:
+                lo = mid
             else:
-                depth[hol] = i + 1  # type: ignore[index]
-        for h in [h for h in depth if h.removed]:
+                hi = mid - 1
+        depth: dict[ReplicaHandle, int] = {}
+        if lo == 0:
+            return depth
+        for level in sorted({lo, (3 * lo + 3) // 4, (lo + 1) // 2}, reverse=True):
+            hol = holders.get(hashes[level - 1])
+            if hol is None:
+                continue
+            if type(hol) is set:
+                found = hol if len(hol) <= max_holders else itertools.islice(hol, max_holders)
+            else:
+                found = (hol,)  # type: ignore[assignment]
+            for h in found:
+                if h not in depth:
+                    depth[h] = level
+        gone = [h for h in depth if h.removed]
+        for h in gone:
             del depth[h]
             self.forget(h)
         return depth

@@ -24,13 +24,14 @@ least KV.  Failure modes: those of the scorers it mixes.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 
 from cluster.config import PrefixAwareOptions, SessionAffinityOptions, WeightedOptions
 from cluster.router.policies.base import RouteRequest, RoutingPolicy
 from cluster.router.policies.prefix_index import PrefixIndex
-from cluster.router.policies.signals import kv_usage_of, least_loaded, load_of, sample, under_cap, usable
-from cluster.router.replicas import ReplicaHandle
+from cluster.router.policies.signals import least_loaded, sample, under_cap
+from cluster.router.replicas import STALE_AFTER_S, ReplicaHandle
 
 
 class Weighted(RoutingPolicy):
@@ -54,7 +55,8 @@ class Weighted(RoutingPolicy):
     def choose(self, candidates: Sequence[ReplicaHandle], request: RouteRequest) -> ReplicaHandle:
         o = self.opts
         hashes = self.index.hashes(request.prompt) if o.prefix > 0 else []
-        depth = self.index.matches(hashes) if hashes else {}
+        # Fewer holders than prefix_aware looks at: each costs four scorers here.
+        depth = self.index.matches(hashes, max_holders=6) if hashes else {}
         skey = (request.model, request.session_id) if request.session_id else None
         mine = self.sessions.get(skey) if skey is not None and o.session > 0 else None
         scored: dict[ReplicaHandle, None] = dict.fromkeys(depth)
@@ -65,16 +67,18 @@ class Weighted(RoutingPolicy):
         n = max(len(hashes), 1)
         best: ReplicaHandle | None = None
         best_score = float("-inf")
+        now = time.monotonic()  # once: usable() and the load signals would each read the clock
         for h in scored:
-            if not usable(h, request.model) or (request.attempt and h not in candidates):
+            rep = h.load
+            if rep is None or now - h.load_at > STALE_AFTER_S or h.removed or h.ejected_until > now or h.model != request.model:
                 continue
-            if not under_cap(h, o.balance_eps):
+            if (request.attempt and h not in candidates) or not under_cap(h, o.balance_eps):
                 continue
             score = (
                 o.prefix * depth.get(h, 0) / n
                 + (o.session if h is mine else 0.0)
-                - o.load * load_of(h) / (h.group.mean_in_flight + 1)
-                - o.kv * kv_usage_of(h)
+                - o.load * max(h.in_flight, rep.running + rep.waiting) / (h.group.mean_in_flight + 1)
+                - o.kv * rep.kv_cache_usage
             )
             if score > best_score:
                 best, best_score = h, score
