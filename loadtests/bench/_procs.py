@@ -63,11 +63,15 @@ def start_sim_replica(procs: Procs, engine_args: str, cpu: int | None = None) ->
     return f"{m.group(1)}:{m.group(2)}"
 
 
-def start_router(procs: Procs, replicas: list[str], policy: str = "round_robin", cpu: int | None = None) -> tuple[int, int]:
+def start_router(
+    procs: Procs, replicas: list[str], policy: str = "round_robin", cpu: int | None = None, overrides: list[str] | None = None
+) -> tuple[int, int]:
+    """A router process over ``replicas``; ``overrides``: extra ``--set PATH=VALUE`` config fields."""
     grpc_port, http_port = free_port(), free_port()
     args = ["router", "--engine", "sim", "--policy", policy, "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     args += [a for r in replicas for a in ("--replica", r)]
     args += ["--set", "router.host=127.0.0.1"]
+    args += [a for o in overrides or () for a in ("--set", o)]
     procs.spawn(args, cpu)
     _wait_port(grpc_port)
     _wait_port(http_port)

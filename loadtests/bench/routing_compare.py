@@ -139,7 +139,7 @@ async def run_system(system: str, args: argparse.Namespace) -> Row:
         reps = [start_http_replica(procs, engine_args) for _ in range(args.replicas)]
         grpc_addrs, http_urls = [g for g, _ in reps], [h for _, h in reps]
         if kind == "ours":
-            _, http_port = start_router(procs, grpc_addrs, policy=policy)
+            _, http_port = start_router(procs, grpc_addrs, policy=policy, overrides=args.ours_set)
             url = f"http://127.0.0.1:{http_port}"
         else:
             url = start_foreign(procs, kind, policy, http_urls)
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-blocks", type=int, default=1536, help="KV blocks (16 tokens) per sim replica")
     p.add_argument("--time-scale", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ours-set", action="append", default=[], metavar="PATH=VALUE", help="config override for our router, repeatable")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     systems = [s if ":" in s else f"ours:{s}" for s in args.systems.split(",") if s]

@@ -109,3 +109,14 @@ def test_index_memory_stays_under_its_bound_under_unique_prompts():
 def test_prefix_aware_is_selectable_by_name_with_its_options():
     opts_policy = make_policy("prefix_aware")
     assert isinstance(opts_policy, PrefixAware)
+
+
+def test_a_prefix_held_by_hundreds_of_replicas_is_looked_up_in_bounded_work():
+    reps = fleet(500)
+    policy = PrefixAware(rng=random.Random(7))
+    hashes = policy.index.hashes(system_prompt(9))
+    for h in reps:
+        policy.index.record(h, hashes)
+    found = policy.index.matches(hashes)
+    assert 1 <= len(found) <= 3 * 16
+    assert all(d == len(hashes) for d in found.values())
