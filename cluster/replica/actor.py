@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -71,6 +72,7 @@ class ReplicaActor:
         self.servicer: ReplicaServicer | None = None
         self.server = None
         self.address: str | None = None
+        self.created_at = time.time()
 
     async def start(self) -> dict[str, Any]:
         """Build the engine, serve replica.proto; returns its address and context length."""
@@ -84,10 +86,13 @@ class ReplicaActor:
 
     async def health(self) -> dict[str, Any]:
         if self.servicer is None or self.engine is None:
-            return {"ready": False}
+            return {"ready": False, "started": False, "model": self.model.name, "started_at": self.created_at}
         snap = self.engine.load()
         return {
             "ready": not self.servicer.draining,
+            "draining": self.servicer.draining,
+            "model": self.model.name,
+            "started_at": self.created_at,
             "address": self.address,
             "in_flight": len(self.servicer.in_flight),
             "running": snap.running,
