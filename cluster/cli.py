@@ -324,7 +324,7 @@ def cmd_replica(args: argparse.Namespace) -> int:
     # --http-port here is the replica's own OpenAI endpoint, not a router port.
     http_port, args.http_port = args.http_port, None
     cfg = _config_from_args(args)
-    return asyncio.run(run_standalone(cfg.models[0], args.port, args.host, cfg.internal_tls, http_port))
+    return asyncio.run(run_standalone(cfg.models[0], args.port, args.host, cfg.internal_tls, http_port, args.metrics_port))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -236,6 +236,11 @@ class RouterConfig(_Strict):
     #: Times one request may be resumed on another replica after its replica
     #: failed mid-stream (request migration); 0 turns migration off.
     max_migrations: int = Field(2, ge=0)
+    #: Prometheus /metrics (and /healthz) on their own port, apart from the public API; 0 = ephemeral.
+    metrics_port: int = Field(9400, ge=0, le=65535)
+    #: Requests that may wait at once for a model with no ready replica (scale from zero);
+    #: more are refused at once with UNAVAILABLE / 503 instead of piling up.
+    max_waiting_for_replica: int = Field(1000, ge=0)
 
     @field_validator("policy")
     @classmethod
@@ -253,6 +258,85 @@ class ControllerConfig(_Strict):
     drain_timeout_s: float = Field(30.0, ge=0)
     #: A replica that is not ready within this many seconds is replaced.
     start_timeout_s: float = Field(600.0, gt=0)
+    #: The controller's /metrics and /sd/replicas (Prometheus HTTP service discovery); 0 = ephemeral.
+    metrics_port: int = Field(9401, ge=0, le=65535)
+    #: Each replica's /metrics port: 0 = ephemeral (found through /sd/replicas); N > 0 = N + the
+    #: replica's slot on its node, so several replicas on one node never collide.
+    replica_metrics_port: int = Field(0, ge=0, le=65535)
+
+
+class PrometheusSourceConfig(_Strict):
+    kind: Literal["prometheus", "scrape"] = "prometheus"
+    prometheus_url: str = "http://127.0.0.1:9090"
+    #: PromQL overrides by signal (load, kv_usage, token_throughput, ttft, demand, replicas); "{model}" is substituted.
+    queries: dict[str, str] = Field(default_factory=dict)
+    #: scrape: replica metrics URLs (http://host:port/metrics); empty = the Ray controller's /sd/replicas.
+    scrape_targets: list[str] = Field(default_factory=list)
+    #: scrape: the router's /metrics URL, for the demand held at zero replicas.
+    router_metrics_url: str | None = None
+    #: Samples older than this are stale: the policy holds.
+    stale_after_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(3.0, gt=0)
+
+    @field_validator("queries")
+    @classmethod
+    def _known_signals(cls, v: dict[str, str]) -> dict[str, str]:
+        known = {"load", "kv_usage", "token_throughput", "ttft", "demand", "replicas"}
+        bad = sorted(set(v) - known)
+        if bad:
+            raise ValueError(f"unknown query signal(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        return v
+
+
+class ScalingPolicyConfig(_Strict):
+    #: Per-replica load signal: load = waiting + running requests, kv_usage (0..1), token_throughput (tokens/s).
+    metric: Literal["load", "kv_usage", "token_throughput"] = "load"
+    #: Target value of ``metric`` per replica.
+    target: float = Field(8.0, gt=0)
+    #: No change while observed/target is within 1 +- tolerance.
+    tolerance: float = Field(0.1, ge=0, lt=1)
+    #: TTFT SLO (seconds) of the guard: above it, scale up at least one step and never down; null disables.
+    ttft_slo_s: float | None = Field(2.0, gt=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(8, ge=1)
+    #: A scale-up must be recommended for this long (the window's minimum is used).
+    scale_up_window_s: float = Field(0.0, ge=0)
+    #: A scale-down must be recommended for this long (the window's maximum is used).
+    scale_down_window_s: float = Field(60.0, ge=0)
+    max_scale_up_step: int = Field(4, ge=1)
+    #: No scale-down within this long after any change.
+    cooldown_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingPolicyConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        if self.metric == "kv_usage" and self.target > 1:
+            raise ValueError("kv_usage target is a fraction in (0, 1]")
+        return self
+
+
+class ActuatorConfig(_Strict):
+    kind: Literal["ray", "kubernetes"] = "ray"
+    #: A KubernetesTarget (cluster/autoscaler/actuators/kubernetes.py) when kind = kubernetes.
+    kubernetes: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> ActuatorConfig:
+        if self.kind == "kubernetes" and self.kubernetes is None:
+            raise ValueError("kind kubernetes needs autoscaler.actuator.kubernetes (the Deployment/StatefulSet/RayCluster to scale)")
+        return self
+
+
+class AutoscalerConfig(_Strict):
+    #: The model to scale; None = the first model.
+    model: str | None = None
+    interval_s: float = Field(5.0, gt=0)
+    #: The autoscaler's own /metrics (decisions); 0 = ephemeral.
+    metrics_port: int = Field(9402, ge=0, le=65535)
+    source: PrometheusSourceConfig = Field(default_factory=PrometheusSourceConfig)
+    policy: ScalingPolicyConfig = Field(default_factory=ScalingPolicyConfig)
+    actuator: ActuatorConfig = Field(default_factory=ActuatorConfig)
 
 
 class RayConfig(_Strict):
@@ -273,6 +357,7 @@ class ClusterConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     #: Mutual TLS on the router -> replica data plane.
     internal_tls: InternalTLSConfig = Field(default_factory=InternalTLSConfig)
+    autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -281,6 +366,8 @@ class ClusterConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate model name(s): {', '.join(dupes)}")
+        if self.autoscaler.model is not None and self.autoscaler.model not in names:
+            raise ValueError(f"autoscaler.model {self.autoscaler.model!r} is not one of the models ({', '.join(names)})")
         return self
 
     def model(self, name: str) -> ModelConfig:

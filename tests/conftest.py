@@ -57,7 +57,15 @@ class SimFleet:
             self.servers.append(srv)
             eps.append({"replica_id": f"r{i}", "address": f"127.0.0.1:{port}", "max_model_len": str(eng.max_model_len)})
         cfg = RouterConfig.model_validate(
-            {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "policy": policy, "no_replica_wait_s": 0.5, **(router or {})}
+            {
+                "host": "127.0.0.1",
+                "grpc_port": 0,
+                "http_port": 0,
+                "metrics_port": 0,
+                "policy": policy,
+                "no_replica_wait_s": 0.5,
+                **(router or {}),
+            }
         )
         self.router = Router(cfg, static_source({"sim": eps}), internal_tls)
         await self.router.start()

@@ -13,7 +13,10 @@ One named, detached Ray actor (``llm-cluster-controller``) per cluster.  It
   long-polls it and gets an answer only when the set changes, so routers never
   ask the controller anything per request;
 - scales down by draining: the replica leaves the endpoint set first, then
-  finishes its in-flight requests (bounded by ``drain_timeout_s``), then stops.
+  finishes its in-flight requests (bounded by ``drain_timeout_s``), then stops;
+- serves ``/metrics`` (desired / ready replicas per model) and ``/sd/replicas``
+  (Prometheus HTTP service discovery of every ready replica's metrics address)
+  on ``controller.metrics_port``.
 
 Failure modes: if the controller itself dies, replicas and routers keep serving
 with the last endpoint set; Ray restarts the controller (max_restarts=-1) and it
@@ -46,6 +49,9 @@ from typing import Any
 
 import ray
 from ray.experimental import internal_kv
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -72,6 +78,7 @@ class Replica:
     pg: PlacementGroup | None
     state: str = "STARTING"  # STARTING -> READY -> DRAINING -> STOPPED | FAILED
     address: str | None = None
+    metrics_address: str | None = None
     failures: int = 0
     started_at: float = field(default_factory=time.time)
     node_id: str | None = None
@@ -101,11 +108,18 @@ class ControllerActor:
         self._run_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._cpu_slots: dict[str, set[int]] = {}
+        self._metrics_slots: dict[str, set[int]] = {}
+        self._metrics_runner: Any = None
+        self.metrics_port = 0
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._registry.register(_ControllerCollector(self))
 
     # ---- public API (Ray actor methods) ---------------------------------
     async def run(self) -> bool:
         """Start the reconcile loop (idempotent)."""
         async with self._run_lock:  # after a restart, several first calls race here
+            if self._metrics_runner is None:
+                await self._start_metrics()
             if self._loop_task is None or self._loop_task.done():
                 await self._adopt_live_replicas()
                 self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
@@ -140,7 +154,10 @@ class ControllerActor:
         out: dict[str, list[dict[str, str]]] = {name: [] for name in self.models}
         for r in self.replicas.values():
             if r.state == "READY" and r.address:
-                out[r.model].append({"replica_id": r.replica_id, "address": r.address, "max_model_len": str(r.max_model_len)})
+                ep = {"replica_id": r.replica_id, "address": r.address, "max_model_len": str(r.max_model_len)}
+                if r.metrics_address:
+                    ep["metrics_address"] = r.metrics_address
+                out[r.model].append(ep)
         for eps in out.values():
             eps.sort(key=lambda e: e["replica_id"])
         return out
@@ -164,6 +181,7 @@ class ControllerActor:
                 "model": r.model,
                 "state": r.state,
                 "address": r.address,
+                "metrics_address": r.metrics_address,
                 "node_id": r.node_id,
                 "age_s": round(time.time() - r.started_at, 1),
                 "restarts": r.restarts,
@@ -171,7 +189,7 @@ class ControllerActor:
             }
             for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)
         ]
-        return {"version": self.version, "models": models, "replicas": reps_out}
+        return {"version": self.version, "models": models, "replicas": reps_out, "metrics_port": self.metrics_port}
 
     async def placement(self, replica_id: str) -> dict[str, Any]:
         """Where a replica's bundles landed (node id per bundle) and its strategy."""
@@ -238,6 +256,7 @@ class ControllerActor:
             await asyncio.wait_for(r.pg.ready(), self.config.controller.start_timeout_s)
             r.node_id = ray.util.placement_group_table(r.pg)["bundles_to_node_id"].get(0)
             env = dict(model.env)
+            metrics_port = self._assign_metrics_port(r)
             if model.engine == "vllm" and model.num_gpus_per_shard == 0 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = self._assign_cpu_cores(r, model)
             from cluster.replica.actor import ReplicaActor
@@ -253,9 +272,10 @@ class ControllerActor:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=r.pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
                 ),
-            ).remote(r.replica_id, model.model_dump(), plan.executor_backend, env, self.config.internal_tls.model_dump())
+            ).remote(r.replica_id, model.model_dump(), plan.executor_backend, env, self.config.internal_tls.model_dump(), metrics_port)
             info = await asyncio.wait_for(r.actor.start.remote(), self.config.controller.start_timeout_s)
             r.address = info["address"]
+            r.metrics_address = info.get("metrics_address")
             r.max_model_len = info["max_model_len"]
             if r.state != "STARTING":  # scaled down while starting
                 return
@@ -290,6 +310,43 @@ class ControllerActor:
             cores.append(",".join(str((first + j) % ncpu) for j in range(per)) if per > 1 else str(first))
         return "|".join(cores)
 
+    def _assign_metrics_port(self, r: Replica) -> int:
+        """0 (ephemeral), or ``replica_metrics_port`` + the replica's slot on its node."""
+        base = self.config.controller.replica_metrics_port
+        if base == 0:
+            return 0
+        used = self._metrics_slots.setdefault(r.node_id or "?", set())
+        slot = next(i for i in range(len(used) + 1) if i not in used)
+        used.add(slot)
+        r.last_health["metrics_slot"] = slot
+        return base + slot
+
+    async def _start_metrics(self) -> None:
+        from aiohttp import web
+
+        from cluster.metrics_server import start_metrics_server
+
+        async def sd(request: web.Request) -> web.Response:
+            return web.json_response(self.service_discovery())
+
+        try:
+            self._metrics_runner, self.metrics_port = await start_metrics_server(
+                self._registry, "0.0.0.0", self.config.controller.metrics_port, {"/sd/replicas": sd}
+            )
+            log.info("controller metrics serving", extra={"metrics_port": self.metrics_port})
+        except OSError as exc:
+            # A busy port must not stop the control plane; the cluster serves without controller metrics.
+            self._metrics_runner = False
+            log.error("controller metrics port unavailable", extra={"port": self.config.controller.metrics_port, "error": str(exc)})
+
+    def service_discovery(self) -> list[dict[str, Any]]:
+        """Prometheus HTTP SD: one target group per ready replica's metrics endpoint."""
+        return [
+            {"targets": [r.metrics_address], "labels": {"model": r.model, "replica": r.replica_id}}
+            for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)
+            if r.state == "READY" and r.metrics_address
+        ]
+
     async def _check_health(self) -> None:
         ready = [r for r in self.replicas.values() if r.state == "READY"]
         results = await asyncio.gather(*(self._probe(r) for r in ready))
@@ -317,8 +374,8 @@ class ControllerActor:
             return False
         except Exception:
             return False
-        slot = r.last_health.get("cpu_slot")
-        r.last_health = h | ({"cpu_slot": slot} if slot is not None else {})
+        keep = {k: r.last_health[k] for k in ("cpu_slot", "metrics_slot") if k in r.last_health}
+        r.last_health = h | keep
         return bool(h.get("ready"))
 
     async def _stop_replica(self, r: Replica, drain: bool) -> None:
@@ -353,6 +410,9 @@ class ControllerActor:
         slot = r.last_health.get("cpu_slot")
         if slot is not None and r.node_id in self._cpu_slots:
             self._cpu_slots[r.node_id].discard(slot)
+        mslot = r.last_health.get("metrics_slot")
+        if mslot is not None:
+            self._metrics_slots.get(r.node_id or "?", set()).discard(mslot)
 
     def _publish(self) -> None:
         self.version += 1
@@ -416,6 +476,7 @@ class ControllerActor:
             self._kill_orphan(name)
             return False
         r = Replica(replica_id=rid, model=model, actor=actor, pg=_placement_group_named(name), address=h.get("address"))
+        r.metrics_address = h.get("metrics_address")
         r.max_model_len = int(h.get("max_model_len") or 0)
         r.last_health = h
         r.node_id = h.get("node_id")
@@ -442,6 +503,7 @@ class ControllerActor:
                 break
             if h.get("ready"):
                 r.state, r.address, r.last_health = "READY", h.get("address"), h
+                r.metrics_address = h.get("metrics_address")
                 r.max_model_len = int(h.get("max_model_len") or 0)
                 self._publish()
                 return
@@ -481,6 +543,28 @@ def _placement_group_named(name: str) -> PlacementGroup | None:
         return ray.util.get_placement_group(name)
     except ValueError:
         return None
+
+
+class _ControllerCollector(Collector):
+    """Desired / ready replicas per model, read from the controller's state at scrape time."""
+
+    def __init__(self, controller: ControllerActor) -> None:
+        self._c = controller
+
+    def collect(self) -> Any:
+        desired = GaugeMetricFamily("llm_cluster_controller_desired_replicas", "Desired replicas per model.", labels=["model"])
+        ready = GaugeMetricFamily("llm_cluster_controller_ready_replicas", "Ready replicas per model.", labels=["model"])
+        states = GaugeMetricFamily("llm_cluster_controller_replicas", "Replicas per model and state.", labels=["model", "state"])
+        for name in self._c.models:
+            reps = [r for r in self._c.replicas.values() if r.model == name]
+            desired.add_metric([name], self._c.desired[name])
+            ready.add_metric([name], sum(r.state == "READY" for r in reps))
+            for state in ("STARTING", "READY", "DRAINING"):
+                states.add_metric([name, state.lower()], sum(r.state == state for r in reps))
+        return [desired, ready, states]
+
+    def describe(self) -> Any:
+        return []
 
 
 def _node_cpus(node_id: str) -> float:

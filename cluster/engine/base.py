@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class EngineRequestError(ValueError):
@@ -75,6 +76,16 @@ class LoadSnapshot:
     prefix_cache_hits: int  # cumulative tokens found
 
 
+class MetricsRecorder(Protocol):
+    """Where an engine records its per-request figures (cluster.replica.metrics.ReplicaMetrics)."""
+
+    def observe_ttft(self, seconds: float) -> None: ...
+    def observe_itl(self, seconds: float) -> None: ...
+    def observe_e2e(self, seconds: float) -> None: ...
+    def add_prompt_tokens(self, n: int) -> None: ...
+    def add_generation_tokens(self, n: int) -> None: ...
+
+
 class Engine(abc.ABC):
     """One model replica's engine; see the module docstring for the contract."""
 
@@ -82,6 +93,12 @@ class Engine(abc.ABC):
     max_model_len: int
     #: KV-cache capacity in tokens, reported to routers (0: unknown).
     kv_capacity_tokens: int = 0
+    #: Set by the replica (``attach_metrics``); None: record nothing.
+    metrics: MetricsRecorder | None = None
+
+    def attach_metrics(self, metrics: MetricsRecorder) -> None:
+        """Record TTFT / ITL / E2E and token counts into ``metrics`` from now on."""
+        self.metrics = metrics
 
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[Delta]:

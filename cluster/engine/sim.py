@@ -103,6 +103,7 @@ import hashlib
 import logging
 import math
 import random
+import time
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -421,10 +422,25 @@ class SimEngine(Engine):
             return
         self._submit(seq)
         finished = False
+        m = self.metrics
+        arrived = last = time.monotonic()
         try:
             while not finished:
                 delta = await seq.out.get()
                 finished = delta.finish_reason is not None
+                if m is not None and delta.token_ids:
+                    # The figures vLLM records: TTFT from arrival, the gap between
+                    # token-bearing outputs, tokens, and E2E at the end.
+                    now = time.monotonic()
+                    if last == arrived:
+                        m.observe_ttft(now - arrived)
+                        m.add_prompt_tokens(seq.prompt_len)
+                    else:
+                        m.observe_itl(now - last)
+                    last = now
+                    m.add_generation_tokens(len(delta.token_ids))
+                if m is not None and finished and delta.finish_reason != "abort":
+                    m.observe_e2e(time.monotonic() - arrived)
                 yield delta
         finally:
             if not finished and seq.state != _FINISHED:

@@ -43,7 +43,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, MultiModalCacheStats, SchedulerStats
 
-from cluster.engine.base import Delta, Engine, EngineRequest, EngineRequestError, LoadSnapshot
+from cluster.engine.base import Delta, Engine, EngineRequest, EngineRequestError, LoadSnapshot, MetricsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,22 @@ class _StatsSink:
         self._queries = 0
         self._hits = 0
         self._updated_at = 0.0
+        #: The replica's metrics (cluster.replica.metrics); None until attached.
+        self.metrics: MetricsRecorder | None = None
+
+    def record_iteration(self, it: IterationStats) -> None:
+        """Export vLLM's own per-iteration figures, as vLLM's Prometheus logger does."""
+        m = self.metrics
+        if m is None:
+            return
+        m.add_prompt_tokens(it.num_prompt_tokens)
+        m.add_generation_tokens(it.num_generation_tokens)
+        for t in it.time_to_first_tokens_iter:
+            m.observe_ttft(t)
+        for t in it.inter_token_latencies_iter:
+            m.observe_itl(t)
+        for f in it.finished_requests:
+            m.observe_e2e(f.e2e_latency)
 
     def record(self, engine_idx: int, stats: SchedulerStats) -> None:
         with self._lock:
@@ -137,6 +153,8 @@ class _SchedulerStatsRecorder(StatLoggerBase):
     ) -> None:
         if scheduler_stats is not None:
             self._sink.record(engine_idx, scheduler_stats)
+        if iteration_stats is not None:
+            self._sink.record_iteration(iteration_stats)
 
     def log_engine_initialized(self) -> None:
         pass
@@ -251,6 +269,10 @@ class VllmEngine(Engine):
             extra={"served_name": served_name, "seconds": round(seconds, 1), "max_model_len": engine.max_model_len},
         )
         return engine
+
+    def attach_metrics(self, metrics: MetricsRecorder) -> None:
+        self.metrics = metrics
+        self._sink.metrics = metrics
 
     # -- requests ---------------------------------------------------------
 

@@ -20,6 +20,8 @@ import ray
 from cluster.config import InternalTLSConfig, ModelConfig
 from cluster.engine import make_engine
 from cluster.logs import setup_logging
+from cluster.metrics_server import start_metrics_server
+from cluster.replica.metrics import ReplicaMetrics
 from cluster.replica.server import ReplicaServicer, start_server
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class ReplicaActor:
         executor_backend: str | None,
         env: dict[str, str] | None = None,
         tls: dict[str, Any] | None = None,
+        metrics_port: int = 0,
     ) -> None:
         setup_logging()
         for k, v in (env or {}).items():
@@ -73,16 +76,27 @@ class ReplicaActor:
         self.server = None
         self.address: str | None = None
         self.created_at = time.time()
+        self.metrics_port = metrics_port
+        self.metrics_address: str | None = None
+        self._metrics_runner = None
 
     async def start(self) -> dict[str, Any]:
         """Build the engine, serve replica.proto; returns its address and context length."""
         self.engine = await make_engine(self.model, executor_backend=self.executor_backend)
+        metrics = ReplicaMetrics(self.model.name, self.replica_id)
+        metrics.watch_load(self.engine.load)
+        self.engine.attach_metrics(metrics)
         self.servicer = ReplicaServicer(self.engine, self.replica_id, self.model.name)
         host = ray.util.get_node_ip_address()
         self.server, port = await start_server(self.servicer, host="0.0.0.0", port=0, tls=self.tls)
         self.address = f"{host}:{port}"
-        log.info("replica ready", extra={"replica": self.replica_id, "model": self.model.name, "address": self.address})
-        return {"address": self.address, "max_model_len": self.engine.max_model_len}
+        self._metrics_runner, mport = await start_metrics_server(metrics.registry, "0.0.0.0", self.metrics_port)
+        self.metrics_address = f"{host}:{mport}"
+        log.info(
+            "replica ready",
+            extra={"replica": self.replica_id, "model": self.model.name, "address": self.address, "metrics_address": self.metrics_address},
+        )
+        return {"address": self.address, "max_model_len": self.engine.max_model_len, "metrics_address": self.metrics_address}
 
     async def health(self) -> dict[str, Any]:
         if self.servicer is None or self.engine is None:
@@ -94,6 +108,7 @@ class ReplicaActor:
             "model": self.model.name,
             "started_at": self.created_at,
             "address": self.address,
+            "metrics_address": self.metrics_address,
             "in_flight": len(self.servicer.in_flight),
             "running": snap.running,
             "waiting": snap.waiting,
@@ -111,6 +126,9 @@ class ReplicaActor:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(grace=1.0)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+            self._metrics_runner = None
         if self.engine is not None:
             await self.engine.shutdown()
         self.engine = None

@@ -23,6 +23,8 @@ from aiohttp import web
 from cluster.config import InternalTLSConfig, ModelConfig, RouterConfig
 from cluster.engine import make_engine
 from cluster.logs import setup_logging
+from cluster.metrics_server import start_metrics_server
+from cluster.replica.metrics import ReplicaMetrics
 from cluster.replica.placement import choose_executor_backend
 from cluster.replica.server import ReplicaServicer, start_server
 from cluster.router.balancer import Balancer
@@ -68,7 +70,12 @@ def replica_http_app(balancer: Balancer, config: RouterConfig, servicer: Replica
 
 
 async def run_standalone(
-    model: ModelConfig, port: int = 0, host: str = "127.0.0.1", tls: InternalTLSConfig | None = None, http_port: int | None = None
+    model: ModelConfig,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    tls: InternalTLSConfig | None = None,
+    http_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     setup_logging()
     engine = await make_engine(model, executor_backend=choose_executor_backend(model))
@@ -93,6 +100,12 @@ async def run_standalone(
         print(f"replica serving {model.name} on {host}:{bound} http http://{host}:{http_bound}", flush=True)
     else:
         print(f"replica serving {model.name} on {host}:{bound}", flush=True)
+    if metrics_port is not None:
+        metrics = ReplicaMetrics(model.name, servicer.replica_id)
+        metrics.watch_load(engine.load)
+        engine.attach_metrics(metrics)
+        _, mport = await start_metrics_server(metrics.registry, host, metrics_port)
+        print(f"replica metrics on http://{host}:{mport}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,6 +14,8 @@ from typing import Any
 
 from cluster.config import ClusterConfig, InternalTLSConfig, RouterConfig
 from cluster.logs import setup_logging
+from cluster.metrics_server import start_metrics_server
+from cluster.router import metrics
 from cluster.router.balancer import Balancer
 from cluster.router.circuit import CircuitBreaker
 from cluster.router.gate import Gate
@@ -40,14 +42,17 @@ class Router:
             breaker=CircuitBreaker(config.circuit_breaker),
             max_migrations=config.max_migrations,
             policy_options=config.policy_options,
+            max_waiting_for_replica=config.max_waiting_for_replica,
         )
         # Auth, per-tenant limits and the admission queue, shared by both front ends.
         self.gate = Gate(config, self.balancer)
         self.replicas.on_change.append(self.gate.capacity_changed)
         self.grpc_port = 0
         self.http_port = 0
+        self.metrics_port = 0
         self._grpc = None
         self._http = None
+        self._metrics = None
 
     async def start(self) -> None:
         await self.replicas.start()
@@ -58,7 +63,18 @@ class Router:
         self._http, self.http_port = await start_http_server(
             OpenAIServer(self.balancer, self.config, self.gate), self.config.host, self.config.http_port
         )
-        log.info("router serving", extra={"grpc_port": self.grpc_port, "http_port": self.http_port, "policy": self.config.policy})
+        try:
+            self._metrics, self.metrics_port = await start_metrics_server(
+                metrics.REGISTRY, self.config.host, self.config.metrics_port, before_scrape=self._refresh_gauges
+            )
+        except OSError as exc:
+            # Serving traffic matters more than being scraped: say so loudly and go on.
+            log.error("router metrics port unavailable; no /metrics", extra={"port": self.config.metrics_port, "err": str(exc)})
+        ports = {"grpc_port": self.grpc_port, "http_port": self.http_port, "metrics_port": self.metrics_port}
+        log.info("router serving", extra={**ports, "policy": self.config.policy})
+
+    def _refresh_gauges(self) -> None:
+        metrics.refresh_replica_gauges(self.replicas.by_model | {m: [] for m in self.replicas.models - set(self.replicas.by_model)})
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._grpc is not None:
@@ -66,6 +82,8 @@ class Router:
         if self._http is not None:
             await self._http.cleanup()
         self.gate.stop()
+        if self._metrics is not None:
+            await self._metrics.cleanup()
         await self.replicas.stop()
 
 
@@ -86,7 +104,7 @@ class RouterActor:
             controller = ray.get_actor(CONTROLLER_NAME)
             self.router = Router(self.config.router, controller_source(controller), self.config.internal_tls)
             await self.router.start()
-        return {"grpc_port": self.router.grpc_port, "http_port": self.router.http_port}
+        return {"grpc_port": self.router.grpc_port, "http_port": self.router.http_port, "metrics_port": self.router.metrics_port}
 
     async def stop(self) -> None:
         if self.router is not None:

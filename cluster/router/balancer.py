@@ -103,6 +103,7 @@ class Balancer:
         breaker: CircuitBreaker | None = None,
         max_migrations: int = 2,
         policy_options: PolicyOptions | None = None,
+        max_waiting_for_replica: int = 1000,
     ) -> None:
         self.replicas = replicas
         self.policy = policy
@@ -114,7 +115,10 @@ class Balancer:
         self.policy_options = policy_options
         #: Policies chosen per request (x-routing-policy), built on first use, each with its own state.
         self.policies: dict[str, RoutingPolicy] = {policy.name: policy}
+        self.max_waiting_for_replica = max_waiting_for_replica
         self.in_flight = 0
+        #: Requests now waiting for a model with no ready replica (bounded queue).
+        self.waiting_for_replica = 0
         #: Streams resumed on another replica, ever (tests and status read it).
         self.migrations = 0
 
@@ -128,6 +132,31 @@ class Balancer:
 
     def known_model(self, model: str) -> bool:
         return model in self.replicas.models
+
+    async def _wait_for_first_replica(self, model: str) -> list[ReplicaHandle]:
+        """The bounded queue in front of a model with no ready replica (e.g. scaled to zero).
+
+        Waiting requests are visible as ``llm_cluster_router_waiting_for_replica``
+        (the autoscaler's scale-from-zero signal); beyond ``max_waiting_for_replica``
+        a request is refused at once rather than queued without bound.
+        """
+        candidates = self.replicas.by_model.get(model)
+        if candidates:
+            return candidates
+        if self.waiting_for_replica >= self.max_waiting_for_replica:
+            metrics.NO_REPLICA.labels(model, "rejected_full").inc()
+            msg = f"no ready replica for model {model!r} and {self.waiting_for_replica} requests already wait for one"
+            raise RouterError(grpc.StatusCode.UNAVAILABLE, msg)
+        self.waiting_for_replica += 1
+        gauge = metrics.WAITING_FOR_REPLICA.labels(model)
+        gauge.inc()
+        try:
+            candidates = await self.replicas.wait_for_replicas(model, self.no_replica_wait_s)
+        finally:
+            self.waiting_for_replica -= 1
+            gauge.dec()
+        metrics.NO_REPLICA.labels(model, "served" if candidates else "timeout").inc()
+        return candidates
 
     def _candidates(self, model: str, found: list[ReplicaHandle], tried: list[ReplicaHandle]) -> list[ReplicaHandle]:
         group = self.replicas.groups.get(model)
@@ -152,9 +181,15 @@ class Balancer:
         retries = migrations = 0
         last_error = ""
         self.in_flight += 1
+        in_flight = metrics.IN_FLIGHT.labels(req.model)
+        in_flight.inc()
+        # Client-side latencies on the router's clock: one histogram observe per chunk.
+        arrived = time.monotonic()
+        last: float | None = None
+        itl = metrics.ITL.labels(req.model)
         try:
             while True:
-                found = await self.replicas.wait_for_replicas(req.model, self.no_replica_wait_s if not tried else 0.0)
+                found = await self._wait_for_first_replica(req.model) if not tried else self.replicas.by_model.get(req.model) or []
                 candidates = self._candidates(req.model, found, tried)
                 if not candidates:
                     why = f"replica failed mid-stream, none left to resume on: {last_error}" if sent_ids else "no ready replica"
@@ -203,10 +238,17 @@ class Balancer:
                                 _whole_request_usage(chunk, len(sent_ids) + len(chunk.token_ids))
                             sent_ids.extend(chunk.token_ids)
                             sent_text.append(chunk.text)
+                            now = time.monotonic()
+                            if last is None:
+                                metrics.TTFT.labels(req.model).observe(now - arrived)
+                            else:
+                                itl.observe(now - last)
+                            last = now
                             yield chunk
                             try:
                                 chunk = await stream.__anext__()
                             except StopAsyncIteration:
+                                metrics.E2E.labels(req.model).observe(time.monotonic() - arrived)
                                 return
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code()
@@ -247,6 +289,7 @@ class Balancer:
                     await asyncio.sleep(random.uniform(0.005, 0.02) * (2 ** (retries - 1)))
         finally:
             self.in_flight -= 1
+            in_flight.dec()
 
 
 def _whole_request_usage(last: replica_pb2.ReplicaChunk, completion_tokens: int) -> None:

@@ -23,6 +23,7 @@ from cluster.proto import inference_pb2, inference_pb2_grpc
 from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
+from cluster.router.metrics import request_done
 from cluster.router.validation import InvalidRequest, check_context, validate
 from cluster.tls import server_credentials
 
@@ -111,6 +112,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         remaining = context.time_remaining()
         timeout = min(remaining, self.config.request_timeout_s) if remaining is not None else self.config.request_timeout_s
         rid = req.request_id
+        code = "CANCELLED"  # unless the stream ends or fails below: the client went away
         try:
             async with contextlib.aclosing(self.gate.generate(tenant, req, timeout)) as stream:  # type: ignore[arg-type]
                 async for c in stream:
@@ -121,8 +123,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                         chunk.usage.completion_tokens = c.completion_tokens
                         chunk.usage.cached_prompt_tokens = c.cached_prompt_tokens
                     yield chunk
+            code = "OK"
         except RouterError as exc:
+            code = exc.code.name
             await _abort(context, exc)
+        finally:
+            request_done(self.balancer, req.model, "grpc", code)
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -27,6 +27,7 @@ from cluster.proto import replica_pb2
 from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
+from cluster.router.metrics import request_done
 from cluster.router.openapi import openapi_schema
 from cluster.router.validation import InvalidRequest, ValidRequest, check_context, validate
 from cluster.tls import http_ssl_context
@@ -188,6 +189,13 @@ class OpenAIServer:
                 check_context(req, self.balancer.replicas.max_model_len(req.model))
         except InvalidRequest as exc:
             return error_response(400, str(exc), param=exc.param)
+        resp = await self._complete_valid(tenant, req, body, request, chat)
+        request_done(self.balancer, req.model, "http", str(resp.status))
+        return resp
+
+    async def _complete_valid(
+        self, tenant: Any, req: ValidRequest, body: dict[str, Any], request: web.Request, chat: bool
+    ) -> web.StreamResponse:
         if not self.balancer.known_model(req.model):
             return error_response(404, f"model {req.model!r} not found; see GET /v1/models", "not_found_error", "model")
         stream = self.gate.generate(tenant, req, self.config.request_timeout_s)

@@ -79,3 +79,28 @@ REFUSED = Counter(
 TENANT_IN_FLIGHT = Gauge(
     "llm_cluster_router_tenant_in_flight_requests", "Admitted requests in flight, by tenant.", ["tenant"], registry=REGISTRY
 )
+WAITING_FOR_REPLICA = Gauge(
+    "llm_cluster_router_waiting_for_replica",
+    "Requests held because their model has no ready replica (demand the autoscaler must see at zero replicas).",
+    ["model"],
+    registry=REGISTRY,
+)
+NO_REPLICA = Counter(
+    "llm_cluster_router_no_replica",
+    "Requests that found no ready replica on arrival, by outcome: served (one became ready in time), timeout, rejected_full.",
+    ["model", "outcome"],
+    registry=REGISTRY,
+)
+
+
+def refresh_replica_gauges(by_model: dict[str, list]) -> None:
+    """Known / healthy replicas per model, computed at scrape time (not per request)."""
+    for model, handles in by_model.items():
+        REPLICAS_KNOWN.labels(model).set(len(handles))
+        REPLICAS_HEALTHY.labels(model).set(sum(1 for h in handles if not h.load_stale and not h.removed))
+
+
+def request_done(balancer: object, model: str, api: str, code: str) -> None:
+    """Count one finished request; unknown model names share one label value (bounded cardinality)."""
+    known = getattr(balancer, "known_model", None)
+    REQUESTS.labels(model if known is not None and known(model) else "unknown", api, code).inc()

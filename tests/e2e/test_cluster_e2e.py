@@ -48,6 +48,8 @@ async def router(ray_cluster):
             "router.host=127.0.0.1",
             "router.grpc_port=0",
             "router.http_port=0",
+            "router.metrics_port=0",
+            "controller.metrics_port=0",
             "controller.health_check_interval_s=1",
             "models.0.engine_args={max_model_len: 2048}",
         ]
