@@ -274,6 +274,8 @@ class PrometheusSourceConfig(_Strict):
     scrape_targets: list[str] = Field(default_factory=list)
     #: scrape: the router's /metrics URL, for the demand held at zero replicas.
     router_metrics_url: str | None = None
+    #: Range of rate() in the default queries ("{window}").
+    rate_window: str = Field("1m", pattern=r"^[0-9]+(ms|s|m|h)$")
     #: Samples older than this are stale: the policy holds.
     stale_after_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(3.0, gt=0)
@@ -297,6 +299,8 @@ class ScalingPolicyConfig(_Strict):
     tolerance: float = Field(0.1, ge=0, lt=1)
     #: TTFT SLO (seconds) of the guard: above it, scale up at least one step and never down; null disables.
     ttft_slo_s: float | None = Field(2.0, gt=0)
+    #: The TTFT quantile the guard compares with the SLO.
+    ttft_quantile: float = Field(0.9, gt=0, lt=1)
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(8, ge=1)
     #: A scale-up must be recommended for this long (the window's minimum is used).

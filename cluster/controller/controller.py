@@ -138,6 +138,14 @@ class ControllerActor:
         self._wake.set()
         return {"model": model, "desired": n, "previous": old}  # type: ignore[dict-item]
 
+    async def replica_counts(self, model: str) -> dict[str, int]:
+        """Desired and ready replicas of one model (cheap: no probes; the autoscaler's read)."""
+        await self.run()
+        if model not in self.models:
+            raise ValueError(f"unknown model {model!r}")
+        reps = [r for r in self.replicas.values() if r.model == model]
+        return {"desired": self.desired[model], "ready": sum(r.state == "READY" for r in reps)}
+
     async def watch(self, known_version: int, timeout_s: float = 30.0) -> tuple[int, dict[str, list[dict[str, str]]]]:
         """Long-poll: return (version, endpoints) once version > known_version or on timeout."""
         await self.run()  # after a Ray restart of this actor, the first call restarts the loop

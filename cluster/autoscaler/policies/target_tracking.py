@@ -1,0 +1,141 @@
+"""Target tracking on per-replica load, with a TTFT-SLO guard.
+
+Algorithm (each tick):
+1. Hold when the observation is missing or older than ``stale_after_s``:
+   unknown load is never read as zero, so no scale-down on no data.
+2. Signal -> raw recommendation: ``ceil(total / target)`` where total is the
+   fleet's waiting + running requests (``load``), mean KV usage x replicas
+   (``kv_usage``) or generation tokens/s (``token_throughput``).  Requests the
+   router holds for want of a replica count as load, so demand at zero
+   replicas asks for one.  Within ``1 +- tolerance`` of the target: keep.
+3. TTFT guard: when the observed TTFT quantile exceeds the SLO, recommend at
+   least current + 1 and never less than current (latency is bad even if the
+   load signal looks fine, e.g. long prompts).
+4. Partial data: when fewer than half the known replicas report, a scale-down
+   is refused (the missing ones may be the busy ones); a scale-up still goes.
+5. Stabilise: a scale-up takes the *minimum* recommendation over the last
+   ``scale_up_window_s`` (a spike must last), a scale-down the *maximum* over
+   the last ``scale_down_window_s`` (a dip must last), and a scale-down also
+   needs a full window of data since the policy started.
+6. Limit: at most ``max_scale_up_step`` up per tick, no scale-down within
+   ``cooldown_s`` of the last change, clamp to [min_replicas, max_replicas].
+
+Failure modes: noisy load that crosses the target both ways cannot flap
+(tolerance, then the down window's maximum, then the cooldown); a source
+that dies freezes the count (hold) instead of shrinking the fleet; a TTFT
+spike from one slow request can add one replica (bounded by max_replicas and
+undone after the down window).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from cluster.autoscaler.policies.base import ScalingPolicy
+from cluster.autoscaler.types import Decision, Observation
+from cluster.config import ScalingPolicyConfig
+
+
+class TargetTracking(ScalingPolicy):
+    name = "target_tracking"
+
+    def __init__(self, cfg: ScalingPolicyConfig, stale_after_s: float = 30.0) -> None:
+        self.cfg = cfg
+        self.stale_after_s = stale_after_s
+        self._history: deque[tuple[float, int]] = deque()
+        self._first_data: float | None = None
+        self._last_change = -math.inf
+
+    def applied(self, now: float, n: int) -> None:
+        self._last_change = now
+
+    def _hold(self, current: int, reason: str, detail: str, rec: int | None = None) -> Decision:
+        return Decision(current, current, "hold", reason, detail, rec)
+
+    def _total(self, obs: Observation, current: int) -> tuple[float | None, str]:
+        c = self.cfg
+        demand = obs.demand or 0.0
+        if c.metric == "load":
+            if obs.load is None:
+                return None, "no load series"
+            return obs.load + demand, f"load {obs.load + demand:g} (incl. {demand:g} held at the router)"
+        if c.metric == "kv_usage":
+            if obs.kv_usage is None:
+                return (demand and c.target, f"{demand:g} requests held at zero replicas") if current == 0 else (None, "no KV series")
+            n = obs.reporting_replicas or current
+            return obs.kv_usage * n, f"kv usage {obs.kv_usage:.2f} x {n} replicas"
+        if obs.token_throughput is None:
+            return (demand and c.target, f"{demand:g} requests held at zero replicas") if current == 0 else (None, "no throughput series")
+        return obs.token_throughput, f"throughput {obs.token_throughput:.1f} tok/s"
+
+    def decide(self, now: float, obs: Observation | None, current: int) -> Decision:
+        c = self.cfg
+        if obs is None or now - obs.at > self.stale_after_s:
+            age = "no observation" if obs is None else f"newest sample {now - obs.at:.0f}s old"
+            return self._hold(current, "stale_metrics", f"holding at {current}: {age}")
+        total, what = self._total(obs, current)
+        if total is None:
+            return self._hold(current, "stale_metrics", f"holding at {current}: {what}")
+        if self._first_data is None:
+            self._first_data = now
+
+        # 2. Target tracking.
+        reason = "target_tracking"
+        if current > 0 and abs(total / (current * c.target) - 1) <= c.tolerance:
+            raw = current
+        else:
+            raw = math.ceil(total / c.target - 1e-9)
+        if (obs.demand or 0) > 0 and raw < 1:
+            raw, reason = 1, "demand_at_zero"
+        detail = f"{what}, target {c.target:g}/replica -> {raw}"
+
+        # 3. TTFT guard.
+        if c.ttft_slo_s is not None and obs.ttft_s is not None and obs.ttft_s > c.ttft_slo_s and current > 0:
+            if raw <= current:
+                raw, reason = current + 1, "ttft_slo"
+            detail += f"; ttft {obs.ttft_s:.2f}s > slo {c.ttft_slo_s:g}s"
+
+        # 4. Partial data.
+        known = obs.known_replicas
+        if raw < current and known and obs.reporting_replicas * 2 < known:
+            self._history.append((now, current))
+            return self._hold(current, "partial_metrics", f"{detail}; only {obs.reporting_replicas}/{known} replicas report", raw)
+
+        self._history.append((now, raw))
+        horizon = now - max(c.scale_up_window_s, c.scale_down_window_s)
+        while self._history and self._history[0][0] < horizon:
+            self._history.popleft()
+
+        # Bounds first: outside [min, max] is corrected at once.
+        if current < c.min_replicas:
+            return Decision(current, c.min_replicas, "scale_up", "min_replicas", f"{detail}; below min_replicas", raw)
+        if current > c.max_replicas:
+            return Decision(current, c.max_replicas, "scale_down", "max_replicas", f"{detail}; above max_replicas", raw)
+
+        # 5 + 6. Stabilise and limit.
+        if raw > current:
+            window = [r for t, r in self._history if t >= now - c.scale_up_window_s]
+            stable = min(window) if window else raw
+            if current == 0 and reason == "demand_at_zero":
+                stable = max(stable, 1)  # the first replica never waits for a window: requests are queued for it
+            if stable <= current:
+                return self._hold(current, "scale_up_window", f"{detail}; not yet sustained for {c.scale_up_window_s:g}s", raw)
+            desired = min(stable, current + c.max_scale_up_step, c.max_replicas)
+            if desired <= current:
+                return self._hold(current, "max_replicas", f"{detail}; at max_replicas {c.max_replicas}", raw)
+            return Decision(current, desired, "scale_up", reason, detail, raw)
+        if raw < current:
+            if now - self._first_data < c.scale_down_window_s:
+                return self._hold(current, "scale_down_window", f"{detail}; less than {c.scale_down_window_s:g}s of data", raw)
+            stable = max(r for t, r in self._history if t >= now - c.scale_down_window_s)
+            if stable >= current:
+                return self._hold(current, "scale_down_window", f"{detail}; not yet sustained for {c.scale_down_window_s:g}s", raw)
+            if now - self._last_change < c.cooldown_s:
+                left = c.cooldown_s - (now - self._last_change)
+                return self._hold(current, "cooldown", f"{detail}; cooldown {left:.0f}s left", raw)
+            desired = max(stable, c.min_replicas)
+            if desired >= current:
+                return self._hold(current, "min_replicas", f"{detail}; at min_replicas {c.min_replicas}", raw)
+            return Decision(current, desired, "scale_down", reason, detail, raw)
+        return self._hold(current, reason, detail, raw)
