@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.autoscaler.actuators.kubernetes import KubernetesTarget
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 POLICIES = ("round_robin", "power_of_two", "prefix_aware", "session_affinity", "least_kv", "weighted")
 
@@ -322,8 +324,8 @@ class ScalingPolicyConfig(_Strict):
 
 class ActuatorConfig(_Strict):
     kind: Literal["ray", "kubernetes"] = "ray"
-    #: A KubernetesTarget (cluster/autoscaler/actuators/kubernetes.py) when kind = kubernetes.
-    kubernetes: dict[str, Any] | None = None
+    #: The Deployment / StatefulSet / KubeRay worker group to scale when kind = kubernetes.
+    kubernetes: KubernetesTarget | None = None
 
     @model_validator(mode="after")
     def _target(self) -> ActuatorConfig:

@@ -30,7 +30,9 @@ def make_actuator(cfg: ClusterConfig, model: str) -> Actuator:
         return RayActuator(controller, model)
     from cluster.autoscaler.actuators.kubernetes import KubernetesActuator, KubernetesTarget  # "helm" helper's module
 
-    return KubernetesActuator(KubernetesTarget.model_validate(cfg.autoscaler.actuator.kubernetes))
+    target = cfg.autoscaler.actuator.kubernetes
+    assert isinstance(target, KubernetesTarget)  # the config validator requires it for kind kubernetes
+    return KubernetesActuator(target)
 
 
 __all__ = ["Actuator", "ActuatorError", "make_actuator"]
