@@ -312,6 +312,10 @@ class ScalingPolicyConfig(_Strict):
     max_scale_up_step: int = Field(4, ge=1)
     #: No scale-down within this long after any change.
     cooldown_s: float = Field(30.0, ge=0)
+    #: While replicas asked for are still starting (ready < current), no further scale-up for up to
+    #: this long after the last change: the queue that builds meanwhile is theirs to serve, and
+    #: sizing for it overshoots.  0 disables; keep it above a replica's start-up time.
+    starting_grace_s: float = Field(300.0, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingPolicyConfig:

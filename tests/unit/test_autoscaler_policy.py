@@ -38,6 +38,7 @@ class Tick:
     age_s: float = 0.0  # how old the newest sample is
     reporting: int | None = None  # default: every replica
     missing: bool = False  # the source failed: no observation at all
+    ready: int | None = None  # ready replicas the router knows (default: all asked for)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,7 +52,7 @@ def replay(start: int, ticks: list[Tick], **cfg: Any) -> list[int]:
             rep = current if t.reporting is None else t.reporting
             obs = Observation(
                 at=now - t.age_s,
-                known_replicas=current,
+                known_replicas=current if t.ready is None else t.ready,
                 reporting_replicas=rep,
                 load=t.load,
                 kv_usage=None,
@@ -127,6 +128,20 @@ CASES = [
         loads(16, 60, 16, 16, 60, 60, 60),
         {"scale_up_window_s": 10},
         [2, 2, 2, 2, 2, 2, 6],
+    ),
+    (
+        "no further scale-up on the queue that builds while replicas start; more once they are ready",
+        2,
+        [Tick(load=40), Tick(load=80, ready=2), Tick(load=120, ready=2), Tick(load=80, ready=5)],
+        {},
+        [5, 5, 5, 9],
+    ),
+    (
+        "a replica that never starts blocks scale-ups only for starting_grace_s",
+        2,
+        [Tick(load=40), *[Tick(load=80, ready=2)] * 4],
+        {"starting_grace_s": 12},
+        [5, 5, 5, 9, 9],  # t=15: grace over, one step; then the grace runs again
     ),
     (
         "cooldown delays a scale-down after a change",

@@ -13,6 +13,10 @@ Algorithm (each tick):
    load signal looks fine, e.g. long prompts).
 4. Partial data: when fewer than half the known replicas report, a scale-down
    is refused (the missing ones may be the busy ones); a scale-up still goes.
+   Replicas starting: while fewer replicas are ready than asked for, no further
+   scale-up (for up to ``starting_grace_s`` after the last change).  The queue
+   that builds during a start-up is a stock, not a rate: sizing the fleet for
+   it overshoots, and the replicas on their way will drain it.
 5. Stabilise: a scale-up takes the *minimum* recommendation over the last
    ``scale_up_window_s`` (a spike must last), a scale-down the *maximum* over
    the last ``scale_down_window_s`` (a dip must last), and a scale-down also
@@ -20,7 +24,8 @@ Algorithm (each tick):
 6. Limit: at most ``max_scale_up_step`` up per tick, no scale-down within
    ``cooldown_s`` of the last change, clamp to [min_replicas, max_replicas].
 
-Failure modes: noisy load that crosses the target both ways cannot flap
+Failure modes: a replica that never becomes ready blocks further scale-ups
+only for ``starting_grace_s``; noisy load that crosses the target both ways cannot flap
 (tolerance, then the down window's maximum, then the cooldown); a source
 that dies freezes the count (hold) instead of shrinking the fleet; a TTFT
 spike from one slow request can add one replica (bounded by max_replicas and
@@ -114,6 +119,9 @@ class TargetTracking(ScalingPolicy):
             return Decision(current, c.max_replicas, "scale_down", "max_replicas", f"{detail}; above max_replicas", raw)
 
         # 5 + 6. Stabilise and limit.
+        starting = known is not None and known < current and now - self._last_change < c.starting_grace_s
+        if raw > current and starting:
+            return self._hold(current, "replicas_starting", f"{detail}; {current - known} replica(s) still starting", raw)
         if raw > current:
             window = [r for t, r in self._history if t >= now - c.scale_up_window_s]
             stable = min(window) if window else raw
