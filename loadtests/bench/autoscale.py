@@ -341,11 +341,13 @@ def print_report(report: dict[str, Any]) -> None:
     for scenario, rows in report["scenarios"].items():
         print(f"\n{scenario}")
         print(
-            f"{'fleet':<11}{'requests':>9}{'failed':>8}{'SLO ok':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'replica-s':>11}{'vs oracle':>10}{'peak':>6}"
+            f"{'fleet':<11}{'requests':>9}{'failed':>8}{'SLO ok':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
+            f"{'replica-s':>11}{'vs oracle':>10}{'peak':>6}"
         )
         for r in rows:
             print(
-                f"{r['fleet']:<11}{r['requests']:>9}{r['failed']:>8}{r['slo_attainment']:>8.2%} {r['ttft_p50_s']:>9.2f}s{r['ttft_p99_s']:>9.2f}s"
+                f"{r['fleet']:<11}{r['requests']:>9}{r['failed']:>8}{r['slo_attainment']:>8.2%} "
+                f"{r['ttft_p50_s']:>9.2f}s{r['ttft_p99_s']:>9.2f}s"
                 f"{r['replica_seconds']:>11.0f}{r['vs_oracle']:>9.2f}x{r['peak_replicas']:>6}"
             )
         auto = rows[0]
