@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.experimental import internal_kv
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from ray.experimental import internal_kv
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
