@@ -243,6 +243,10 @@ class RouterConfig(_Strict):
     #: Requests that may wait at once for a model with no ready replica (scale from zero);
     #: more are refused at once with UNAVAILABLE / 503 instead of piling up.
     max_waiting_for_replica: int = Field(1000, ge=0)
+    #: A stream that gets no token for this many seconds after its first one is
+    #: treated as a failed replica (hung engine, frozen process, silent network
+    #: partition) and migrated.  Generous: a busy engine can pause for seconds.
+    stall_timeout_s: float = Field(30.0, gt=0)
 
     @field_validator("policy")
     @classmethod

@@ -41,6 +41,7 @@ class Router:
             first_token_timeout_s=config.first_token_timeout_s,
             breaker=CircuitBreaker(config.circuit_breaker),
             max_migrations=config.max_migrations,
+            stall_timeout_s=config.stall_timeout_s,
             policy_options=config.policy_options,
             max_waiting_for_replica=config.max_waiting_for_replica,
         )

@@ -32,9 +32,13 @@ the last characters that could begin a stop string, so the failed replica
 may have produced more text than the client got, and the resuming engine
 sends that difference first.
 
-Failure modes: a replica that stalls after its first token is not detected
-here (the request's deadline bounds it); see the engines for how exact a
-resumed stop-string check is.
+A stream that gets no token for ``stall_timeout_s`` after its first one (hung
+engine, frozen process, a partition that drops packets without a reset) is
+treated like a failed replica and migrated.
+
+Failure modes: a stall timeout shorter than the engine's real pauses would
+migrate healthy streams (each costs a prefill of prompt + tokens so far);
+see the engines for how exact a resumed stop-string check is.
 
 When the caller goes away (client cancel, deadline), the relaying coroutine is
 cancelled, which cancels the replica call, which aborts the request in the
@@ -104,6 +108,7 @@ class Balancer:
         max_migrations: int = 2,
         policy_options: PolicyOptions | None = None,
         max_waiting_for_replica: int = 1000,
+        stall_timeout_s: float = 30.0,
     ) -> None:
         self.replicas = replicas
         self.policy = policy
@@ -112,6 +117,7 @@ class Balancer:
         self.first_token_timeout_s = first_token_timeout_s
         self.breaker = breaker or CircuitBreaker()
         self.max_migrations = max_migrations
+        self.stall_timeout_s = stall_timeout_s
         self.policy_options = policy_options
         #: Policies chosen per request (x-routing-policy), built on first use, each with its own state.
         self.policies: dict[str, RoutingPolicy] = {policy.name: policy}
@@ -246,10 +252,18 @@ class Balancer:
                             last = now
                             yield chunk
                             try:
-                                chunk = await stream.__anext__()
+                                # Armed only while waiting on the replica, never
+                                # while the caller holds the chunk (a slow client).
+                                async with asyncio.timeout(self.stall_timeout_s):
+                                    chunk = await stream.__anext__()
                             except StopAsyncIteration:
                                 metrics.E2E.labels(req.model).observe(time.monotonic() - arrived)
                                 return
+                            except TimeoutError:
+                                self.breaker.failure(replica)
+                                reason = "stall"
+                                failure = f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream"
+                                break
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code()
                     if code == grpc.StatusCode.INVALID_ARGUMENT:

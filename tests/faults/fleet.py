@@ -14,9 +14,11 @@ from cluster.router.replicas import static_source
 SIM = {"time_scale": 0.2}  # ~7 ms per decode step: a 40-token stream lasts ~0.3 s
 
 
-def make_router(addresses: list[str], policy: str = "round_robin", timeout_s: float = 600.0) -> Router:
+def make_router(addresses: list[str], policy: str = "round_robin", timeout_s: float = 600.0, **config: float) -> Router:
     eps = [{"replica_id": f"r{i}", "address": a, "max_model_len": "2048"} for i, a in enumerate(addresses)]
-    cfg = RouterConfig(host="127.0.0.1", grpc_port=0, http_port=0, policy=policy, no_replica_wait_s=0.5, request_timeout_s=timeout_s)
+    cfg = RouterConfig(
+        host="127.0.0.1", grpc_port=0, http_port=0, policy=policy, no_replica_wait_s=0.5, request_timeout_s=timeout_s, **config
+    )
     return Router(cfg, static_source({"sim": eps}))
 
 

@@ -54,6 +54,34 @@ async def test_killing_a_replica_process_mid_stream_loses_no_request():
     assert on_victim >= 1 and tally.migrated >= 1  # the streams on the victim moved on
 
 
+async def test_a_frozen_replica_process_is_detected_mid_stream_and_its_streams_migrated():
+    procs = Procs()
+    try:
+        addresses = await asyncio.gather(*(asyncio.to_thread(start_sim_replica, procs, "{time_scale: 0.2}") for _ in range(3)))
+        # SIGSTOP: connections stay open and silent, as with a hung engine or a
+        # partition that drops packets; only the stall timeout can tell.
+        router = make_router(list(addresses), stall_timeout_s=1.0, first_token_timeout_s=1.0)
+        await router.start()
+        victim = router.replicas.by_id["r0"]
+        outcomes: list = []
+        load = asyncio.create_task(run_load(router.grpc_port, router.http_port, concurrency=12, requests=120, progress=outcomes))
+        await wait_until(lambda: victim.in_flight >= 3 and len(outcomes) > 20, 30)
+        await asyncio.sleep(0.1)  # past their first tokens
+        os.kill(procs.procs[0].pid, signal.SIGSTOP)
+        await load
+        tally = await judge(outcomes, router.balancer.migrations)
+        print("\n" + tally.line("replica frozen mid-stream"))
+        await router.stop(0.5)
+    finally:
+        procs.procs[0].kill()
+        procs.stop()
+    assert tally.lost == 0, tally.lost_examples
+    assert tally.refused == tally.failed == 0, tally.errors[:5]
+    assert tally.completed == tally.sent and tally.migrated >= 1
+    # Each stall costs its stream about a second, not its whole deadline.
+    assert max(o.elapsed_s for o in outcomes) < 10
+
+
 async def test_a_dropped_connection_mid_stream_is_migrated_and_frees_the_replica_slot():
     local = LocalReplicas()
     proxy: CuttableProxy | None = None
