@@ -80,6 +80,10 @@ class PrefixAwareOptions(_Strict):
     default_index_blocks: int = Field(16_384, ge=1)
     #: Hard cap on index entries per replica, whatever its KV capacity.
     max_index_blocks: int = Field(262_144, ge=1)
+    #: Cap on index entries over all of a model's replicas (split evenly between
+    #: them): about 250 bytes each, so the default bounds the index near 500 MiB
+    #: however many replicas and however large their KV caches.
+    max_index_entries: int = Field(2_000_000, ge=1)
 
 
 class SessionAffinityOptions(_Strict):

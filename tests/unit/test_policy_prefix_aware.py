@@ -120,3 +120,12 @@ def test_a_prefix_held_by_hundreds_of_replicas_is_looked_up_in_bounded_work():
     found = policy.index.matches(hashes)
     assert 1 <= len(found) <= 3 * 16
     assert all(d == len(hashes) for d in found.values())
+
+
+def test_the_whole_index_is_capped_whatever_the_replica_count():
+    reps = fleet(50, kv_capacity_tokens=10**9)  # huge KV caches: the per-model cap decides
+    policy = PrefixAware(PrefixAwareOptions(max_index_entries=5_000), rng=random.Random(8))
+    for i in range(2_000):
+        policy.choose(reps, req(f"unique {i} " + system_prompt(i, 1500)))
+    assert policy.index.entries() <= 5_000
+    assert all(policy.index.entries(h) <= 100 for h in reps)

@@ -12,7 +12,8 @@ sim_tokens`` the sim engine's own tokenizer and block hashes are used.
 
 Memory is bounded twice: each replica's entries form an LRU sized to what its
 KV cache can hold (``kv_capacity_tokens`` from its load reports, divided by
-the tokens per block; a default when unknown; ``max_index_blocks`` at most),
+the tokens per block; a default when unknown; ``max_index_blocks`` at most,
+and at most an even share of ``max_index_entries`` over the model's replicas),
 so the index forgets what the replica has most likely evicted; and a replica
 that left the set is forgotten as soon as it is met again.  A lookup is
 O(log blocks + a bounded number of holders), independent of the number of
@@ -104,11 +105,12 @@ class PrefixIndex:
 
     def capacity(self, h: ReplicaHandle) -> int:
         o = self.opts
+        share = max(1, o.max_index_entries // max(h.group.size, 1))
         kv = h.load.kv_capacity_tokens if h.load is not None else 0
         if not kv:
-            return min(o.default_index_blocks, o.max_index_blocks)
+            return min(o.default_index_blocks, o.max_index_blocks, share)
         per_block = _SIM_BLOCK_TOKENS if o.hash_unit == "sim_tokens" else max(1, o.block_chars // _CHARS_PER_TOKEN)
-        return max(1, min(o.max_index_blocks, kv // per_block))
+        return max(1, min(o.max_index_blocks, share, kv // per_block))
 
     def record(self, h: ReplicaHandle, hashes: list[int]) -> None:
         """Remember that ``hashes`` were just sent to ``h`` (most recent last)."""
