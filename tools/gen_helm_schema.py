@@ -216,7 +216,9 @@ def chart_schema(cluster: Schema) -> Schema:
                 {
                     "labels": STR_MAP,
                     "serviceMonitor": obj({"enabled": BOOL, "interval": string(pattern=r"^[0-9]+(ms|s|m|h)$")}),
-                    "podMonitor": obj({"enabled": BOOL, "interval": string(pattern=r"^[0-9]+(ms|s|m|h)$")}),
+                    "podMonitor": obj(
+                        {"enabled": BOOL, "interval": string(pattern=r"^[0-9]+(ms|s|m|h)$"), "replicaSlots": integer(0, maximum=64)}
+                    ),
                     "prometheusRule": obj({"enabled": BOOL}),
                     "grafanaDashboard": obj({"enabled": BOOL, "label": string(minLength=1), "labelValue": string()}),
                 }

@@ -291,7 +291,12 @@ def test_keda_mode_scales_a_worker_statefulset_on_the_autoscalers_promql() -> No
     (so,) = of_kind(docs, "ScaledObject")
     (sts,) = of_kind(docs, "StatefulSet")
     assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"]}
-    assert so["spec"]["triggers"][0]["metadata"]["query"] == 'sum(llm_cluster:replica_load:sum{model="qwen2.5-7b-instruct"})'
+    assert so["spec"]["triggers"][0]["metadata"]["query"] == (
+        '(sum(llm_cluster:replica_load:sum{model="qwen2.5-7b-instruct"}) or vector(0))'
+        ' + sum(llm_cluster:waiting_for_replica:sum{model="qwen2.5-7b-instruct"})'
+    )
+    recorded = {r.get("record") for g in yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())["groups"] for r in g["rules"]}
+    assert {"llm_cluster:replica_load:sum", "llm_cluster:waiting_for_replica:sum"} <= recorded  # the series KEDA reads exist
     assert not [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-autoscaler")]
     worker = sts["spec"]["template"]["spec"]["containers"][0]
     assert "ray start --address=llm-llm-cluster-head-svc:6379 --block" in worker["args"][0]
@@ -415,3 +420,28 @@ def test_tls_secrets_are_mounted_and_wired_into_the_config(tmp_path: Path) -> No
             kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
         else:
             assert not list(crd_validator(doc["kind"]).iter_errors(doc))
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_the_containers_command_lines_parse_with_the_real_cli(case: Path | None) -> None:
+    from cluster.cli import build_parser
+
+    docs = render(case)
+    commands = [
+        c["args"]
+        for d in of_kind(docs, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c.get("args", [None])[0] == "llm-cluster"
+    ]
+    assert any(a[1] == "router" for a in commands)
+    for args in commands:
+        parsed = build_parser().parse_args(args[1:])  # argparse exits (SystemExit) on an unknown flag
+        assert parsed.config == "/etc/llm-cluster/config/cluster.yaml"
+
+
+def test_replica_metrics_are_scraped_on_their_fixed_ports() -> None:
+    docs = render(CHART / "examples" / "gpu-multinode.yaml")
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
+    assert yaml.safe_load(cm["data"]["cluster.yaml"])["controller"]["replica_metrics_port"] == 9500
+    (pm,) = [d for d in of_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith("-replicas")]
+    assert [e["portNumber"] for e in pm["spec"]["podMetricsEndpoints"]] == [9500, 9501]
