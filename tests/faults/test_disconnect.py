@@ -81,7 +81,7 @@ async def test_a_client_disconnect_frees_the_engine_slot_within_100_ms():
         await local.stop()
     for api, xs in (("grpc", grpc_s), ("http", http_s)):
         ms = [round(x * 1000, 1) for x in xs]
-        line = f"disconnect -> engine slot freed [{api}]: median {statistics.median(ms)} ms, max {max(ms)} ms over {len(ms)} trials"
+        line = f"disconnect -> engine slot freed [{api}]: median {statistics.median(ms):.1f} ms, max {max(ms):.1f} ms over {len(ms)} trials"
         REPORT.append(line)
         print(f"\n{line}: {ms}")
     assert statistics.median(grpc_s) < TARGET_S and statistics.median(http_s) < TARGET_S, (grpc_s, http_s)
