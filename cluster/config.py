@@ -107,6 +107,8 @@ class WeightedOptions(_Strict):
     session: float = Field(0.5, ge=0)
     load: float = Field(0.3, ge=0)
     kv: float = Field(0.2, ge=0)
+    #: Per second of the replica's recent TTFT (its load report's EWMA); 0: ignored.
+    ttft: float = Field(0.0, ge=0)
     #: Random candidates scored beside the prefix holders and the session's replica.
     sample: int = Field(4, ge=1)
     balance_eps: float = Field(2.0, ge=0)

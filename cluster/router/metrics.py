@@ -98,7 +98,7 @@ def refresh_replica_gauges(by_model: dict[str, list]) -> None:
     for model, handles in by_model.items():
         WAITING_FOR_REPLICA.labels(model)  # exists (at 0) for every model: its scrape time says the router is alive
         REPLICAS_KNOWN.labels(model).set(len(handles))
-        REPLICAS_HEALTHY.labels(model).set(sum(1 for h in handles if not h.load_stale and not h.removed))
+        REPLICAS_HEALTHY.labels(model).set(sum(1 for h in handles if not h.load_stale and h.routable))
 
 
 def request_done(balancer: object, model: str, api: str, code: str) -> None:

@@ -82,6 +82,8 @@ async def test_the_circuit_breaker_ejects_a_failing_replica_and_probes_it_back(s
     for i in range(10):
         await client.completions.create(model="sim", prompt=f"b{i}", max_tokens=2)
     assert bad.routed == tried  # ejected: no request went there
+    metrics.refresh_replica_gauges(router.replicas.by_model)
+    assert metrics.REGISTRY.get_sample_value("llm_cluster_router_replicas_healthy", {"model": "sim"}) == 1
     FailingServicer.broken = False  # it recovers
     await asyncio.sleep(1.1)
     for i in range(10):

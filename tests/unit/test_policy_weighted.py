@@ -41,3 +41,12 @@ def test_weights_come_from_config():
     o = PolicyOptions.model_validate({"weighted": {"prefix": 2.0, "kv": 0.5}})
     policy = make_policy("weighted", o)
     assert isinstance(policy, Weighted) and policy.opts.prefix == 2.0 and policy.opts.kv == 0.5
+
+
+def test_a_ttft_weight_avoids_the_replica_that_answers_slowly():
+    reps = fleet(3)
+    for h, ttft in zip(reps, (2.0, 0.1, 1.5), strict=True):
+        report(h)
+        h.load.recent_ttft_s = ttft
+    policy = Weighted(WeightedOptions(prefix=0, session=0, load=0, kv=0, ttft=1.0, sample=3), rng=random.Random(4))
+    assert policy.choose(reps, req(system_prompt(3))) is reps[1]

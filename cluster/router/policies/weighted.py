@@ -10,6 +10,7 @@ on a retry) that is under the bounded-load cap gets
           + session x (1 if it served this session last)
           - load x load / (mean in-flight + 1)
           - kv x KV-cache usage (0..1)
+          - ttft x the replica's recent TTFT in seconds (default weight 0)
 
 and the best score wins; if none qualifies, the least loaded of two random
 candidates.  The outcome is ``prefix_hit`` when the winner had a prefix
@@ -79,6 +80,7 @@ class Weighted(RoutingPolicy):
                 + (o.session if h is mine else 0.0)
                 - o.load * max(h.in_flight, rep.running + rep.waiting) / (h.group.mean_in_flight + 1)
                 - o.kv * rep.kv_cache_usage
+                - o.ttft * rep.recent_ttft_s
             )
             if score > best_score:
                 best, best_score = h, score
