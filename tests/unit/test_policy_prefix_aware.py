@@ -129,3 +129,11 @@ def test_the_whole_index_is_capped_whatever_the_replica_count():
         policy.choose(reps, req(f"unique {i} " + system_prompt(i, 1500)))
     assert policy.index.entries() <= 5_000
     assert all(policy.index.entries(h) <= 100 for h in reps)
+
+
+def test_sim_token_blocks_route_a_shared_prefix_like_text_blocks():
+    reps = fleet(4)
+    policy = PrefixAware(PrefixAwareOptions(hash_unit="sim_tokens"), rng=random.Random(9))
+    home = policy.choose(reps, req(system_prompt(4) + " first"))
+    r = req(system_prompt(4) + " second question")
+    assert policy.choose(reps, r) is home and r.outcome == "prefix_hit"
