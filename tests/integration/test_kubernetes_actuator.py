@@ -194,3 +194,19 @@ def test_rbac_rules_cover_each_target_kind_with_read_and_patch_only() -> None:
     assert rbac_rules("RayCluster") == [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "patch"]}]
     assert len(RBAC_RULES) == 3
     assert {v for r in RBAC_RULES for v in r["verbs"]} == {"get", "patch"}
+
+
+async def test_the_autoscaler_config_section_builds_this_actuator(kmock: kmock.KubernetesEmulator, kubeconfig: str, tmp_path: Path) -> None:
+    from cluster.autoscaler.actuators import make_actuator
+    from cluster.config import load_config
+
+    kmock.objects[RAYCLUSTERS, NS, "llm"] = raycluster(replicas=1)
+    cfg_path = tmp_path / "cluster.yaml"
+    target = {"kind": "RayCluster", "name": "llm", "worker_group": "gpu", "kubeconfig": kubeconfig}
+    cfg_path.write_text(yaml.safe_dump({"autoscaler": {"actuator": {"kind": "kubernetes", "kubernetes": target}}}))
+    act = make_actuator(load_config(cfg_path), "smollm2-135m-instruct")
+    assert isinstance(act, KubernetesActuator)
+    await act.scale(2)
+    (patch,) = list(kmock["patch"])
+    assert patch.url.path == RC_PATH and patch.data[-1] == {"op": "replace", "path": "/spec/workerGroupSpecs/1/replicas", "value": 2}
+    await act.close()
