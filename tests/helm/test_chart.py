@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -445,3 +446,19 @@ def test_replica_metrics_are_scraped_on_their_fixed_ports() -> None:
     assert yaml.safe_load(cm["data"]["cluster.yaml"])["controller"]["replica_metrics_port"] == 9500
     (pm,) = [d for d in of_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith("-replicas")]
     assert [e["portNumber"] for e in pm["spec"]["podMetricsEndpoints"]] == [9500, 9501]
+
+
+def test_the_packaged_chart_carries_the_rules_and_dashboards(tmp_path: Path) -> None:
+    # files/prometheus and files/grafana are links to deploy/; `helm package` must copy what they point to.
+    out = run_helm("package", str(CHART), "--destination", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    (tgz,) = tmp_path.glob("llm-cluster-*.tgz")
+    with tarfile.open(tgz) as tar:
+        names = set(tar.getnames())
+    assert {"llm-cluster/files/prometheus/rules.yml", "llm-cluster/files/prometheus/alerts.yml"} <= names
+    assert "llm-cluster/files/grafana/llm-cluster.json" in names
+    assert "llm-cluster/files/prometheus/tests.yml" not in names
+    rendered = run_helm("template", "llm", str(tgz))
+    assert rendered.returncode == 0, rendered.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
+    assert "PrometheusRule" in kinds
