@@ -359,6 +359,13 @@ BAD_VALUES = {
     ),
     "both autoscalers": ({"keda": {"enabled": True}}, r"autoscaler.enabled and keda.enabled are both true"),
     "autoscaler scaling an unknown model": ({"autoscaler": {"model": "nope"}}, r'autoscaler.model: unknown model "nope"'),
+    "autoscaler bounds outside the worker group's": (
+        {
+            "ray": {"workerGroups": [GPU_GROUP]},
+            "autoscaler": {"policy": {"maxReplicas": 5}, "actuator": {"kind": "kubernetes", "target": {"kind": "RayCluster"}}},
+        },
+        r'autoscaler.policy: minReplicas..maxReplicas = 1..5 must lie within worker group "gpu"\'s minReplicas..maxReplicas = 0..2',
+    ),
     "deployment target without a name": (
         {"autoscaler": {"actuator": {"kind": "kubernetes", "target": {"kind": "Deployment"}}}},
         r"autoscaler.actuator.target.name is required for a Deployment or StatefulSet target",

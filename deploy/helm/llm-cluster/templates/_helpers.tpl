@@ -120,6 +120,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail (printf "autoscaler.actuator.target.workerGroup: no worker group %q (groups: %s)" .Values.autoscaler.actuator.target.workerGroup (join ", " $groupNames)) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.autoscaler.enabled (eq .Values.autoscaler.actuator.kind "kubernetes") (eq .Values.autoscaler.actuator.target.kind "RayCluster") (not .Values.autoscaler.actuator.target.name) -}}
+{{- $gname := default (first .Values.ray.workerGroups).name .Values.autoscaler.actuator.target.workerGroup -}}
+{{- range .Values.ray.workerGroups -}}
+{{- if eq .name $gname -}}
+{{- $pol := $.Values.autoscaler.policy -}}
+{{- if or (lt (int $pol.minReplicas) (int .minReplicas)) (gt (int $pol.maxReplicas) (int .maxReplicas)) -}}
+{{- fail (printf "autoscaler.policy: minReplicas..maxReplicas = %d..%d must lie within worker group %q's minReplicas..maxReplicas = %d..%d (the actuator scales that group's pods)" (int $pol.minReplicas) (int $pol.maxReplicas) .name (int .minReplicas) (int .maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.keda.enabled .Values.keda.workerGroup -}}
 {{- if not (has .Values.keda.workerGroup $groupNames) -}}
 {{- fail (printf "keda.workerGroup: no worker group %q (groups: %s)" .Values.keda.workerGroup (join ", " $groupNames)) -}}
