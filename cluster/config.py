@@ -280,7 +280,8 @@ class ControllerConfig(_Strict):
 class PrometheusSourceConfig(_Strict):
     kind: Literal["prometheus", "scrape"] = "prometheus"
     prometheus_url: str = "http://127.0.0.1:9090"
-    #: PromQL overrides by signal (load, kv_usage, token_throughput, ttft, demand, replicas); "{model}" is substituted.
+    #: PromQL overrides by signal (load, kv_usage, token_throughput, ttft, demand, replicas, running, completions);
+    #: "{model}", "{window}" and "{quantile}" are substituted.
     queries: dict[str, str] = Field(default_factory=dict)
     #: scrape: replica metrics URLs (http://host:port/metrics); empty = the Ray controller's /sd/replicas.
     scrape_targets: list[str] = Field(default_factory=list)
@@ -295,7 +296,7 @@ class PrometheusSourceConfig(_Strict):
     @field_validator("queries")
     @classmethod
     def _known_signals(cls, v: dict[str, str]) -> dict[str, str]:
-        known = {"load", "kv_usage", "token_throughput", "ttft", "demand", "replicas"}
+        known = {"load", "kv_usage", "token_throughput", "ttft", "demand", "replicas", "running", "completions"}
         bad = sorted(set(v) - known)
         if bad:
             raise ValueError(f"unknown query signal(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
@@ -325,7 +326,9 @@ class ScalingPolicyConfig(_Strict):
     #: While replicas asked for are still starting (ready < current), no further scale-up for up to
     #: this long after the last change: the queue that builds meanwhile is theirs to serve, and
     #: sizing for it overshoots.  0 disables; keep it above a replica's start-up time.
-    starting_grace_s: float = Field(300.0, ge=0)
+    starting_grace_s: float = Field(0.0, ge=0)
+    #: The load's growth rate (for the backlog correction) is measured over this long.
+    growth_window_s: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingPolicyConfig:

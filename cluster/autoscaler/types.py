@@ -30,6 +30,10 @@ class Observation:
     ttft_s: float | None
     #: Requests the router holds because no replica is ready (scale-from-zero demand).
     demand: float | None
+    #: Requests in the engines' running batches (the in-service part of ``load``).
+    running: float | None = None
+    #: Requests finished per second (router), over the source's rate window.
+    completion_rate: float | None = None
 
 
 @dataclass(slots=True)

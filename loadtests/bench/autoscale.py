@@ -115,6 +115,7 @@ class Fleet(Actuator, MetricsSource):
     desired: int = 0
     pending: int = 0
     recent_ttft: list[tuple[float, float]] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _ids: Any = field(default_factory=itertools.count)
@@ -169,7 +170,11 @@ class Fleet(Actuator, MetricsSource):
     async def observe(self, model: str) -> Observation:
         ready = [r for r in self.live() if r.ready_at is not None]
         load = sum(r.engine.load().running + r.engine.load().waiting for r in ready)
+        running = sum(r.engine.load().running for r in ready)
         now = self.now()
+        # What Prometheus' rate(llm_cluster_router_requests_total[10s]) would say.
+        self.finished = [t for t in self.finished if now - t <= 10]
+        completions = len(self.finished) / min(10.0, max(now, 1.0))
         self.recent_ttft = [(t, v) for t, v in self.recent_ttft if now - t <= 10]
         vals = sorted(v for _, v in self.recent_ttft)
         return Observation(
@@ -181,6 +186,8 @@ class Fleet(Actuator, MetricsSource):
             token_throughput=None,
             ttft_s=vals[int(0.9 * (len(vals) - 1))] if vals else None,
             demand=float(self.pending) if not ready else 0.0,
+            running=float(running),
+            completion_rate=completions,
         )
 
     # -- dispatcher ---------------------------------------------------------------------------
@@ -209,6 +216,7 @@ class Fleet(Actuator, MetricsSource):
                     self.recent_ttft.append((self.now(), out.ttft))
                 if d.finish_reason is not None:
                     out.ok = d.finish_reason == "length"
+                    self.finished.append(self.now())
         finally:
             rep.in_flight -= 1
 
@@ -367,7 +375,12 @@ def main() -> None:
     p.add_argument("--up-window", type=float, default=0.0, help="autoscaler scale_up_window_s (default 0)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--verbose", action="store_true", help="log every autoscaler decision (JSON lines on stderr)")
     args = p.parse_args()
+    if args.verbose:
+        from cluster.logs import setup_logging
+
+        setup_logging("INFO")
     report = asyncio.run(main_async(args))
     print_report(report)
     if args.json:

@@ -39,6 +39,8 @@ class Tick:
     reporting: int | None = None  # default: every replica
     missing: bool = False  # the source failed: no observation at all
     ready: int | None = None  # ready replicas the router knows (default: all asked for)
+    running: float | None = None
+    completions: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,6 +61,8 @@ def replay(start: int, ticks: list[Tick], **cfg: Any) -> list[int]:
                 token_throughput=None,
                 ttft_s=t.ttft,
                 demand=t.demand,
+                running=t.running,
+                completion_rate=t.completions,
                 **t.extra,
             )
         d = policy.decide(now, obs, current)
@@ -109,6 +113,13 @@ CASES = [
         [3, 4, 4],
     ),
     (
+        "the TTFT guard waits for replicas still starting instead of adding one per tick",
+        2,
+        [Tick(load=12, ttft=3.5), Tick(load=12, ttft=3.5, ready=2), Tick(load=12, ttft=3.5, ready=2), Tick(load=12, ttft=3.5)],
+        {},
+        [3, 3, 3, 4],
+    ),
+    (
         "no scale-down while TTFT is over the SLO",
         4,
         [Tick(load=4, ttft=2.5)] * 8,
@@ -133,7 +144,7 @@ CASES = [
         "no further scale-up on the queue that builds while replicas start; more once they are ready",
         2,
         [Tick(load=40), Tick(load=80, ready=2), Tick(load=120, ready=2), Tick(load=80, ready=5)],
-        {},
+        {"starting_grace_s": 300},
         [5, 5, 5, 9],
     ),
     (
@@ -142,6 +153,21 @@ CASES = [
         [Tick(load=40), *[Tick(load=80, ready=2)] * 4],
         {"starting_grace_s": 12},
         [5, 5, 5, 9, 9],  # t=15: grace over, one step; then the grace runs again
+    ),
+    (
+        "a queue growing during a surge counts as the arrival rate it implies, not as its length",
+        # 8 running, 10 finishing per second, the queue growing 8/s: demand 8 x 18/10 = 14.4 -> 2 replicas, not 25.
+        1,
+        [Tick(load=8, running=8, completions=10), *[Tick(load=8 + 40 * k, running=8, completions=10) for k in range(1, 5)]],
+        {"max_scale_up_step": 10, "max_replicas": 30},
+        [1, 2, 2, 2, 2],
+    ),
+    (
+        "a backlog that drains after a scale-up does not add replicas",
+        4,
+        [Tick(load=200 - 40 * k, running=20, completions=30) for k in range(5)],
+        {"max_replicas": 30},
+        [4, 4, 4, 4, 4],
     ),
     (
         "cooldown delays a scale-down after a change",

@@ -8,9 +8,17 @@ Algorithm (each tick):
    (``kv_usage``) or generation tokens/s (``token_throughput``).  Requests the
    router holds for want of a replica count as load, so demand at zero
    replicas asks for one.  Within ``1 +- tolerance`` of the target: keep.
+   Backlog correction (``load``): a queue is a stock, not a rate.  During a
+   surge it grows for as long as capacity is short, and sizing the fleet for
+   it overshoots (and after the new replicas drain it, it vanishes).  So load
+   counts at most ``running x (completions/s + growth/s) / completions/s``:
+   the requests in service scaled by how much faster they arrive than they
+   finish (Little's law: arrival rate x service time), growth measured over
+   ``growth_window_s``.  Without completion figures, the plain load counts.
 3. TTFT guard: when the observed TTFT quantile exceeds the SLO, recommend at
    least current + 1 and never less than current (latency is bad even if the
-   load signal looks fine, e.g. long prompts).
+   load signal looks fine, e.g. long prompts) -- once all replicas asked for
+   are ready: while some start, the high TTFT is theirs to fix.
 4. Partial data: when fewer than half the known replicas report, a scale-down
    is refused (the missing ones may be the busy ones); a scale-up still goes.
    Replicas starting: while fewer replicas are ready than asked for, no further
@@ -51,6 +59,7 @@ class TargetTracking(ScalingPolicy):
         self._history: deque[tuple[float, int]] = deque()
         self._first_data: float | None = None
         self._last_change = -math.inf
+        self._loads: deque[tuple[float, float]] = deque()
 
     def applied(self, now: float, n: int) -> None:
         self._last_change = now
@@ -64,7 +73,17 @@ class TargetTracking(ScalingPolicy):
         if c.metric == "load":
             if obs.load is None:
                 return None, "no load series"
-            return obs.load + demand, f"load {obs.load + demand:g} (incl. {demand:g} held at the router)"
+            load = obs.load + demand
+            what = f"load {load:g} (incl. {demand:g} held at the router)"
+            growth = self._growth(obs.at, load)
+            if obs.running and obs.completion_rate and obs.completion_rate > 0:
+                arriving = max(0.0, obs.completion_rate + (growth or 0.0))  # no growth seen yet: steady
+                in_demand = obs.running * arriving / obs.completion_rate
+                if in_demand < load:
+                    rates = f"arrivals {arriving:.1f}/s / completions {obs.completion_rate:.1f}/s"
+                    what += f", of which {in_demand:.1f} demand (running {obs.running:g} x {rates})"
+                    load = in_demand
+            return load, what
         if c.metric == "kv_usage":
             if obs.kv_usage is None:
                 return (demand and c.target, f"{demand:g} requests held at zero replicas") if current == 0 else (None, "no KV series")
@@ -73,6 +92,14 @@ class TargetTracking(ScalingPolicy):
         if obs.token_throughput is None:
             return (demand and c.target, f"{demand:g} requests held at zero replicas") if current == 0 else (None, "no throughput series")
         return obs.token_throughput, f"throughput {obs.token_throughput:.1f} tok/s"
+
+    def _growth(self, at: float, load: float) -> float | None:
+        """d(load)/dt over growth_window_s (None until the window has two samples apart)."""
+        self._loads.append((at, load))
+        while len(self._loads) > 2 and self._loads[1][0] <= at - self.cfg.growth_window_s:
+            self._loads.popleft()
+        t0, l0 = self._loads[0]
+        return (load - l0) / (at - t0) if at - t0 > 0 else None
 
     def decide(self, now: float, obs: Observation | None, current: int) -> Decision:
         c = self.cfg
@@ -95,9 +122,10 @@ class TargetTracking(ScalingPolicy):
             raw, reason = 1, "demand_at_zero"
         detail = f"{what}, target {c.target:g}/replica -> {raw}"
 
-        # 3. TTFT guard.
+        # 3. TTFT guard: only once every replica asked for is serving (while some
+        # start, the latency is theirs to fix; adding one per tick would overshoot).
         if c.ttft_slo_s is not None and obs.ttft_s is not None and obs.ttft_s > c.ttft_slo_s and current > 0:
-            if raw <= current:
+            if raw <= current and (obs.known_replicas is None or obs.known_replicas >= current):
                 raw, reason = current + 1, "ttft_slo"
             detail += f"; ttft {obs.ttft_s:.2f}s > slo {c.ttft_slo_s:g}s"
 

@@ -33,6 +33,8 @@ DEFAULT_QUERIES = {
     ),
     "demand": 'sum(llm_cluster_router_waiting_for_replica{model="{model}"})',
     "replicas": 'max(llm_cluster_router_replicas_known{model="{model}"})',
+    "running": 'sum(vllm:num_requests_running{model="{model}"})',
+    "completions": 'sum(rate(llm_cluster_router_requests_total{model="{model}"}[{window}]))',
 }
 #: Scrape time of every replica's load series, and of the router's.
 _FRESHNESS = {
@@ -125,6 +127,8 @@ class PrometheusSource(MetricsSource):
             token_throughput=await self._one("token_throughput", model) if fresh_at else None,
             ttft_s=await self._one("ttft", model),
             demand=demand,
+            running=await self._one("running", model) if fresh_at else None,
+            completion_rate=await self._one("completions", model) if router_times else None,
         )
 
     async def close(self) -> None:

@@ -124,7 +124,7 @@ class ScrapeSource(MetricsSource):
         now = time.time()
         results = await asyncio.gather(*(self._get(u) for u in urls))
         router = await self._get(self.router_url) if self.router_url else None
-        load = kv = tokens = 0.0
+        load = kv = tokens = running_sum = 0.0
         reporting = 0
         rates = 0
         replica_ttft: dict[float, float] = {}
@@ -135,6 +135,7 @@ class ScrapeSource(MetricsSource):
             if running is None:
                 continue  # another model's replica
             reporting += 1
+            running_sum += running
             load += running + (pick(s, "vllm:num_requests_waiting", model=model) or 0.0)
             kv += pick(s, "vllm:kv_cache_usage_perc", model=model) or 0.0
             d = self._delta(url, now, s)
@@ -144,7 +145,7 @@ class ScrapeSource(MetricsSource):
                 for le, c in _buckets(d[1], "vllm:time_to_first_token_seconds_bucket", model).items():
                     replica_ttft[le] = replica_ttft.get(le, 0.0) + c
         known: int | None = len(urls) if self.router_url is None else None
-        demand = ttft = None
+        demand = ttft = completions = None
         if router is not None:
             known_v = pick(router, "llm_cluster_router_replicas_known", model=model)
             known = int(known_v) if known_v is not None else None
@@ -152,6 +153,7 @@ class ScrapeSource(MetricsSource):
             d = self._delta("router", now, router)
             if d is not None:
                 ttft = histogram_quantile(self.quantile, _buckets(d[1], "llm_cluster_router_time_to_first_token_seconds_bucket", model))
+                completions = (pick(d[1], "llm_cluster_router_requests_total", model=model) or 0.0) / d[0]
         elif replica_ttft:
             ttft = histogram_quantile(self.quantile, replica_ttft)
         fresh = reporting > 0 or router is not None
@@ -164,6 +166,8 @@ class ScrapeSource(MetricsSource):
             token_throughput=tokens if rates else None,
             ttft_s=ttft,
             demand=demand,
+            running=running_sum if reporting else None,
+            completion_rate=completions,
         )
 
     async def close(self) -> None:
