@@ -62,6 +62,8 @@ from cluster.replica.placement import plan_placement
 log = logging.getLogger(__name__)
 
 CONTROLLER_NAME = "llm-cluster-controller"
+#: The custom resource Ray gives only the head node.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 REPLICA_PREFIX = "llm-cluster-replica-"
 #: Time between leaving the endpoint set and refusing new requests, so routers
 #: receive the new set before the replica starts saying UNAVAILABLE.
@@ -588,9 +590,19 @@ def get_or_create_controller(config: ClusterConfig) -> Any:
         return ray.get_actor(CONTROLLER_NAME)
     except ValueError:
         pass
+    # On the head node: its metrics port (controller.metrics_port) is then at a known pod (the Ray head in
+    # Kubernetes, where the chart scrapes it), and it lives as long as the cluster's GCS does anyway.
     handle = (
         ray.remote(ControllerActor)
-        .options(name=CONTROLLER_NAME, lifetime="detached", num_cpus=0, max_concurrency=10000, max_restarts=-1, get_if_exists=True)
+        .options(
+            name=CONTROLLER_NAME,
+            lifetime="detached",
+            num_cpus=0,
+            resources={HEAD_NODE_RESOURCE: 0.001},
+            max_concurrency=10000,
+            max_restarts=-1,
+            get_if_exists=True,
+        )
         .remote(config.model_dump())
     )
     ray.get(handle.run.remote())
