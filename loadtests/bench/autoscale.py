@@ -100,6 +100,7 @@ class Rep:
 class Result:
     arrival: float
     ttft: float | None = None
+    e2e: float | None = None
     ok: bool = False
 
 
@@ -216,6 +217,7 @@ class Fleet(Actuator, MetricsSource):
                     self.recent_ttft.append((self.now(), out.ttft))
                 if d.finish_reason is not None:
                     out.ok = d.finish_reason == "length"
+                    out.e2e = self.now() - arrival
                     self.finished.append(self.now())
         finally:
             rep.in_flight -= 1
@@ -231,10 +233,32 @@ class Fleet(Actuator, MetricsSource):
                 await r.engine.shutdown()
 
 
+#: Seconds a request spends in a replica without queueing; measured by ``calibrate`` before the runs.
+SERVICE_S = 0.75
+
+
 def oracle_count(rate: Rate, t: float, startup: float) -> int:
-    # Little's law at the engine: concurrency = rate x time in system (~0.75 s at light load).
+    # Little's law at the engine: concurrency = rate x time in service, at the autoscaler's target per replica.
     ahead = max(rate(x) for x in (t, t + startup / 2, t + startup))
-    return max(1, math.ceil(ahead * 0.75 / TARGET_LOAD))
+    return max(1, math.ceil(ahead * SERVICE_S / TARGET_LOAD))
+
+
+async def calibrate(args: argparse.Namespace) -> float:
+    """Mean time in service of one request on a replica at about the target load (the oracle's W)."""
+    fleet = Fleet(speed=args.speed, startup=args.startup)
+    fleet.t0 = time.monotonic()
+    await fleet.scale(1, warm=True)
+    rate = TARGET_LOAD / SERVICE_S
+    results, tasks = [], []
+    for i, t in enumerate(arrivals(lambda _: rate, 30.0, seed=99)):
+        delay = fleet.t0 + t / args.speed - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        results.append(Result(t))
+        tasks.append(asyncio.create_task(fleet.request(i, t, results[-1])))
+    await asyncio.gather(*tasks)
+    await fleet.close()
+    return statistics.mean(r.e2e for r in results if r.e2e is not None)
 
 
 def policy_config(args: argparse.Namespace) -> ScalingPolicyConfig:
@@ -334,7 +358,16 @@ def recovery(results: list[Result], step_at: float, slo: float, window: float = 
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {"speed": args.speed, "startup_s": args.startup, "slo_s": args.slo, "scenarios": {}}
+    global SERVICE_S
+    SERVICE_S = await calibrate(args)
+    report: dict[str, Any] = {
+        "speed": args.speed,
+        "startup_s": args.startup,
+        "slo_s": args.slo,
+        "service_s": SERVICE_S,
+        "target_load": TARGET_LOAD,
+        "scenarios": {},
+    }
     for scenario in args.scenarios.split(","):
         rows = [await run_fleet(name, scenario, args) for name in ("autoscaler", "fixed", "oracle")]
         oracle = next(r for r in rows if r["fleet"] == "oracle")["replica_seconds"]
@@ -346,6 +379,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any]) -> None:
     print(f"speed x{report['speed']:g}, replica start-up {report['startup_s']:g} s, TTFT SLO {report['slo_s']:g} s (trace seconds)")
+    print(f"measured time in service {report['service_s']:.2f} s; target {report['target_load']:g} requests per replica (both)")
     for scenario, rows in report["scenarios"].items():
         print(f"\n{scenario}")
         print(
