@@ -223,3 +223,35 @@ async def test_resume_sends_the_text_held_back_for_a_stop_string_first(engine) -
     resumed = await collect(engine.generate(resumed_request))
     assert got_ids + [t for d in resumed for t in d.token_ids] == full_ids
     assert sent + "".join(d.text for d in resumed) == full_text  # not a character lost or repeated
+
+
+async def test_the_replica_metrics_carry_vllms_own_latency_and_token_figures(engine) -> None:
+    """vLLM's IterationStats (TTFT, inter-token latencies, E2E, tokens) reach the vllm:* series with our labels."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cluster.replica.metrics import ReplicaMetrics
+
+    metrics = ReplicaMetrics(MODEL, "r-metrics")
+    metrics.watch_load(engine.load)
+    engine.attach_metrics(metrics)
+    try:
+        deltas = await collect(engine.generate(chat("metrics-1", "Name three colours.", max_tokens=12)))
+        await asyncio.sleep(0.5)  # the stat logger runs on the output handler, right after the last output
+        samples = {
+            (s.name, s.labels.get("model"), s.labels.get("replica")): s.value
+            for fam in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            for s in fam.samples
+            if not s.name.endswith("_bucket") and not s.name.endswith("_created")
+        }
+    finally:
+        engine.metrics = None
+        engine._sink.metrics = None
+    key = (MODEL, "r-metrics")
+    generated = sum(len(d.token_ids) for d in deltas)
+    assert samples[("vllm:time_to_first_token_seconds_count", *key)] == 1
+    assert samples[("vllm:e2e_request_latency_seconds_count", *key)] == 1
+    assert samples[("vllm:inter_token_latency_seconds_count", *key)] >= 1
+    assert samples[("vllm:generation_tokens_total", *key)] == generated
+    assert samples[("vllm:prompt_tokens_total", *key)] == deltas[-1].prompt_tokens
+    assert ("vllm:kv_cache_usage_perc", *key) in samples and ("vllm:num_requests_running", *key) in samples
