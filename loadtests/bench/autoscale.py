@@ -269,9 +269,9 @@ def policy_config(args: argparse.Namespace) -> ScalingPolicyConfig:
         min_replicas=1,
         max_replicas=20,
         scale_up_window_s=args.up_window,
-        scale_down_window_s=60.0,
+        scale_down_window_s=args.down_window,
         max_scale_up_step=8,
-        cooldown_s=30.0,
+        cooldown_s=args.cooldown,
     )
 
 
@@ -407,6 +407,8 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=2.0, help="autoscaler interval, trace seconds (default 2)")
     p.add_argument("--scenarios", default="bursty,step", help="comma-separated: bursty, step")
     p.add_argument("--up-window", type=float, default=0.0, help="autoscaler scale_up_window_s (default 0)")
+    p.add_argument("--down-window", type=float, default=60.0, help="autoscaler scale_down_window_s (default 60)")
+    p.add_argument("--cooldown", type=float, default=30.0, help="autoscaler cooldown_s (default 30)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--verbose", action="store_true", help="log every autoscaler decision (JSON lines on stderr)")
