@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, ConfigError, load_config
+from cluster.ray_connect import keep_ray_on_loopback, local_ray_address
 
 RAY_MARKER = "llm-cluster-started-ray"
 ENV_MARKER = "LLM_CLUSTER_OWNED"
@@ -70,19 +71,16 @@ def _marker_path() -> Path:
 
 
 def _connect_ray(cfg: ClusterConfig, start: bool) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    keep_ray_on_loopback(cfg.ray.address, cfg.ray.node_ip_address)
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
-    address = cfg.ray.address
+    address = cfg.ray.address or ("auto" if local_ray_address() else None)
     if address is None:
-        try:
-            ray.init(address="auto", namespace=cfg.ray.namespace, logging_level="WARNING", log_to_driver=False)
-            return
-        except (ConnectionError, RuntimeError, ValueError):
-            if not start:
-                raise SystemExit("no running cluster found (start one with `llm-cluster up`)") from None
+        if not start:
+            raise SystemExit("no running cluster found (start one with `llm-cluster up`)")
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--disable-usage-stats", "--include-dashboard=false"]
         cmd.append(f"--node-ip-address={cfg.ray.node_ip_address}")
         if cfg.ray.num_cpus is not None:
@@ -160,11 +158,15 @@ def _wait_ready(controller: Any, cfg: ClusterConfig, timeout_s: float) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    keep_ray_on_loopback(None)
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = None if ray.is_initialized() else local_ray_address()
     try:
         if not ray.is_initialized():
+            if address is None:
+                raise ConnectionError("no running cluster")
             ray.init(address="auto", namespace="llm-cluster", logging_level="WARNING", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError):
         print("no running cluster found")
@@ -208,10 +210,14 @@ def _reap_leftovers() -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    keep_ray_on_loopback(None)
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = local_ray_address()
     try:
+        if address is None:
+            raise ConnectionError("no running cluster")
         ray.init(address="auto", namespace="llm-cluster", logging_level="WARNING", log_to_driver=False)
         from cluster.controller import CONTROLLER_NAME
 

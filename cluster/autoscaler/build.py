@@ -40,9 +40,9 @@ def make_source(cfg: ClusterConfig, controller: Any | None = None) -> MetricsSou
             import ray
 
             from cluster.controller import CONTROLLER_NAME
+            from cluster.ray_connect import init_ray
 
-            if not ray.is_initialized():
-                ray.init(address=cfg.ray.address or "auto", namespace=cfg.ray.namespace, logging_level="WARNING")
+            init_ray(cfg.ray.address, cfg.ray.namespace, cfg.ray.node_ip_address)
             controller = ray.get_actor(CONTROLLER_NAME)
         discover = controller_discovery(controller)
     return ScrapeSource(s.scrape_targets, discover=discover, router_url=s.router_metrics_url, ttft_quantile=q, timeout_s=s.timeout_s)

@@ -18,9 +18,9 @@ def make_actuator(cfg: ClusterConfig, model: str) -> Actuator:
 
         from cluster.autoscaler.actuators.ray import RayActuator
         from cluster.controller import CONTROLLER_NAME
+        from cluster.ray_connect import init_ray
 
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray.address or "auto", namespace=cfg.ray.namespace, logging_level="WARNING")
+        init_ray(cfg.ray.address, cfg.ray.namespace, cfg.ray.node_ip_address)
         try:
             controller = ray.get_actor(CONTROLLER_NAME)
         except ValueError:
