@@ -21,7 +21,14 @@ from loadtests.lengths import parse_length
 from loadtests.metrics import DEFAULT_PERCENTILES, parse_duration, parse_slo
 from loadtests.runner import Runner, RunOptions, Schedule, build_schedule, cut_schedule
 from loadtests.trace import read_trace, write_trace
-from loadtests.workloads import ListWorkload, SharedPrefixWorkload, ShareGPTWorkload, SyntheticWorkload, Workload
+from loadtests.workloads import (
+    ListWorkload,
+    SharedPrefixWorkload,
+    ShareGPTWorkload,
+    SyntheticWorkload,
+    Workload,
+    parse_group_popularity,
+)
 
 EXAMPLES = """examples:
   python -m loadtests run --target http://localhost:8000 --rate 5 --duration 60 --out out/poisson5
@@ -112,6 +119,13 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--system-prompt-len", type=_positive_int, default=512, help="shared-prefix: system prompt tokens (default 512)")
     w.add_argument("--turns", type=_positive_int, default=3, help="shared-prefix: turns per session (default 3)")
     w.add_argument("--active-sessions", type=_positive_int, default=8, help="shared-prefix: sessions in progress at once (default 8)")
+    w.add_argument(
+        "--group-popularity",
+        type=_checked(parse_group_popularity),
+        default=0.0,
+        metavar="uniform|zipf:S",
+        help="shared-prefix: how new sessions pick a group: uniform (in turn, default) or zipf:S (group g with weight 1/(g+1)^S)",
+    )
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -181,6 +195,7 @@ def make_workload(args: argparse.Namespace) -> Workload:
             system_prompt_len=args.system_prompt_len,
             turns=args.turns,
             active_sessions=args.active_sessions,
+            zipf_s=args.group_popularity,
             input_len=args.input_len or parse_length("64"),
             output_len=args.output_len or parse_length("64"),
         )

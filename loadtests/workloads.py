@@ -11,7 +11,9 @@ a run's requests are reproducible from the seed and can be recorded into a trace
   resends the whole conversation so far, so a prefix cache (and a session-affine router) has something to
   win.  The assistant turns resent are synthetic replies of the requested output length, not the text the
   server returned: that keeps the schedule open-loop and reproducible, and the prefix structure (system
-  prompt, then earlier turns) is the same as in a real chat.
+  prompt, then earlier turns) is the same as in a real chat.  Group popularity: ``uniform`` (sessions take
+  the groups in turn) or ``zipf:S`` (a new session draws group g, 0-based, with probability proportional to
+  1/(g+1)^S: a few system prompts, like a few products, carry most of the traffic).
 - ``trace``: the requests of a recorded or hand-written trace (see :mod:`loadtests.trace`).
 """
 
@@ -86,6 +88,22 @@ class SyntheticWorkload(Workload):
         return f"synthetic: input {self.input_len.describe()}, output {self.output_len.describe()} tokens"
 
 
+def parse_group_popularity(text: str) -> float:
+    """``uniform`` -> 0.0, ``zipf:S`` -> S (> 0); anything else is a ValueError naming the forms."""
+    t = text.strip().lower()
+    if t == "uniform":
+        return 0.0
+    kind, _, arg = t.partition(":")
+    if kind == "zipf":
+        try:
+            s = float(arg)
+        except ValueError:
+            s = float("nan")
+        if s > 0 and s != float("inf"):
+            return s
+    raise ValueError(f"group popularity {text!r}: expected uniform or zipf:S with S > 0 (e.g. zipf:1.2)")
+
+
 @dataclass(slots=True)
 class SharedPrefixWorkload(Workload):
     """G groups x L-token system prompt; sessions of T turns, S of them active at once (round robin)."""
@@ -96,24 +114,46 @@ class SharedPrefixWorkload(Workload):
     active_sessions: int = 8
     input_len: LengthDist = field(default_factory=lambda: LengthDist("fixed", 64))
     output_len: LengthDist = field(default_factory=lambda: LengthDist("fixed", 64))
+    zipf_s: float = 0.0  # group popularity: 0 = uniform (groups in turn), S > 0 = Zipf with exponent S
     name: str = "shared-prefix"
 
     def __post_init__(self) -> None:
         for knob in ("groups", "system_prompt_len", "turns", "active_sessions"):
             if getattr(self, knob) < 1:
                 raise ValueError(f"shared-prefix: {knob} must be >= 1")
+        if not self.zipf_s >= 0:
+            raise ValueError("shared-prefix: zipf_s must be >= 0 (0 = uniform)")
+
+    def group_weights(self) -> np.ndarray:
+        """Probability that a new session belongs to each group."""
+        w = 1.0 / np.arange(1, self.groups + 1, dtype=float) ** self.zipf_s
+        return w / w.sum()
+
+    def popularity(self) -> str:
+        return f"zipf:{self.zipf_s:g}" if self.zipf_s else "uniform"
 
     def system_prompt(self, group: int) -> str:
         return synthetic_text(self._rng(3, group), self.system_prompt_len)
 
     def requests(self) -> Iterator[RequestSpec]:
         rng = self._rng()
+        # Groups are drawn from a stream of their own, so the uniform default keeps its old sequence.
+        group_rng = self._rng(4) if self.zipf_s > 0 else None
+        cdf = np.cumsum(self.group_weights())
         prompts = [self.system_prompt(g) for g in range(self.groups)]
+
+        def new_session(idx: int) -> list:
+            if group_rng is None:
+                group = idx % self.groups
+            else:
+                group = min(int(np.searchsorted(cdf, group_rng.random(), side="right")), self.groups - 1)
+            return [f"s{self.seed}-{idx}-g{group}", [{"role": "system", "content": prompts[group]}], 0]
+
         next_session = 0
         # Per slot: [session_id, messages so far, turns done]
         slots: list[list] = []
         for _ in range(self.active_sessions):
-            slots.append(self._new_session(next_session, prompts))
+            slots.append(new_session(next_session))
             next_session += 1
         i = 0
         while True:
@@ -130,22 +170,18 @@ class SharedPrefixWorkload(Workload):
             )
             done += 1
             if done >= self.turns:
-                slots[i] = self._new_session(next_session, prompts)
+                slots[i] = new_session(next_session)
                 next_session += 1
             else:
                 slot[1] = [*messages, {"role": "assistant", "content": synthetic_text(rng, n_out)}]
                 slot[2] = done
             i = (i + 1) % len(slots)
 
-    def _new_session(self, idx: int, prompts: list[str]) -> list:
-        group = idx % self.groups
-        return [f"s{self.seed}-{idx}-g{group}", [{"role": "system", "content": prompts[group]}], 0]
-
     def describe(self) -> str:
         return (
             f"shared-prefix: {self.groups} groups x {self.system_prompt_len}-token system prompt, "
             f"{self.turns} turns/session, {self.active_sessions} active sessions, "
-            f"turn input {self.input_len.describe()}, output {self.output_len.describe()} tokens"
+            f"group popularity {self.popularity()}, turn input {self.input_len.describe()}, output {self.output_len.describe()} tokens"
         )
 
 

@@ -47,7 +47,7 @@ from loadtests.clients import OpenAIHTTPClient
 from loadtests.lengths import LengthDist
 from loadtests.metrics import aggregate, latency_samples, percentile
 from loadtests.runner import Runner, RunOptions, build_schedule
-from loadtests.workloads import SharedPrefixWorkload
+from loadtests.workloads import SharedPrefixWorkload, parse_group_popularity
 
 MODEL = "smollm2-135m-instruct"
 OURS = ("round_robin", "power_of_two", "least_kv", "session_affinity", "prefix_aware", "weighted")
@@ -151,6 +151,7 @@ async def run_system(system: str, args: argparse.Namespace) -> Row:
             system_prompt_len=args.system_prompt_len,
             turns=args.turns,
             active_sessions=args.sessions,
+            zipf_s=args.group_popularity,
             input_len=LengthDist("fixed", 48),
             output_len=LengthDist("fixed", args.output_len),
         )
@@ -193,17 +194,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turns", type=int, default=4)
     p.add_argument("--sessions", type=int, default=49, help="sessions active at once")
     p.add_argument("--output-len", type=int, default=32)
+    p.add_argument(
+        "--group-popularity",
+        type=parse_group_popularity,
+        default=0.0,
+        metavar="uniform|zipf:S",
+        help="how sessions pick a system prompt: uniform (default) or zipf:S (a few groups carry most sessions)",
+    )
     p.add_argument("--kv-blocks", type=int, default=1536, help="KV blocks (16 tokens) per sim replica")
     p.add_argument("--time-scale", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ours-set", action="append", default=[], metavar="PATH=VALUE", help="config override for our router, repeatable")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
+    popularity = f"zipf:{args.group_popularity:g}" if args.group_popularity else "uniform"
     systems = [s if ":" in s else f"ours:{s}" for s in args.systems.split(",") if s]
     print(
         f"{args.replicas} sim replicas ({args.kv_blocks * 16} KV tokens each, time scale {args.time_scale}); shared-prefix: "
-        f"{args.groups} groups x {args.system_prompt_len}-token system prompt, {args.turns} turns, {args.sessions} sessions; "
-        f"Poisson {args.rate:g} req/s for {args.duration:g}s\n",
+        f"{args.groups} groups x {args.system_prompt_len}-token system prompt, {args.turns} turns, {args.sessions} sessions, "
+        f"group popularity {popularity}; Poisson {args.rate:g} req/s for {args.duration:g}s\n",
         flush=True,
     )
     rows = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 
@@ -13,7 +14,7 @@ from loadtests.cli import main
 from loadtests.lengths import parse_length
 from loadtests.runner import build_schedule
 from loadtests.trace import read_trace, write_trace
-from loadtests.workloads import SharedPrefixWorkload, SyntheticWorkload
+from loadtests.workloads import SharedPrefixWorkload, SyntheticWorkload, parse_group_popularity
 
 
 def test_a_recorded_trace_replays_the_same_arrival_schedule_and_requests(tmp_path):
@@ -71,6 +72,49 @@ def test_the_shared_prefix_workload_resends_each_conversation_under_its_group_pr
             assert later.messages[: len(earlier.messages)] == earlier.messages
     systems = {r.messages[0]["content"] for r in reqs}
     assert len(systems) == 2
+
+
+def test_zipf_group_popularity_gives_each_group_its_share_of_sessions():
+    w = SharedPrefixWorkload(seed=1, groups=10, system_prompt_len=4, turns=1, active_sessions=1, zipf_s=1.2)
+    n = 20000  # one turn per session: every request opens a new session
+    groups = [int(r.session_id.rsplit("-g", 1)[1]) for r in itertools.islice(w.requests(), n)]
+    share = np.bincount(groups, minlength=10) / n
+    expected = 1 / np.arange(1, 11) ** 1.2
+    expected /= expected.sum()
+    assert share == pytest.approx(expected, abs=0.01)
+    assert share[0] > 3 * share[4] > 0  # the head carries most sessions, the tail still some
+
+
+def test_zipf_sessions_keep_their_group_prompt_for_every_turn():
+    w = SharedPrefixWorkload(seed=2, groups=5, system_prompt_len=8, turns=3, active_sessions=4, zipf_s=1.0)
+    prompts = {g: w.system_prompt(g) for g in range(5)}
+    for r in itertools.islice(w.requests(), 300):
+        assert r.messages[0]["content"] == prompts[int(r.session_id.rsplit("-g", 1)[1])]
+
+
+def test_the_default_group_popularity_keeps_the_old_request_sequence():
+    # Digest of the first 40 requests as the workload produced them before group popularity existed
+    # (commit 64917e4): results recorded with the default stay comparable.
+    w = SharedPrefixWorkload(seed=5, groups=3, system_prompt_len=20, turns=3, active_sessions=4)
+    rows = [(r.session_id, r.messages, r.output_tokens) for r in itertools.islice(w.requests(), 40)]
+    assert hashlib.sha256(json.dumps(rows).encode()).hexdigest() == "58111ea3b7ff61fd4c81933e3aa9190cd91ef2fec5ede76e4783e63977b11446"
+    assert [r.session_id for r in itertools.islice(w.requests(), 4)] == ["s5-0-g0", "s5-1-g1", "s5-2-g2", "s5-3-g0"]
+
+
+def test_group_popularity_parses_uniform_and_zipf_and_rejects_the_rest(tmp_path, capsys):
+    assert parse_group_popularity("uniform") == 0.0
+    assert parse_group_popularity("zipf:1.5") == 1.5
+    for bad in ("zipf", "zipf:0", "zipf:-1", "zipf:x", "pareto:1"):
+        with pytest.raises(ValueError, match="uniform or zipf:S"):
+            parse_group_popularity(bad)
+    with pytest.raises(SystemExit):
+        main(["schedule", "--rate", "5", "--duration", "1", "--workload", "shared-prefix", "--group-popularity", "zipf:0"])
+    assert "uniform or zipf:S" in capsys.readouterr().err
+    out = tmp_path / "t.jsonl"
+    args = ["schedule", "--rate", "50", "--duration", "4", "--workload", "shared-prefix", "--turns", "1", "--output", str(out)]
+    assert main([*args, "--groups", "8", "--group-popularity", "zipf:1.5"]) == 0
+    sids = [json.loads(line)["session_id"] for line in out.read_text().splitlines()]
+    assert sum(s.endswith("-g0") for s in sids) > 2 * len(sids) / 8
 
 
 def test_length_distributions_parse_and_sample_in_range():
