@@ -10,6 +10,9 @@ its own process), then the same prompts through the router's gRPC API with the
 same concurrency.  Greedy sampling makes both paths generate the same tokens.
 Rounds alternate direct/cluster so drift on a shared machine hits both alike.
 Printed: output tokens/s of each, and the ratio cluster/direct (target ≥ 0.97).
+
+Both paths get the same cores: the controller pins a lone CPU replica's OpenMP threads to core slot 0
+(``VLLM_CPU_OMP_THREADS_BIND=0``), so the direct engine is pinned the same way (``--bind`` changes both).
 """
 
 from __future__ import annotations
@@ -57,7 +60,11 @@ async def _pool(items: list[str], streams: int, one) -> tuple[int, float]:
 async def run_direct(args: argparse.Namespace, path: str) -> float:
     from cluster.engine.vllm_backend import VllmEngine
 
-    engine = await VllmEngine.create(path, served_name=MODEL)
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.bind
+    try:
+        engine = await VllmEngine.create(path, served_name=MODEL)
+    finally:
+        del os.environ["VLLM_CPU_OMP_THREADS_BIND"]
     counter = iter(range(10**9))
 
     async def one(text: str) -> int:
@@ -106,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=32, help="requests per measurement")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2, help="direct/cluster alternations")
+    p.add_argument("--bind", default="0", help="VLLM_CPU_OMP_THREADS_BIND for both paths (default 0, as the controller pins one replica)")
     args = p.parse_args(argv)
     path = str(prepare_embedded(MODEL))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -115,7 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         direct.append(asyncio.run(run_direct(args, path)))
         print(f"round {rnd + 1}: direct  {direct[-1]:7.1f} output tokens/s", flush=True)
         grpc_port, http_port = free_port(), free_port()
-        cli("up", "--detach", "--grpc-port", str(grpc_port), "--http-port", str(http_port))
+        cli(
+            "up",
+            "--detach",
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--set",
+            f"models.0.env={{VLLM_CPU_OMP_THREADS_BIND: '{args.bind}'}}",
+        )
         try:
             cluster.append(asyncio.run(run_cluster(args, grpc_port)))
         finally:
