@@ -30,20 +30,26 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
+    #: Served model name: what clients put in ``model``.
     name: str = Field(DEFAULT_MODEL, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     #: "embedded:<name>", a local Hugging Face directory, or a hub id.
     source: str = f"embedded:{DEFAULT_MODEL}"
+    #: ``vllm``: the real engine (vLLM AsyncLLM); ``sim``: the simulated engine (cluster/engine/sim.py).
     engine: Literal["vllm", "sim"] = "vllm"
     #: Passed to vLLM's AsyncEngineArgs, or to SimParams for the sim engine.
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    #: Shards per replica that split every layer (same node, STRICT_PACK); must divide the model's attention heads.
     tensor_parallel_size: int = Field(1, ge=1)
+    #: Pipeline stages per replica (may span nodes, PACK).
     pipeline_parallel_size: int = Field(1, ge=1)
     #: vLLM executor: "auto" picks "mp" when all shards share one node, else "ray".
     executor_backend: Literal["auto", "mp", "ray"] = "auto"
+    #: Desired replicas at start; the autoscaler changes it at run time (``set_replicas``).
     replicas: int = Field(1, ge=0)
     #: Resources of one shard (one placement-group bundle).  CPUs default to
     #: 1 for vLLM and 0.1 for the sim engine, so many sim replicas fit one node.
     num_cpus_per_shard: float | None = Field(None, ge=0)
+    #: GPUs per shard (bundle); 0 on CPU nodes.
     num_gpus_per_shard: float = Field(0.0, ge=0)
     #: Extra environment for the replica's processes (e.g. VLLM_* settings).
     env: dict[str, str] = Field(default_factory=dict)
@@ -111,6 +117,7 @@ class WeightedOptions(_Strict):
     ttft: float = Field(0.0, ge=0)
     #: Random candidates scored beside the prefix holders and the session's replica.
     sample: int = Field(4, ge=1)
+    #: Bounded load: no replica above ceil((1 + eps) x mean in-flight).
     balance_eps: float = Field(2.0, ge=0)
 
 
@@ -126,6 +133,7 @@ class CircuitBreakerConfig(_Strict):
     failures: int = Field(3, ge=1)
     #: First ejection length; each further ejection in a row doubles it, up to max_eject_s.
     eject_s: float = Field(5.0, gt=0)
+    #: Longest ejection.
     max_eject_s: float = Field(60.0, gt=0)
 
 
@@ -134,9 +142,12 @@ class TenantLimits(_Strict):
 
     #: Admission weight class: ``interactive`` outweighs ``batch`` in the fair queue.
     priority: Literal["interactive", "batch"] = "interactive"
+    #: Requests per minute (token bucket; a burst of up to one minute's allowance); null: unlimited.
     requests_per_minute: int | None = Field(None, gt=0)
     #: Prompt + completion tokens, charged as an estimate and reconciled when the request ends.
+    #: Prompt + completion tokens per minute, charged up front and reconciled at the end; null: unlimited.
     tokens_per_minute: int | None = Field(None, gt=0)
+    #: Requests in flight at once; null: unlimited.
     max_concurrent: int | None = Field(None, gt=0)
 
 
@@ -179,7 +190,9 @@ class AdmissionConfig(_Strict):
 class ServerTLSConfig(_Strict):
     """TLS on the router's public gRPC and HTTP ports."""
 
+    #: PEM certificate (chain) of the public endpoints; TLS is on when set.
     cert_file: str | None = None
+    #: Its PEM private key.
     key_file: str | None = None
     #: When set, clients must present a certificate signed by this CA (mutual TLS).
     client_ca_file: str | None = None
@@ -200,8 +213,11 @@ class ServerTLSConfig(_Strict):
 class InternalTLSConfig(_Strict):
     """Mutual TLS between routers and replicas: both sides present a cert signed by ``ca_file``."""
 
+    #: The CA both sides trust.
     ca_file: str | None = None
+    #: This side's PEM certificate (routers and replicas may share one).
     cert_file: str | None = None
+    #: Its PEM private key.
     key_file: str | None = None
     #: The name the router expects in replica certificates (replicas are dialled by IP).
     server_name: str | None = None
@@ -219,14 +235,19 @@ class InternalTLSConfig(_Strict):
 
 
 class RouterConfig(_Strict):
+    #: Address the public gRPC and HTTP servers bind.
     host: str = "0.0.0.0"
+    #: Public gRPC port (llm_cluster.v1.Inference, health, reflection); 0 picks a free one.
     grpc_port: int = Field(50051, ge=0, le=65535)
+    #: Public OpenAI-compatible HTTP port; 0 picks a free one.
     http_port: int = Field(8000, ge=0, le=65535)
+    #: Routing policy: one of POLICIES (docs/routing.md); a request may pick another with ``x-routing-policy``.
     policy: str = "power_of_two"
     #: Upper bound on one request's life in the router, seconds.
     request_timeout_s: float = Field(600.0, gt=0)
     #: How long a request may wait for a ready replica before UNAVAILABLE.
     no_replica_wait_s: float = Field(5.0, ge=0)
+    #: Largest request body (HTTP) or message (gRPC) accepted; larger ones get 413 / RESOURCE_EXHAUSTED.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     #: max_tokens when a request does not say.
     default_max_tokens: int = Field(256, ge=1)
@@ -263,6 +284,7 @@ class RouterConfig(_Strict):
 
 
 class ControllerConfig(_Strict):
+    #: Seconds between health checks of each ready replica.
     health_check_interval_s: float = Field(2.0, gt=0)
     #: Consecutive failed health checks before a replica is replaced.
     health_check_failures: int = Field(2, ge=1)
@@ -278,7 +300,9 @@ class ControllerConfig(_Strict):
 
 
 class PrometheusSourceConfig(_Strict):
+    #: ``prometheus``: PromQL over Prometheus' HTTP API; ``scrape``: read the replicas' /metrics directly.
     kind: Literal["prometheus", "scrape"] = "prometheus"
+    #: Prometheus' base URL (kind ``prometheus``).
     prometheus_url: str = "http://127.0.0.1:9090"
     #: PromQL overrides by signal (load, kv_usage, token_throughput, ttft, demand, replicas, running, completions);
     #: "{model}", "{window}" and "{quantile}" are substituted.
@@ -291,6 +315,7 @@ class PrometheusSourceConfig(_Strict):
     rate_window: str = Field("1m", pattern=r"^[0-9]+(ms|s|m|h)$")
     #: Samples older than this are stale: the policy holds.
     stale_after_s: float = Field(30.0, gt=0)
+    #: Per query / scrape.
     timeout_s: float = Field(3.0, gt=0)
 
     @field_validator("queries")
@@ -314,12 +339,15 @@ class ScalingPolicyConfig(_Strict):
     ttft_slo_s: float | None = Field(2.0, gt=0)
     #: The TTFT quantile the guard compares with the SLO.
     ttft_quantile: float = Field(0.9, gt=0, lt=1)
+    #: Fewest replicas; 0 allows scale to zero (the router holds requests meanwhile).
     min_replicas: int = Field(1, ge=0)
+    #: Most replicas.
     max_replicas: int = Field(8, ge=1)
     #: A scale-up must be recommended for this long (the window's minimum is used).
     scale_up_window_s: float = Field(0.0, ge=0)
     #: A scale-down must be recommended for this long (the window's maximum is used).
     scale_down_window_s: float = Field(60.0, ge=0)
+    #: Most replicas added in one decision.
     max_scale_up_step: int = Field(4, ge=1)
     #: No scale-down within this long after any change.
     cooldown_s: float = Field(30.0, ge=0)
@@ -340,6 +368,7 @@ class ScalingPolicyConfig(_Strict):
 
 
 class ActuatorConfig(_Strict):
+    #: ``ray``: the controller's set_replicas (drains on scale-down); ``kubernetes``: the target below.
     kind: Literal["ray", "kubernetes"] = "ray"
     #: The Deployment / StatefulSet / KubeRay worker group to scale when kind = kubernetes.
     kubernetes: KubernetesTarget | None = None
@@ -354,6 +383,7 @@ class ActuatorConfig(_Strict):
 class AutoscalerConfig(_Strict):
     #: The model to scale; None = the first model.
     model: str | None = None
+    #: Seconds between decisions.
     interval_s: float = Field(5.0, gt=0)
     #: The autoscaler's own /metrics (decisions); 0 = ephemeral.
     metrics_port: int = Field(9402, ge=0, le=65535)
@@ -365,7 +395,9 @@ class AutoscalerConfig(_Strict):
 class RayConfig(_Strict):
     #: None: start a local head (or join one already running on this machine).
     address: str | None = None
+    #: Ray namespace of the controller, routers and replicas.
     namespace: str = "llm-cluster"
+    #: CPUs a head started by `up` announces (default: the machine's).
     num_cpus: int | None = None
     #: Address of the Ray head that `llm-cluster up` starts itself (ignored when joining ``address``).
     #: Loopback keeps a single-machine cluster's traffic on this machine; set the machine's own IP to let
@@ -381,6 +413,7 @@ class ClusterConfig(_Strict):
     #: Mutual TLS on the router -> replica data plane.
     internal_tls: InternalTLSConfig = Field(default_factory=InternalTLSConfig)
     autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
+    #: Log level of every process (JSON lines on stderr).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

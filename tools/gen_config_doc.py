@@ -3,15 +3,17 @@
     python tools/gen_config_doc.py           # rewrite docs/configuration.md
     python tools/gen_config_doc.py --check   # exit 1 when the file is stale (tests/unit/test_config_doc.py)
 
-Descriptions come from the ``#:`` comment lines right above each field in cluster/config.py, so the code stays
-the one place where a field is explained.
+Descriptions come from the ``#:`` comment lines right above each field in its model's source (cluster/config.py,
+and the modules whose models it embeds), so the code stays the one place where a field is explained.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import sys
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -35,22 +37,24 @@ A complete example: [`examples/cluster.yaml`](../examples/cluster.yaml). This pa
 """
 
 
-def field_comments() -> dict[tuple[str, str], str]:
-    """(class name, field name) -> the ``#:`` comment above the field."""
-    src = (ROOT / "cluster" / "config.py").read_text()
-    lines = src.splitlines()
-    out: dict[tuple[str, str], str] = {}
-    for node in ast.walk(ast.parse(src)):
-        if not isinstance(node, ast.ClassDef):
-            continue
-        for stmt in node.body:
-            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                comment: list[str] = []
-                i = stmt.lineno - 2
-                while i >= 0 and lines[i].strip().startswith("#:"):
-                    comment.insert(0, lines[i].strip()[2:].strip())
-                    i -= 1
-                out[(node.name, stmt.target.id)] = " ".join(comment)
+def field_comments(model: type) -> dict[str, str]:
+    """Field name -> the ``#:`` comment lines right above it in the model's class body."""
+    try:
+        lines, _ = inspect.getsourcelines(model)
+    except (OSError, TypeError):
+        return {}
+    src = textwrap.dedent("".join(lines))
+    body = src.splitlines()
+    out: dict[str, str] = {}
+    cls = ast.parse(src).body[0]
+    for stmt in getattr(cls, "body", []):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            comment: list[str] = []
+            i = stmt.lineno - 2
+            while i >= 0 and body[i].strip().startswith("#:"):
+                comment.insert(0, body[i].strip()[2:].strip())
+                i -= 1
+            out[stmt.target.id] = " ".join(comment)
     return out
 
 
@@ -95,10 +99,10 @@ def render() -> str:
     sys.path.insert(0, str(ROOT))
     from cluster.config import ClusterConfig
 
-    comments = field_comments()
     sections: list[str] = [HEADER]
 
     def walk(model: type[BaseModel], path: str) -> None:
+        comments = field_comments(model)
         rows = []
         nested: list[tuple[type[BaseModel], str]] = []
         for name, info in model.model_fields.items():
@@ -107,7 +111,7 @@ def render() -> str:
             if sub is not None:
                 is_list = typing.get_origin(info.annotation) is list
                 nested.append((sub, f"{full}.N" if is_list else full))
-            desc = comments.get((model.__name__, name), "")
+            desc = comments.get(name, "")
             if sub is not None and not desc:
                 desc = f"see `{full}{'.N' if typing.get_origin(info.annotation) is list else ''}` below"
             rows.append(f"| `{name}` | {type_name(info.annotation)} | {default_of(info)} | {desc} |")
