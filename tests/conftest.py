@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import time
+from collections.abc import Callable, Iterator
 
 import pytest_asyncio
 
@@ -87,3 +90,52 @@ async def sim_fleet():
     await fleet.stop()
     # Nothing the router or replicas started may outlive them.
     await asyncio.sleep(0)
+
+
+# ---- Ray-backed deployments (controller + router over a real local Ray) ----------------------------
+
+
+@contextlib.contextmanager
+def local_ray(namespace: str, num_cpus: int = 2, address: str = "local") -> Iterator[None]:
+    """A Ray cluster of the test's own (``address="local"``: even when another Ray runs on this machine),
+    or ``address`` of a ``ray.cluster_utils.Cluster``; the controller is shut down before Ray."""
+    import ray
+
+    from cluster.controller import CONTROLLER_NAME
+
+    if address == "local":
+        ray.init(address="local", num_cpus=num_cpus, namespace=namespace, include_dashboard=False, logging_level="WARNING")
+    else:
+        ray.init(address=address, namespace=namespace, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        try:
+            ray.get(ray.get_actor(CONTROLLER_NAME).shutdown.remote(), timeout=120)
+        except Exception:
+            pass  # the test already removed it, or it never started
+        ray.shutdown()
+
+
+async def wait_for(pred: Callable[[], bool], timeout_s: float, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met in {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def start_deployment(overrides: list[str], ready: int, timeout_s: float = 30.0, watch_timeout_s: float = 5.0):
+    """Controller (from the config) + an in-process router fed by its endpoint watch, once ``ready`` replicas
+    of the first model are routable.  Returns (config, controller, router); stop the router when done."""
+    from cluster.config import load_config
+    from cluster.controller import get_or_create_controller
+    from cluster.router.replicas import controller_source
+
+    cfg = load_config(overrides=overrides)
+    controller = get_or_create_controller(cfg)
+    router = Router(cfg.router, controller_source(controller, timeout_s=watch_timeout_s))
+    await router.start()
+    model = cfg.models[0].name
+    await wait_for(lambda: len(router.replicas.by_model.get(model, [])) >= ready, timeout_s, f"{ready} ready replica(s) of {model}")
+    return cfg, controller, router

@@ -14,15 +14,11 @@ import grpc
 import openai
 import pytest
 import pytest_asyncio
-import ray
 
 from cluster.client import build_request
-from cluster.config import load_config
-from cluster.controller import CONTROLLER_NAME, get_or_create_controller
 from cluster.models.prepare import prepare_embedded
 from cluster.proto import inference_pb2_grpc
-from cluster.router.app import Router
-from cluster.router.replicas import controller_source
+from tests.conftest import local_ray, start_deployment
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -33,18 +29,14 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def ray_cluster():
     prepare_embedded(MODEL, progress=False)  # convert outside the actor, once
-    ray.init(num_cpus=2, namespace="llm-cluster-e2e", include_dashboard=False, logging_level="WARNING")
-    yield
-    try:
-        ray.get(ray.get_actor(CONTROLLER_NAME).shutdown.remote(), timeout=120)
-    finally:
-        ray.shutdown()
+    with local_ray("llm-cluster-e2e", num_cpus=2):
+        yield
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def router(ray_cluster):
-    cfg = load_config(
-        overrides=[
+    _, _, r = await start_deployment(
+        [
             "router.host=127.0.0.1",
             "router.grpc_port=0",
             "router.http_port=0",
@@ -52,15 +44,11 @@ async def router(ray_cluster):
             "controller.metrics_port=0",
             "controller.health_check_interval_s=1",
             "models.0.engine_args={max_model_len: 2048}",
-        ]
+        ],
+        ready=1,
+        timeout_s=600,
+        watch_timeout_s=10,
     )
-    controller = get_or_create_controller(cfg)
-    r = Router(cfg.router, controller_source(controller, timeout_s=10))
-    await r.start()
-    deadline = time.monotonic() + 600
-    while not r.replicas.by_model.get(MODEL):
-        assert time.monotonic() < deadline, "vLLM replica did not become ready in 600 s"
-        await asyncio.sleep(0.5)
     yield r
     await r.stop(1.0)
 

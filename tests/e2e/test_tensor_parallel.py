@@ -15,20 +15,14 @@ use float32 for tensor-parallel replicas of small models (documented in docs/arc
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import openai
 import pytest
 import pytest_asyncio
-import ray
 
 from cluster.config import load_config
-from cluster.controller import CONTROLLER_NAME, get_or_create_controller
 from cluster.models.prepare import prepare_embedded
 from cluster.replica.placement import plan_placement
-from cluster.router.app import Router
-from cluster.router.replicas import controller_source
+from tests.conftest import local_ray, start_deployment
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -45,25 +39,14 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    prepare_embedded(MODEL, progress=False)
-    ray.init(num_cpus=4, namespace="llm-cluster-tp", include_dashboard=False, logging_level="WARNING")
-    yield
-    try:
-        ray.get(ray.get_actor(CONTROLLER_NAME).shutdown.remote(), timeout=120)
-    finally:
-        ray.shutdown()
+    prepare_embedded(MODEL, progress=False)  # convert outside the actor, once
+    with local_ray("llm-cluster-tp", num_cpus=4):
+        yield
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def tp_router(ray_cluster):
-    cfg = load_config(overrides=OVERRIDES)
-    controller = get_or_create_controller(cfg)
-    r = Router(cfg.router, controller_source(controller, timeout_s=10))
-    await r.start()
-    deadline = time.monotonic() + 900
-    while not r.replicas.by_model.get(MODEL):
-        assert time.monotonic() < deadline, "TP=3 vLLM replica did not become ready in 900 s"
-        await asyncio.sleep(1.0)
+    _, controller, r = await start_deployment(OVERRIDES, ready=1, timeout_s=900, watch_timeout_s=10)
     yield r, controller
     await r.stop(1.0)
 

@@ -21,11 +21,9 @@ import pytest_asyncio
 import ray
 from ray.cluster_utils import Cluster
 
-from cluster.config import load_config
-from cluster.controller import CONTROLLER_NAME, get_or_create_controller
 from cluster.controller.controller import REPLICA_PREFIX
 from cluster.router.app import Router
-from cluster.router.replicas import controller_source
+from tests.conftest import local_ray, start_deployment, wait_for
 from tests.faults.driver import judge, run_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
@@ -53,32 +51,18 @@ def three_nodes():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "_system_config": slack})
     workers = [c.add_node(num_cpus=2), c.add_node(num_cpus=2)]
     c.wait_for_nodes()
-    ray.init(address=c.address, namespace="llm-cluster-faults", logging_level="WARNING")
-    yield c, workers
     try:
-        ray.get(ray.get_actor(CONTROLLER_NAME).shutdown.remote(), timeout=60)
+        with local_ray("llm-cluster-faults", address=c.address):
+            yield c, workers
     finally:
-        ray.shutdown()
         c.shutdown()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def deployment(three_nodes):
-    cfg = load_config(overrides=OVERRIDES)
-    controller = get_or_create_controller(cfg)
-    router = Router(cfg.router, controller_source(controller, timeout_s=5))
-    await router.start()
-    await wait_for(lambda: len(router.replicas.by_model.get("sim", [])) == 1, 60)
+    _, controller, router = await start_deployment(OVERRIDES, ready=1, timeout_s=60)
     yield controller, router
     await router.stop(0.5)
-
-
-async def wait_for(pred, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def ready_replicas(controller, n: int, timeout_s: float = 60) -> list[dict]:

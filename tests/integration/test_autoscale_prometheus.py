@@ -22,13 +22,10 @@ import ray
 from cluster.autoscaler.actuators.ray import RayActuator
 from cluster.autoscaler.build import build_autoscaler, controller_discovery
 from cluster.autoscaler.sources.scrape import ScrapeSource
-from cluster.config import load_config
-from cluster.controller import CONTROLLER_NAME, get_or_create_controller
-from cluster.router.app import Router
-from cluster.router.replicas import controller_source
 from loadtests.clients.grpc_api import GrpcClient
 from loadtests.openloop import open_loop
 from loadtests.workloads import RequestSpec
+from tests.conftest import local_ray, start_deployment, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
 
@@ -82,22 +79,13 @@ scrape_configs:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    # address="local": a cluster of our own even when another Ray runs on this machine.
-    ray.init(address="local", num_cpus=2, namespace="llm-cluster-autoscale-test", include_dashboard=False, logging_level="WARNING")
-    yield
-    try:
-        ray.get(ray.get_actor(CONTROLLER_NAME).shutdown.remote(), timeout=60)
-    finally:
-        ray.shutdown()
+    with local_ray("llm-cluster-autoscale-test"):
+        yield
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(ray_cluster):
-    cfg = load_config(overrides=OVERRIDES)
-    controller = get_or_create_controller(cfg)
-    router = Router(cfg.router, controller_source(controller, timeout_s=5))
-    await router.start()
-    await wait_for(lambda: len(router.replicas.by_model.get("sim", [])) == 1, 30)
+    cfg, controller, router = await start_deployment(OVERRIDES, ready=1)
     yield cfg, controller, router
     await router.stop(0.5)
 
@@ -143,14 +131,6 @@ def prometheus(cluster):
         finally:
             proc.terminate()
             proc.wait(10)
-
-
-async def wait_for(pred, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def query(url: str, promql: str) -> list[dict]:

@@ -8,17 +8,13 @@ sending it traffic), and scaling up and down with drain and no lost request.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import openai
 import pytest
 import pytest_asyncio
 import ray
 
-from cluster.config import load_config
-from cluster.controller import CONTROLLER_NAME, get_or_create_controller
-from cluster.router.app import Router
-from cluster.router.replicas import controller_source
+from tests.conftest import local_ray, start_deployment, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
 
@@ -40,31 +36,15 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, namespace="llm-cluster-test", include_dashboard=False, logging_level="WARNING")
-    yield
-    try:
-        ray.get(ray.get_actor(CONTROLLER_NAME).shutdown.remote(), timeout=60)
-    finally:
-        ray.shutdown()
+    with local_ray("llm-cluster-test"):
+        yield
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(ray_cluster):
-    cfg = load_config(overrides=OVERRIDES)
-    controller = get_or_create_controller(cfg)
-    router = Router(cfg.router, controller_source(controller, timeout_s=5))
-    await router.start()
-    await wait_for(lambda: len(router.replicas.by_model.get("sim", [])) == 2, 30)
+    _, controller, router = await start_deployment(OVERRIDES, ready=2)
     yield controller, router
     await router.stop(0.5)
-
-
-async def wait_for(pred, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 def oai(router) -> openai.AsyncOpenAI:
