@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -183,30 +184,39 @@ def cmd_down(args: argparse.Namespace) -> int:
                 print(f"{name}: {type(exc).__name__}", file=sys.stderr) if not isinstance(exc, ValueError) else None
         ray.shutdown()
     marker = _marker_path()
-    if marker.exists() or getattr(args, "force", False):
+    # The Ray head `up` started, its workers and their engine processes all carry ENV_MARKER in their
+    # environment: stopping exactly those leaves any other Ray cluster on this machine alone (`ray stop`
+    # would end every one of them).
+    killed = _reap_leftovers(grace_s=5.0 if marker.exists() else 0.0)
+    marker.unlink(missing_ok=True)
+    if getattr(args, "force", False):
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
-        marker.unlink(missing_ok=True)
-    killed = _reap_leftovers()
     print("llm-cluster stopped" + (f" ({killed} leftover processes killed)" if killed else ""))
     return 0
 
 
-def _reap_leftovers() -> int:
-    """Kill processes that carry our marker in their environment (e.g. orphaned vLLM engine cores)."""
+def _reap_leftovers(grace_s: float = 0.0) -> int:
+    """End processes that carry our marker in their environment: SIGTERM, then SIGKILL after ``grace_s``."""
     import psutil
 
     me = os.getpid()
-    n = 0
+    ours = []
     for p in psutil.process_iter(["pid"]):
         if p.pid == me:
             continue
         try:
             if p.environ().get(ENV_MARKER) == "1":
-                p.kill()
-                n += 1
+                ours.append(p)
         except (psutil.Error, OSError):
             continue
-    return n
+    for p in ours:
+        with contextlib.suppress(psutil.Error):
+            p.terminate() if grace_s > 0 else p.kill()
+    _, alive = psutil.wait_procs(ours, timeout=grace_s or 1.0)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    return len(ours)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -397,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop the router, replicas, controller and the Ray head `up` started")
-    p.add_argument("--force", action="store_true", help="also stop a Ray cluster that `up` did not start")
+    p.add_argument("--force", action="store_true", help="also stop every other Ray process on this machine (`ray stop --force`)")
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("status", help="replicas, their state and load")
