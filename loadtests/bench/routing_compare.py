@@ -11,7 +11,12 @@ HTTP API, streaming.  Fresh replicas per system, so no system inherits a
 warm cache.  Printed per system: TTFT p50/p99, throughput (completed
 requests/s and output tokens/s), errors, and the prefix-cache hit rate
 (prompt tokens found in cache / prompt tokens looked up) summed over the
-replicas' own counters.
+replicas' own counters, and the busiest replica's share of the prompt tokens
+(``max rep``; 25% with 4 replicas is an even spread).  ``--group-popularity
+zipf:S`` skews the sessions toward a few system prompts (real traffic: a few
+products carry most requests), where piling a hot prefix onto one replica costs
+queueing; ``--time-scale 1`` (unscaled sim times) makes a replica's prefill
+time, and so its queue, matter at a rate this machine can drive.
 
 Systems: ours with each policy (``ours:round_robin``, ``ours:prefix_aware``,
 ...), ``vllm-router:round_robin|cache_aware`` and ``smg:round_robin|cache_aware``
@@ -59,9 +64,11 @@ class Row:
     system: str
     ttft_p50_ms: float = float("nan")
     ttft_p99_ms: float = float("nan")
+    ttft_mean_ms: float = float("nan")
     req_s: float = 0.0
     out_tok_s: float = 0.0
     hit_rate: float = float("nan")
+    max_share: float = float("nan")  # the busiest replica's share of the prompt tokens (1/replicas = even)
     completed: int = 0
     errors: int = 0
     note: str = ""
@@ -114,15 +121,15 @@ async def _wait_serving(url: str, timeout_s: float = 60) -> None:
             await asyncio.sleep(0.5)
 
 
-async def _cache_counters(http_urls: list[str]) -> tuple[int, int]:
-    q = h = 0
+async def _cache_counters(http_urls: list[str]) -> list[tuple[int, int]]:
+    """(prompt tokens looked up, tokens found cached) per replica, from the replicas' own counters."""
+    out = []
     async with aiohttp.ClientSession() as s:
         for u in http_urls:
             async with s.get(f"{u}/get_server_info") as r:
                 info = await r.json()
-            q += info["prefix_cache_queries"]
-            h += info["prefix_cache_hits"]
-    return q, h
+            out.append((info["prefix_cache_queries"], info["prefix_cache_hits"]))
+    return out
 
 
 async def run_system(system: str, args: argparse.Namespace) -> Row:
@@ -144,7 +151,7 @@ async def run_system(system: str, args: argparse.Namespace) -> Row:
         else:
             url = start_foreign(procs, kind, policy, http_urls)
         await _wait_serving(url)
-        q0, h0 = await _cache_counters(http_urls)
+        c0 = await _cache_counters(http_urls)
         workload = SharedPrefixWorkload(
             seed=args.seed,
             groups=args.groups,
@@ -159,27 +166,32 @@ async def run_system(system: str, args: argparse.Namespace) -> Row:
         schedule = build_schedule(workload, arrivals, seed=args.seed, duration_s=args.duration, num_requests=None)
         client = OpenAIHTTPClient(url, api="chat")
         out = await Runner(client, RunOptions(model=MODEL, progress=False, request_timeout_s=120)).run(schedule)
-        q1, h1 = await _cache_counters(http_urls)
+        c1 = await _cache_counters(http_urls)
     agg = aggregate(out.results, out.duration_s)
     ttft = latency_samples(out.results)["ttft"]
     row.ttft_p50_ms = percentile(ttft, 50) * 1000 if ttft else float("nan")
     row.ttft_p99_ms = percentile(ttft, 99) * 1000 if ttft else float("nan")
+    row.ttft_mean_ms = sum(ttft) / len(ttft) * 1000 if ttft else float("nan")
     row.req_s, row.out_tok_s = agg.request_throughput, agg.output_throughput
     row.completed, row.errors = agg.completed, agg.failed + agg.dropped
-    row.hit_rate = (h1 - h0) / (q1 - q0) if q1 > q0 else float("nan")
+    queries = [q1 - q0 for (q0, _), (q1, _) in zip(c0, c1, strict=True)]
+    hits = sum(h1 - h0 for (_, h0), (_, h1) in zip(c0, c1, strict=True))
+    row.hit_rate = hits / sum(queries) if sum(queries) else float("nan")
+    row.max_share = max(queries) / sum(queries) if sum(queries) else float("nan")
     return row
 
 
 def _print(rows: list[Row]) -> None:
-    hdr = f"{'system':<28} {'TTFT p50':>10} {'TTFT p99':>10} {'req/s':>7} {'out tok/s':>10} {'cache hit':>9} {'done':>5} {'err':>4}"
+    hdr = f"{'system':<28} {'TTFT p50':>10} {'TTFT p99':>10} {'mean':>8} {'req/s':>7} {'out tok/s':>10} {'cache hit':>9} {'max rep':>7}"
+    hdr += f" {'done':>5} {'err':>4}"
     print(hdr + "\n" + "-" * len(hdr))
     for r in rows:
         if r.note:
             print(f"{r.system:<28} {r.note}")
             continue
         print(
-            f"{r.system:<28} {r.ttft_p50_ms:8.1f}ms {r.ttft_p99_ms:8.1f}ms {r.req_s:7.2f} {r.out_tok_s:10.1f} "
-            f"{r.hit_rate:9.1%} {r.completed:5d} {r.errors:4d}"
+            f"{r.system:<28} {r.ttft_p50_ms:8.1f}ms {r.ttft_p99_ms:8.1f}ms {r.ttft_mean_ms:6.0f}ms {r.req_s:7.2f} {r.out_tok_s:10.1f} "
+            f"{r.hit_rate:9.1%} {r.max_share:7.1%} {r.completed:5d} {r.errors:4d}"
         )
 
 
