@@ -264,7 +264,7 @@ async def calibrate(args: argparse.Namespace) -> float:
 def policy_config(args: argparse.Namespace) -> ScalingPolicyConfig:
     return ScalingPolicyConfig(
         target=TARGET_LOAD,
-        tolerance=0.1,
+        tolerance=args.tolerance,
         ttft_slo_s=args.slo,
         min_replicas=1,
         max_replicas=20,
@@ -369,7 +369,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "scenarios": {},
     }
     for scenario in args.scenarios.split(","):
-        rows = [await run_fleet(name, scenario, args) for name in ("autoscaler", "fixed", "oracle")]
+        rows = [await run_fleet(name, scenario, args) for name in args.fleets.split(",")]
         oracle = next(r for r in rows if r["fleet"] == "oracle")["replica_seconds"]
         for r in rows:
             r["vs_oracle"] = r["replica_seconds"] / oracle
@@ -409,10 +409,19 @@ def main() -> None:
     p.add_argument("--up-window", type=float, default=0.0, help="autoscaler scale_up_window_s (default 0)")
     p.add_argument("--down-window", type=float, default=60.0, help="autoscaler scale_down_window_s (default 60)")
     p.add_argument("--cooldown", type=float, default=30.0, help="autoscaler cooldown_s (default 30)")
+    p.add_argument("--tolerance", type=float, default=0.1, help="autoscaler tolerance (default 0.1)")
+    p.add_argument(
+        "--fleets",
+        default="autoscaler,fixed,oracle",
+        help="comma-separated fleets to run (the oracle is always needed for the ratio; 'fixed' may be left out to save time)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--verbose", action="store_true", help="log every autoscaler decision (JSON lines on stderr)")
     args = p.parse_args()
+    fleets = args.fleets.split(",")
+    if "oracle" not in fleets or not set(fleets) <= {"autoscaler", "fixed", "oracle"}:
+        p.error("--fleets: a comma-separated subset of autoscaler, fixed, oracle that includes oracle")
     if args.verbose:
         from cluster.logs import setup_logging
 
