@@ -170,6 +170,22 @@ CASES = [
         [4, 4, 4, 4, 4],
     ),
     (
+        "replicas that just became ready and take in the queue do not read as new demand; a real shortage still scales up",
+        # t=5: 5 replicas turn ready and take in 40 queued requests (running 16 -> 56) while the 10 s
+        # completion rate is still the 2-replica fleet's: 56 x 18/10 would ask for 13.  Once the rates
+        # have settled (t=15) the same figures are within tolerance of 7; at t=20 the queue really grows.
+        7,
+        [
+            Tick(load=100, running=16, completions=10, ready=2),
+            Tick(load=140, running=56, completions=10),
+            Tick(load=120, running=56, completions=30),
+            Tick(load=100, running=56, completions=50),
+            Tick(load=200, running=56, completions=50),
+        ],
+        {"max_scale_up_step": 10, "max_replicas": 30},
+        [7, 7, 7, 7, 9],
+    ),
+    (
         "cooldown delays a scale-down after a change",
         2,
         loads(40, 8, 8, 8, 8, 8, 8, 8),

@@ -15,6 +15,12 @@ Algorithm (each tick):
    the requests in service scaled by how much faster they arrive than they
    finish (Little's law: arrival rate x service time), growth measured over
    ``growth_window_s``.  Without completion figures, the plain load counts.
+   Settling: for ``growth_window_s`` after the ready count rises, the
+   corrected load is not trusted for a scale-up.  The new replicas take in
+   the queue at once (running jumps), while the completion and growth rates,
+   measured over the window, still describe the smaller fleet: the product
+   reads as demand that is not there (a 10x step overshot to 12 replicas for
+   7 before this).  The hold lasts one window, then the rates are current.
 3. TTFT guard: when the observed TTFT quantile exceeds the SLO, recommend at
    least current + 1 and never less than current (latency is bad even if the
    load signal looks fine, e.g. long prompts) -- once all replicas asked for
@@ -60,6 +66,8 @@ class TargetTracking(ScalingPolicy):
         self._first_data: float | None = None
         self._last_change = -math.inf
         self._loads: deque[tuple[float, float]] = deque()
+        self._ready: int | None = None
+        self._ready_rose_at = -math.inf
 
     def applied(self, now: float, n: int) -> None:
         self._last_change = now
@@ -111,6 +119,11 @@ class TargetTracking(ScalingPolicy):
             return self._hold(current, "stale_metrics", f"holding at {current}: {what}")
         if self._first_data is None:
             self._first_data = now
+        if obs.known_replicas is not None:
+            if self._ready is not None and obs.known_replicas > self._ready:
+                self._ready_rose_at = now
+            self._ready = obs.known_replicas
+        corrected = c.metric == "load" and bool(obs.running) and bool(obs.completion_rate)
 
         # 2. Target tracking.
         reason = "target_tracking"
@@ -150,6 +163,9 @@ class TargetTracking(ScalingPolicy):
         starting = known is not None and known < current and now - self._last_change < c.starting_grace_s
         if raw > current and starting:
             return self._hold(current, "replicas_starting", f"{detail}; {current - known} replica(s) still starting", raw)
+        if raw > current and corrected and now - self._ready_rose_at < c.growth_window_s:
+            left = c.growth_window_s - (now - self._ready_rose_at)
+            return self._hold(current, "replicas_settling", f"{detail}; ready replicas just rose, rates settle for {left:.0f}s", raw)
         if raw > current:
             window = [r for t, r in self._history if t >= now - c.scale_up_window_s]
             stable = min(window) if window else raw
