@@ -407,8 +407,8 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=2.0, help="autoscaler interval, trace seconds (default 2)")
     p.add_argument("--scenarios", default="bursty,step", help="comma-separated: bursty, step")
     p.add_argument("--up-window", type=float, default=0.0, help="autoscaler scale_up_window_s (default 0)")
-    p.add_argument("--down-window", type=float, default=25.0, help="autoscaler scale_down_window_s (default 25)")
-    p.add_argument("--cooldown", type=float, default=10.0, help="autoscaler cooldown_s (default 10)")
+    p.add_argument("--down-window", type=float, default=60.0, help="autoscaler scale_down_window_s (default 60)")
+    p.add_argument("--cooldown", type=float, default=30.0, help="autoscaler cooldown_s (default 30)")
     p.add_argument("--tolerance", type=float, default=0.1, help="autoscaler tolerance (default 0.1)")
     p.add_argument(
         "--fleets",
