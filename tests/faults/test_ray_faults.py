@@ -19,11 +19,10 @@ import time
 import pytest
 import pytest_asyncio
 import ray
-from ray.cluster_utils import Cluster
 
 from cluster.controller.controller import REPLICA_PREFIX
 from cluster.router.app import Router
-from tests.conftest import local_ray, start_deployment, wait_for
+from tests.conftest import local_ray, start_deployment, start_ray_cluster, wait_for
 from tests.faults.driver import judge, run_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
@@ -48,9 +47,7 @@ def three_nodes():
     # A busy 2-core CI machine can starve a raylet's heartbeats for a while:
     # only the node this test removes should be declared dead.
     slack = {"health_check_failure_threshold": 20}
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "_system_config": slack})
-    workers = [c.add_node(num_cpus=2), c.add_node(num_cpus=2)]
-    c.wait_for_nodes()
+    c, workers = start_ray_cluster({"num_cpus": 2, "_system_config": slack}, [{"num_cpus": 2}, {"num_cpus": 2}])
     try:
         with local_ray("llm-cluster-faults", address=c.address):
             yield c, workers

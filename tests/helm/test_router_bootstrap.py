@@ -19,10 +19,9 @@ import pytest
 import ray
 import requests
 import yaml
-from ray.cluster_utils import Cluster
 
 from cluster.controller import CONTROLLER_NAME
-from tests.conftest import free_port
+from tests.conftest import free_port, start_ray_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "llm-cluster-helm-bootstrap"
@@ -31,7 +30,7 @@ NAMESPACE = "llm-cluster-helm-bootstrap"
 @pytest.mark.slow
 @pytest.mark.ray
 def test_the_charts_router_command_creates_the_controller_and_turns_ready(tmp_path: Path) -> None:
-    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    head, _ = start_ray_cluster({"num_cpus": 2}, [])
     http = free_port()
     cfg = {
         "models": [{"name": "sim", "engine": "sim", "replicas": 1, "engine_args": {"time_scale": 0.05}}],

@@ -11,11 +11,11 @@ import time
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from cluster.config import load_config
 from cluster.controller import CONTROLLER_NAME, get_or_create_controller
 from cluster.replica.placement import choose_executor_backend, plan_placement
+from tests.conftest import start_ray_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -42,9 +42,7 @@ def test_executor_backend_follows_where_the_shards_can_live():
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    c.add_node(num_cpus=2)
-    c.wait_for_nodes()
+    c, _ = start_ray_cluster({"num_cpus": 2}, [{"num_cpus": 2}])
     ray.init(address=c.address, namespace="llm-cluster-placement", logging_level="WARNING")
     yield c
     try:
