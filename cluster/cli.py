@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, ConfigError, load_config
-from cluster.ray_connect import keep_ray_on_loopback, local_ray_address
+from cluster.ray_connect import init_ray, keep_ray_on_loopback, local_ray_address
 
 RAY_MARKER = "llm-cluster-started-ray"
 ENV_MARKER = "LLM_CLUSTER_OWNED"
@@ -160,15 +160,10 @@ def _wait_ready(controller: Any, cfg: ClusterConfig, timeout_s: float) -> None:
 
 def cmd_down(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    keep_ray_on_loopback(None)
     import ray
 
-    address = None if ray.is_initialized() else local_ray_address()
     try:
-        if not ray.is_initialized():
-            if address is None:
-                raise ConnectionError("no running cluster")
-            ray.init(address="auto", namespace="llm-cluster", logging_level="WARNING", log_to_driver=False)
+        init_ray(None, "llm-cluster")
     except (ConnectionError, RuntimeError, ValueError):
         print("no running cluster found")
     else:
@@ -221,14 +216,10 @@ def _reap_leftovers(grace_s: float = 0.0) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    keep_ray_on_loopback(None)
     import ray
 
-    address = local_ray_address()
     try:
-        if address is None:
-            raise ConnectionError("no running cluster")
-        ray.init(address="auto", namespace="llm-cluster", logging_level="WARNING", log_to_driver=False)
+        init_ray(None, "llm-cluster")
         from cluster.controller import CONTROLLER_NAME
 
         st = ray.get(ray.get_actor(CONTROLLER_NAME).status.remote(), timeout=30)
