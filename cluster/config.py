@@ -34,7 +34,7 @@ class ModelConfig(_Strict):
     name: str = Field(DEFAULT_MODEL, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     #: "embedded:<name>", a local Hugging Face directory, or a hub id.
     source: str = f"embedded:{DEFAULT_MODEL}"
-    #: ``vllm``: the real engine (vLLM AsyncLLM); ``sim``: the simulated engine (cluster/engine/sim.py).
+    #: ``vllm``: the real engine (vLLM AsyncLLM); ``sim``: the simulated engine (cluster/engine/sim/).
     engine: Literal["vllm", "sim"] = "vllm"
     #: Passed to vLLM's AsyncEngineArgs, or to SimParams for the sim engine.
     engine_args: dict[str, Any] = Field(default_factory=dict)

@@ -21,6 +21,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cluster.common.chat import ChatMessage
+
+__all__ = ["ChatMessage", "Delta", "Engine", "EngineRequest", "EngineRequestError", "LoadSnapshot", "MetricsRecorder", "Sampling"]
+
 
 class EngineRequestError(ValueError):
     """A request the engine cannot serve (prompt too long, bad stop strings...)."""
@@ -34,12 +38,6 @@ class Sampling:
     top_k: int = -1  # -1: disabled
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class ChatMessage:
-    role: str
-    content: str
 
 
 @dataclass(slots=True)

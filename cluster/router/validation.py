@@ -16,7 +16,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass, field
 
-from cluster.engine.base import ChatMessage
+from cluster.common.chat import ChatMessage
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_STOP = 16

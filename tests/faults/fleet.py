@@ -33,7 +33,7 @@ async def wait_until(pred, timeout_s: float) -> None:
 
 def streaming(engine: SimEngine) -> int:
     """Requests on ``engine`` that have produced a few tokens already (mid-stream)."""
-    return sum(seq.num_generated >= 3 for seq in list(engine._running.values()))
+    return sum(seq.num_generated >= 3 for seq in list(engine.scheduler.running.values()))
 
 
 class LocalReplicas:

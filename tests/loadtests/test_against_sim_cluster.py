@@ -1,6 +1,6 @@
 """The load generator against a sim cluster whose latencies are set: what it measures is what the sim was told.
 
-Sim latency model (cluster/engine/sim.py): TTFT = prefill + one decode step; then one token per step.  With
+Sim latency model (cluster/engine/sim/): TTFT = prefill + one decode step; then one token per step.  With
 prefill 40 ms (no per-token cost) and steps of 10 ms, a lone request has TTFT 50 ms and TPOT 10 ms, and a
 closed loop with one worker on one replica finishes a 16-token request every 50 + 15 x 10 = 200 ms.
 """

@@ -8,7 +8,8 @@ equal prompts up to block i, and the longest run of a prompt's hashes found
 for a replica is its longest prefix sent there.  Blocks are fixed-size
 character blocks of the text by default: the router has no tokenizer, and
 hashing characters costs less than tokenizing.  With ``hash_unit:
-sim_tokens`` the sim engine's own tokenizer and block hashes are used.
+sim_tokens`` the sim engine's own tokenizer and block hashes are used
+(:mod:`cluster.common.prefix_hash`, which the sim shares).
 
 Memory is bounded twice: each replica's entries form an LRU sized to what its
 KV cache can hold (``kv_capacity_tokens`` from its load reports, divided by
@@ -30,13 +31,14 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 
+from cluster.common.prefix_hash import DEFAULT_BLOCK_SIZE, chain_block_hashes, tokenize
 from cluster.config import PrefixAwareOptions
 from cluster.router.replicas import ReplicaHandle
 
 # Rough tokens per character of English-like text, to turn a KV capacity in
 # tokens into a number of text blocks.
 _CHARS_PER_TOKEN = 4
-_SIM_BLOCK_TOKENS = 16
+_SIM_BLOCK_TOKENS = DEFAULT_BLOCK_SIZE
 
 
 class PrefixIndex:
@@ -50,8 +52,6 @@ class PrefixIndex:
     def hashes(self, text: str) -> list[int]:
         o = self.opts
         if o.hash_unit == "sim_tokens":
-            from cluster.engine.sim import chain_block_hashes, tokenize
-
             ids = tokenize(text[: o.max_blocks * _SIM_BLOCK_TOKENS * 8])
             return chain_block_hashes(ids[: o.max_blocks * _SIM_BLOCK_TOKENS], _SIM_BLOCK_TOKENS)
         bc = o.block_chars
