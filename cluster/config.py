@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cluster.autoscaler.actuators.kubernetes import KubernetesTarget
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-POLICIES = ("round_robin", "power_of_two", "prefix_aware", "session_affinity", "least_kv", "weighted")
 
 
 class ConfigError(ValueError):
@@ -241,7 +240,7 @@ class RouterConfig(_Strict):
     grpc_port: int = Field(50051, ge=0, le=65535)
     #: Public OpenAI-compatible HTTP port; 0 picks a free one.
     http_port: int = Field(8000, ge=0, le=65535)
-    #: Routing policy: one of POLICIES (docs/routing.md); a request may pick another with ``x-routing-policy``.
+    #: Routing policy: one of cluster.router.policies.POLICIES (docs/routing.md); a request may pick another with ``x-routing-policy``.
     policy: str = "power_of_two"
     #: Upper bound on one request's life in the router, seconds.
     request_timeout_s: float = Field(600.0, gt=0)
@@ -278,6 +277,8 @@ class RouterConfig(_Strict):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, v: str) -> str:
+        from cluster.router.policies import POLICIES  # the registry (its modules import this one)
+
         if v not in POLICIES:
             raise ValueError(f"unknown policy {v!r}; choose one of {', '.join(POLICIES)}")
         return v

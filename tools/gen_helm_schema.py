@@ -240,7 +240,8 @@ def _ref_name(ref: str) -> str:
 
 def cluster_schema() -> tuple[Schema, dict[str, Schema]]:
     """The pydantic schema of ClusterConfig, with chart-only tightening; returns (schema, $defs)."""
-    from cluster.config import POLICIES, ClusterConfig
+    from cluster.config import ClusterConfig
+    from cluster.router.policies import POLICIES
 
     raw = ClusterConfig.model_json_schema(mode="validation")
     defs: dict[str, Schema] = raw.pop("$defs", {})

@@ -15,12 +15,12 @@ from typing import Any
 from cluster.config import ClusterConfig, InternalTLSConfig, RouterConfig
 from cluster.logs import setup_logging
 from cluster.metrics_server import start_metrics_server
-from cluster.router import metrics
 from cluster.router.balancer import Balancer
 from cluster.router.circuit import CircuitBreaker
 from cluster.router.gate import Gate
 from cluster.router.grpc_server import InferenceServicer, start_grpc_server
 from cluster.router.http_server import OpenAIServer, start_http_server
+from cluster.router.metrics import RouterMetrics
 from cluster.router.policies import make_policy
 from cluster.router.replicas import EndpointSource, ReplicaSet, controller_source
 
@@ -33,13 +33,16 @@ class Router:
     def __init__(self, config: RouterConfig, source: EndpointSource, internal_tls: InternalTLSConfig | None = None) -> None:
         self.config = config
         self.replicas = ReplicaSet(source, internal_tls)
+        #: This router's metrics (its own registry): served on metrics_port, read by tests.
+        self.metrics = RouterMetrics()
         self.balancer = Balancer(
             self.replicas,
             make_policy(config.policy, config.policy_options),
             no_replica_wait_s=config.no_replica_wait_s,
             max_attempts=config.max_attempts,
             first_token_timeout_s=config.first_token_timeout_s,
-            breaker=CircuitBreaker(config.circuit_breaker),
+            breaker=CircuitBreaker(config.circuit_breaker, self.metrics),
+            metrics=self.metrics,
             max_migrations=config.max_migrations,
             stall_timeout_s=config.stall_timeout_s,
             policy_options=config.policy_options,
@@ -66,7 +69,7 @@ class Router:
         )
         try:
             self._metrics, self.metrics_port = await start_metrics_server(
-                metrics.REGISTRY, self.config.host, self.config.metrics_port, before_scrape=self._refresh_gauges
+                self.metrics.registry, self.config.host, self.config.metrics_port, before_scrape=self._refresh_gauges
             )
         except OSError as exc:
             # Serving traffic matters more than being scraped: say so loudly and go on.
@@ -75,7 +78,7 @@ class Router:
         log.info("router serving", extra={**ports, "policy": self.config.policy})
 
     def _refresh_gauges(self) -> None:
-        metrics.refresh_replica_gauges(self.replicas.by_model | {m: [] for m in self.replicas.models - set(self.replicas.by_model)})
+        self.metrics.refresh_replica_gauges(self.replicas.by_model | {m: [] for m in self.replicas.models - set(self.replicas.by_model)})
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._grpc is not None:

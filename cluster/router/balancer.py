@@ -57,8 +57,8 @@ import grpc
 
 from cluster.config import PolicyOptions
 from cluster.proto import replica_pb2
-from cluster.router import metrics
 from cluster.router.circuit import CircuitBreaker
+from cluster.router.metrics import RouterMetrics
 from cluster.router.policies import RouteRequest, RoutingPolicy, make_policy
 from cluster.router.replicas import ReplicaHandle, ReplicaSet
 from cluster.router.validation import ValidRequest
@@ -109,13 +109,15 @@ class Balancer:
         policy_options: PolicyOptions | None = None,
         max_waiting_for_replica: int = 1000,
         stall_timeout_s: float = 30.0,
+        metrics: RouterMetrics | None = None,
     ) -> None:
+        self.metrics = metrics = metrics or (breaker.metrics if breaker is not None else RouterMetrics())
         self.replicas = replicas
         self.policy = policy
         self.no_replica_wait_s = no_replica_wait_s
         self.max_attempts = max_attempts
         self.first_token_timeout_s = first_token_timeout_s
-        self.breaker = breaker or CircuitBreaker()
+        self.breaker = breaker or CircuitBreaker(metrics=metrics)
         self.max_migrations = max_migrations
         self.stall_timeout_s = stall_timeout_s
         self.policy_options = policy_options
@@ -150,26 +152,22 @@ class Balancer:
         if candidates:
             return candidates
         if self.waiting_for_replica >= self.max_waiting_for_replica:
-            metrics.NO_REPLICA.labels(model, "rejected_full").inc()
+            self.metrics.no_replica.labels(model, "rejected_full").inc()
             msg = f"no ready replica for model {model!r} and {self.waiting_for_replica} requests already wait for one"
             raise RouterError(grpc.StatusCode.UNAVAILABLE, msg)
         self.waiting_for_replica += 1
-        gauge = metrics.WAITING_FOR_REPLICA.labels(model)
+        gauge = self.metrics.waiting_for_replica.labels(model)
         gauge.inc()
         try:
             candidates = await self.replicas.wait_for_replicas(model, self.no_replica_wait_s)
         finally:
             self.waiting_for_replica -= 1
             gauge.dec()
-        metrics.NO_REPLICA.labels(model, "served" if candidates else "timeout").inc()
+        self.metrics.no_replica.labels(model, "served" if candidates else "timeout").inc()
         return candidates
 
     def _candidates(self, model: str, found: list[ReplicaHandle], tried: list[ReplicaHandle]) -> list[ReplicaHandle]:
-        group = self.replicas.groups.get(model)
-        if group is not None and group.ejected_until > time.monotonic():
-            # Some replica is ejected (rare): filter; if all are, use them all
-            # rather than fail (a half-open probe is better than no answer).
-            found = [c for c in found if c.routable] or found
+        found = self.breaker.candidates(model, found)  # type: ignore[assignment]
         if tried:
             found = [c for c in found if c not in tried] or found
         return found
@@ -187,12 +185,12 @@ class Balancer:
         retries = migrations = 0
         last_error = ""
         self.in_flight += 1
-        in_flight = metrics.IN_FLIGHT.labels(req.model)
+        in_flight = self.metrics.in_flight.labels(req.model)
         in_flight.inc()
         # Client-side latencies on the router's clock: one histogram observe per chunk.
         arrived = time.monotonic()
         last: float | None = None
-        itl = metrics.ITL.labels(req.model)
+        itl = self.metrics.itl.labels(req.model)
         try:
             while True:
                 found = await self._wait_for_first_replica(req.model) if not tried else self.replicas.by_model.get(req.model) or []
@@ -202,7 +200,7 @@ class Balancer:
                     raise RouterError(grpc.StatusCode.UNAVAILABLE, f"{why} (model {req.model!r})")
                 route.attempt = len(tried)
                 replica = policy.choose(candidates, route)
-                metrics.ROUTING_DECISIONS.labels(req.model, policy.name, route.outcome).inc()
+                self.metrics.routing_decisions.labels(req.model, policy.name, route.outcome).inc()
                 tried.append(replica)
                 replica.begin()
                 left = None if deadline is None else deadline - time.monotonic()
@@ -246,7 +244,7 @@ class Balancer:
                             sent_text.append(chunk.text)
                             now = time.monotonic()
                             if last is None:
-                                metrics.TTFT.labels(req.model).observe(now - arrived)
+                                self.metrics.ttft.labels(req.model).observe(now - arrived)
                             else:
                                 itl.observe(now - last)
                             last = now
@@ -257,7 +255,7 @@ class Balancer:
                                 async with asyncio.timeout(self.stall_timeout_s):
                                     chunk = await stream.__anext__()
                             except StopAsyncIteration:
-                                metrics.E2E.labels(req.model).observe(time.monotonic() - arrived)
+                                self.metrics.e2e.labels(req.model).observe(time.monotonic() - arrived)
                                 return
                             except TimeoutError:
                                 self.breaker.failure(replica)
@@ -285,7 +283,7 @@ class Balancer:
                         why = f"replica failed mid-stream after {self.max_migrations} migrations; last: {last_error}"
                         raise RouterError(grpc.StatusCode.UNAVAILABLE, why)
                     self.migrations += 1
-                    metrics.RETRIES.labels(req.model, "mid_stream").inc()
+                    self.metrics.retries.labels(req.model, "mid_stream").inc()
                     log.warning(
                         "replica failed mid-stream; migrating the request",
                         extra={"replica": replica.replica_id, "request_id": req.request_id, "error": last_error, "sent": len(sent_ids)},
@@ -294,7 +292,7 @@ class Balancer:
                 retries += 1
                 if retries >= self.max_attempts:
                     raise RouterError(grpc.StatusCode.UNAVAILABLE, f"all {self.max_attempts} attempts failed; last: {last_error}")
-                metrics.RETRIES.labels(req.model, reason).inc()
+                self.metrics.retries.labels(req.model, reason).inc()
                 log.warning(
                     "replica failed before first token; retrying",
                     extra={"replica": replica.replica_id, "request_id": req.request_id, "error": last_error, "attempt": retries},

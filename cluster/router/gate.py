@@ -35,7 +35,6 @@ import grpc
 
 from cluster.config import ConfigError, RouterConfig
 from cluster.proto import replica_pb2
-from cluster.router import metrics
 from cluster.router.admission import AdmissionQueue, AdmissionRefused, QueueFull
 from cluster.router.auth import ANONYMOUS, AuthError, KeyStore, Tenant
 from cluster.router.balancer import Balancer, RouterError
@@ -75,6 +74,7 @@ class Gate:
                 self.keys = KeyStore(auth.key_file)
             except ValueError as exc:  # unreadable or invalid at start: refuse to start, naming the field
                 raise ConfigError(f"config field 'router.auth.key_file': {exc}") from None
+        self.metrics = balancer.metrics
         self.anonymous = Tenant(ANONYMOUS, auth.anonymous)
         self.limiter = Limiter()
         #: One admission queue per model (models are known before a request gets here).
@@ -114,7 +114,7 @@ class Gate:
         try:
             return self.keys.authenticate(key)
         except AuthError as exc:
-            metrics.REFUSED.labels("", "unauthenticated").inc()
+            self.metrics.refused.labels("", "unauthenticated").inc()
             raise Unauthenticated(str(exc)) from None
 
     async def generate(self, tenant: Tenant, req: ValidRequest, timeout_s: float) -> AsyncIterator[replica_pb2.ReplicaChunk]:
@@ -125,9 +125,9 @@ class Gate:
             grant = self.limiter.acquire(tenant, estimate_tokens(_prompt_chars(req), req.max_tokens))
         except LimitExceeded as exc:
             self.refused += 1
-            metrics.REFUSED.labels(tenant.name, exc.limit).inc()
+            self.metrics.refused.labels(tenant.name, exc.limit).inc()
             raise Refused(str(exc), exc.retry_after_s) from None
-        depth = metrics.QUEUE_DEPTH.labels(req.model)
+        depth = self.metrics.queue_depth.labels(req.model)
         depth.inc()
         queue = self.queue(req.model)
         try:
@@ -136,7 +136,7 @@ class Gate:
         except AdmissionRefused as exc:
             self.limiter.release(grant, used_tokens=0, refund_request=True)
             self.refused += 1
-            metrics.REFUSED.labels(tenant.name, "queue_full" if isinstance(exc, QueueFull) else "queue_timeout").inc()
+            self.metrics.refused.labels(tenant.name, "queue_full" if isinstance(exc, QueueFull) else "queue_timeout").inc()
             raise Refused(str(exc), exc.retry_after_s) from None
         except BaseException:
             self.limiter.release(grant, used_tokens=0, refund_request=True)
@@ -144,7 +144,7 @@ class Gate:
         finally:
             depth.dec()
         self.admitted += 1
-        in_flight = metrics.TENANT_IN_FLIGHT.labels(tenant.name)
+        in_flight = self.metrics.tenant_in_flight.labels(tenant.name)
         in_flight.inc()
         used: int | None = None
         sent = 0

@@ -18,13 +18,13 @@ import grpc
 
 from cluster.config import InternalTLSConfig
 from cluster.proto import replica_pb2, replica_pb2_grpc
+from cluster.router.circuit import Circuit
+from cluster.router.policies.base import STALE_AFTER_S
 from cluster.tls import replica_channel_credentials
 
 log = logging.getLogger(__name__)
 
 LOAD_INTERVAL_MS = 100
-#: A replica whose last load report is older than this is treated as stale.
-STALE_AFTER_S = 1.0
 
 Endpoints = dict[str, list[dict[str, str]]]
 EndpointSource = Callable[[int], Awaitable[tuple[int, Endpoints]]]
@@ -36,8 +36,6 @@ class ModelLoad:
 
     in_flight: int = 0
     size: int = 1
-    #: While monotonic() < this, some replica of the model is ejected: the balancer filters candidates.
-    ejected_until: float = 0.0
 
     @property
     def mean_in_flight(self) -> float:
@@ -46,6 +44,8 @@ class ModelLoad:
 
 @dataclass(eq=False)
 class ReplicaHandle:
+    """One replica as this router holds it; policies see it as a read-only ``ReplicaView``."""
+
     replica_id: str
     model: str
     address: str
@@ -61,11 +61,8 @@ class ReplicaHandle:
     max_model_len: int = 0
     #: The model's totals, shared by its replicas (a private one until a ReplicaSet assigns it).
     group: ModelLoad = field(default_factory=ModelLoad, repr=False)
-    # Circuit breaker (see cluster.router.circuit): consecutive failures, and
-    # the time until which the replica gets no new request.
-    failures: int = 0
-    ejected_until: float = 0.0
-    ejections: int = 0
+    #: The circuit breaker's state for this replica (cluster.router.circuit; only the breaker writes it).
+    circuit: Circuit = field(default_factory=Circuit)
     _load_task: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -75,7 +72,7 @@ class ReplicaHandle:
     @property
     def routable(self) -> bool:
         """Still in the endpoint set and not ejected by the circuit breaker."""
-        return not self.removed and self.ejected_until <= time.monotonic()
+        return not self.removed and self.circuit.open_until <= time.monotonic()
 
     def begin(self) -> None:
         """One request of this router starts on the replica."""

@@ -149,7 +149,7 @@ def validate(
         req.request_id = uuid.uuid4().hex
     req.session_id = session_id
     if routing_policy is not None:
-        from cluster.config import POLICIES
+        from cluster.router.policies import POLICIES
 
         if routing_policy not in POLICIES:
             raise InvalidRequest("x-routing-policy", f"unknown policy {routing_policy!r}; choose one of {', '.join(POLICIES)}")

@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from cluster.autoscaler.actuators.kubernetes import RBAC_RULES, KubernetesTarget, rbac_rules
-from cluster.config import POLICIES, load_config
+from cluster.config import load_config
+from cluster.router.policies import POLICIES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "llm-cluster"

@@ -15,7 +15,6 @@ import openai
 import pytest
 
 from cluster.replica.server import ReplicaServicer
-from cluster.router import metrics
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,19 +51,18 @@ async def stop_and_assert_no_task_leaked(fleet) -> None:
     assert not left, left
 
 
-def _retries(reason: str) -> float:
-    return metrics.REGISTRY.get_sample_value("llm_cluster_router_retries_total", {"model": "sim", "reason": reason}) or 0.0
+def _retries(router, reason: str) -> float:
+    return router.metrics.value("retries_total", {"model": "sim", "reason": reason})
 
 
 async def test_a_replica_that_fails_before_the_first_token_is_retried_on_another(sim_fleet):
     FailingServicer.broken = True
     router = await sim_fleet.start(2, policy="round_robin", servicers={0: FailingServicer}, router={"circuit_breaker": {"failures": 100}})
-    before = _retries("unavailable")
     client = oai(router)
     results = await asyncio.gather(*(client.completions.create(model="sim", prompt=f"p{i}", max_tokens=3) for i in range(10)))
     assert all(r.usage.completion_tokens == 3 for r in results)
     assert router.replicas.by_id["r0"].routed >= 3  # it was tried, and nobody saw its failures
-    assert _retries("unavailable") - before == router.replicas.by_id["r0"].routed
+    assert _retries(router, "unavailable") == router.replicas.by_id["r0"].routed
     await stop_and_assert_no_task_leaked(sim_fleet)
 
 
@@ -77,19 +75,20 @@ async def test_the_circuit_breaker_ejects_a_failing_replica_and_probes_it_back(s
     bad = router.replicas.by_id["r0"]
     for i in range(6):
         await client.completions.create(model="sim", prompt=f"a{i}", max_tokens=2)
-    assert bad.ejected_until > time.monotonic()
+    assert router.balancer.breaker.is_open(bad)
+    assert router.metrics.value("circuit_ejections_total", {"model": "sim"}) >= 1
     tried = bad.routed
     for i in range(10):
         await client.completions.create(model="sim", prompt=f"b{i}", max_tokens=2)
     assert bad.routed == tried  # ejected: no request went there
-    metrics.refresh_replica_gauges(router.replicas.by_model)
-    assert metrics.REGISTRY.get_sample_value("llm_cluster_router_replicas_healthy", {"model": "sim"}) == 1
+    router.metrics.refresh_replica_gauges(router.replicas.by_model)
+    assert router.metrics.value("replicas_healthy", {"model": "sim"}) == 1
     FailingServicer.broken = False  # it recovers
     await asyncio.sleep(1.1)
     for i in range(10):
         await client.completions.create(model="sim", prompt=f"c{i}", max_tokens=2)
     assert bad.routed > tried + 2  # probed, then back in the rotation
-    assert bad.failures == 0 and bad.ejections == 0
+    assert not router.balancer.breaker.is_open(bad) and bad.circuit.failures == 0 and bad.circuit.ejections == 0
     await stop_and_assert_no_task_leaked(sim_fleet)
 
 
@@ -111,7 +110,7 @@ async def test_a_hung_replica_does_not_delay_requests_to_healthy_ones(sim_fleet)
     fast = [t for t in latencies if t < 0.8]
     assert len(fast) >= 4, latencies
     assert latencies[-1] < 1.0 + 3.0, latencies
-    assert _retries("first_token_timeout") >= 1
+    assert _retries(router, "first_token_timeout") >= 1
     # The hung replica's requests were cancelled there, not left to pile up.
     await asyncio.sleep(0.1)
     assert router.replicas.by_id["r0"].in_flight == 0

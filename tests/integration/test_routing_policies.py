@@ -7,7 +7,6 @@ import asyncio
 import openai
 import pytest
 
-from cluster.router import metrics
 from tests.policy_fakes import system_prompt
 
 pytestmark = pytest.mark.asyncio
@@ -48,11 +47,11 @@ async def test_cache_aware_policies_hit_the_prefix_cache_more_than_round_robin(s
     # first request misses: at most ~0.84); session affinity keeps each
     # conversation on one (each session's first turn may miss: >= ~0.65).
     assert frac > (0.6 if policy == "session_affinity" else 0.75), frac
-    hits = metrics.REGISTRY.get_sample_value(
-        "llm_cluster_router_routing_decisions_total",
+    hits = router.metrics.value(
+        "routing_decisions_total",
         {"model": "sim", "policy": policy, "outcome": "prefix_hit" if policy != "session_affinity" else "session_hit"},
     )
-    assert hits and hits >= 8
+    assert hits >= 8
 
 
 async def test_round_robin_baseline_misses_more(sim_fleet):
@@ -66,17 +65,12 @@ async def test_a_request_can_pick_its_policy_and_an_unknown_one_is_a_400(sim_fle
     client = oai(router)
 
     def decisions() -> float:
-        return (
-            metrics.REGISTRY.get_sample_value(
-                "llm_cluster_router_routing_decisions_total", {"model": "sim", "policy": "session_affinity", "outcome": "session_new"}
-            )
-            or 0.0
-        )
+        return router.metrics.value("routing_decisions_total", {"model": "sim", "policy": "session_affinity", "outcome": "session_new"})
 
-    before = decisions()
+    assert decisions() == 0
     await client.completions.create(
         model="sim", prompt="hello", max_tokens=2, extra_headers={"x-routing-policy": "session_affinity", "x-session-id": "new-one"}
     )
-    assert decisions() == before + 1
+    assert decisions() == 1
     with pytest.raises(openai.BadRequestError, match="x-routing-policy"):
         await client.completions.create(model="sim", prompt="hello", max_tokens=2, extra_headers={"x-routing-policy": "fastest"})

@@ -76,7 +76,9 @@ def test_sim_shards_default_to_a_small_cpu_share_so_many_fit_one_node():
     assert load_config().models[0].shard_cpus == 1.0
 
 
-def test_every_policy_the_config_accepts_exists_in_the_router():
-    from cluster.config import POLICIES as CONFIG_POLICIES
-
-    assert set(CONFIG_POLICIES) == set(POLICIES)
+def test_the_config_accepts_every_registered_policy_and_names_them_when_refusing_one():
+    for name in POLICIES:
+        assert load_config(overrides=[f"router.policy={name}"]).router.policy == name
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=["router.policy=fastest"])
+    assert "router.policy" in str(exc.value) and all(name in str(exc.value) for name in POLICIES)

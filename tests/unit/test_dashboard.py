@@ -47,7 +47,7 @@ def test_every_panel_query_is_valid_promql(tmp_path):
 def test_the_dashboard_only_queries_metrics_the_cluster_exports():
     from cluster.router import metrics as router_metrics
 
-    exported = {m.name for m in router_metrics.REGISTRY.collect()} | {
+    exported = {m.name for m in router_metrics.RouterMetrics().registry.collect()} | {
         "llm_cluster_controller_desired_replicas",
         "llm_cluster_controller_ready_replicas",
     }

@@ -7,6 +7,7 @@ from cluster.config import RouterConfig
 from cluster.proto import replica_pb2
 from cluster.router.auth import ANONYMOUS
 from cluster.router.gate import Gate, Refused
+from cluster.router.metrics import RouterMetrics
 from cluster.router.validation import validate
 
 pytestmark = pytest.mark.asyncio
@@ -17,6 +18,7 @@ class HeldBalancer:
 
     def __init__(self) -> None:
         self.replicas = SimpleNamespace(by_model={"a": ["ra"], "b": ["rb"]}, by_id={})
+        self.metrics = RouterMetrics()
         self.in_flight = 0
         self.release = asyncio.Event()
         self.started: list[str] = []

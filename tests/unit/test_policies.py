@@ -4,12 +4,7 @@ from collections import Counter
 from cluster.router.policies import POLICIES, RouteRequest, make_policy
 from cluster.router.policies.power_of_two import PowerOfTwo
 from cluster.router.policies.round_robin import RoundRobin
-from cluster.router.replicas import ReplicaHandle
-
-
-def fake(rid: str, in_flight: int = 0) -> ReplicaHandle:
-    return ReplicaHandle(replica_id=rid, model="m", address="fake:0", channel=None, stub=None, in_flight=in_flight)  # type: ignore[arg-type]
-
+from tests.policy_fakes import fake, fleet, report
 
 REQ = RouteRequest(model="m", request_id="r")
 
@@ -59,3 +54,28 @@ def test_unknown_policy_names_the_known_ones():
     else:
         raise AssertionError("expected ValueError")
     assert set(POLICIES) == {"round_robin", "power_of_two", "prefix_aware", "session_affinity", "least_kv", "weighted"}
+
+
+def test_every_registered_policy_builds_itself_from_default_options_and_carries_its_name():
+    for name, cls in POLICIES.items():
+        policy = make_policy(name, rng=random.Random(0))
+        assert type(policy) is cls and policy.name == name
+        assert policy.choose(fleet(3), RouteRequest("m", "x", prompt="hello")) is not None
+
+
+def test_power_of_two_prefers_a_fresh_replica_to_a_stale_idle_one():
+    reps = fleet(2)
+    stale, fresh = reps
+    report(stale, age_s=5.0)  # no report for 5 s: may be hung
+    fresh.in_flight = 10
+    policy = PowerOfTwo(random.Random(3))
+    assert {policy.choose(reps, REQ).replica_id for _ in range(50)} == {fresh.replica_id}
+
+
+def test_power_of_two_prefers_a_replica_whose_circuit_is_closed():
+    import time
+
+    reps = fleet(2)
+    reps[0].ejected_until = time.monotonic() + 60
+    policy = PowerOfTwo(random.Random(4))
+    assert {policy.choose(reps, REQ).replica_id for _ in range(50)} == {"r1"}

@@ -19,10 +19,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from cluster.config import LeastKvOptions
+from cluster.config import LeastKvOptions, PolicyOptions
 from cluster.router.policies.base import RouteRequest, RoutingPolicy
-from cluster.router.policies.signals import kv_usage_of, sample
-from cluster.router.replicas import ReplicaHandle
+from cluster.router.policies.signals import R, kv_usage_of, sample
 
 
 class LeastKv(RoutingPolicy):
@@ -32,9 +31,13 @@ class LeastKv(RoutingPolicy):
         self.opts = opts or LeastKvOptions()
         self._rng = rng or random.Random()
 
-    def choose(self, candidates: Sequence[ReplicaHandle], request: RouteRequest) -> ReplicaHandle:
+    @classmethod
+    def build(cls, options: PolicyOptions, rng: random.Random | None = None) -> LeastKv:
+        return cls(options.least_kv, rng)
+
+    def choose(self, candidates: Sequence[R], request: RouteRequest) -> R:
         w = self.opts.in_flight_weight
-        best: ReplicaHandle | None = None
+        best: R | None = None
         best_key: tuple[bool, float] | None = None
         for h in sample(candidates, self.opts.sample, self._rng):
             key = (h.load_stale or not h.routable, kv_usage_of(h) + w * h.in_flight)

@@ -35,11 +35,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from cluster.config import PrefixAwareOptions
+from cluster.config import PolicyOptions, PrefixAwareOptions
 from cluster.router.policies.base import RouteRequest, RoutingPolicy
 from cluster.router.policies.prefix_index import PrefixIndex
-from cluster.router.policies.signals import least_loaded, load_of, under_cap, usable
-from cluster.router.replicas import ReplicaHandle
+from cluster.router.policies.signals import R, least_loaded, load_of, under_cap, usable
 
 
 class PrefixAware(RoutingPolicy):
@@ -50,10 +49,14 @@ class PrefixAware(RoutingPolicy):
         self.index = PrefixIndex(self.opts)
         self._rng = rng or random.Random()
 
-    def choose(self, candidates: Sequence[ReplicaHandle], request: RouteRequest) -> ReplicaHandle:
+    @classmethod
+    def build(cls, options: PolicyOptions, rng: random.Random | None = None) -> PrefixAware:
+        return cls(options.prefix_aware, rng)
+
+    def choose(self, candidates: Sequence[R], request: RouteRequest) -> R:
         o = self.opts
         hashes = self.index.hashes(request.prompt)
-        best: ReplicaHandle | None = None
+        best: R | None = None
         if hashes:
             depth = self.index.matches(hashes)
             n = len(hashes)

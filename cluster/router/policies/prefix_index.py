@@ -33,7 +33,7 @@ from collections import OrderedDict
 
 from cluster.common.prefix_hash import DEFAULT_BLOCK_SIZE, chain_block_hashes, tokenize
 from cluster.config import PrefixAwareOptions
-from cluster.router.replicas import ReplicaHandle
+from cluster.router.policies.base import ReplicaView
 
 # Rough tokens per character of English-like text, to turn a KV capacity in
 # tokens into a number of text blocks.
@@ -44,8 +44,8 @@ _SIM_BLOCK_TOKENS = DEFAULT_BLOCK_SIZE
 class PrefixIndex:
     def __init__(self, opts: PrefixAwareOptions) -> None:
         self.opts = opts
-        self._holders: dict[int, ReplicaHandle | set[ReplicaHandle]] = {}
-        self._lru: dict[ReplicaHandle, OrderedDict[int, None]] = {}
+        self._holders: dict[int, ReplicaView | set[ReplicaView]] = {}
+        self._lru: dict[ReplicaView, OrderedDict[int, None]] = {}
 
     # -- hashing --------------------------------------------------------------
 
@@ -65,7 +65,7 @@ class PrefixIndex:
 
     # -- lookup and update ----------------------------------------------------
 
-    def matches(self, hashes: list[int], max_holders: int = 16) -> dict[ReplicaHandle, int]:
+    def matches(self, hashes: list[int], max_holders: int = 16) -> dict[ReplicaView, int]:
         """Replicas recently sent a prefix of ``hashes`` -> how many leading blocks (at most ~3 x ``max_holders`` replicas).
 
         The longest matched prefix is found by binary search (hashes are
@@ -83,7 +83,7 @@ class PrefixIndex:
                 lo = mid
             else:
                 hi = mid - 1
-        depth: dict[ReplicaHandle, int] = {}
+        depth: dict[ReplicaView, int] = {}
         if lo == 0:
             return depth
         for level in sorted({lo, (3 * lo + 3) // 4, (lo + 1) // 2}, reverse=True):
@@ -103,7 +103,7 @@ class PrefixIndex:
             self.forget(h)
         return depth
 
-    def capacity(self, h: ReplicaHandle) -> int:
+    def capacity(self, h: ReplicaView) -> int:
         o = self.opts
         share = max(1, o.max_index_entries // max(h.group.size, 1))
         kv = h.load.kv_capacity_tokens if h.load is not None else 0
@@ -112,7 +112,7 @@ class PrefixIndex:
         per_block = _SIM_BLOCK_TOKENS if o.hash_unit == "sim_tokens" else max(1, o.block_chars // _CHARS_PER_TOKEN)
         return max(1, min(o.max_index_blocks, share, kv // per_block))
 
-    def record(self, h: ReplicaHandle, hashes: list[int]) -> None:
+    def record(self, h: ReplicaView, hashes: list[int]) -> None:
         """Remember that ``hashes`` were just sent to ``h`` (most recent last)."""
         if not hashes:
             return
@@ -137,12 +137,12 @@ class PrefixIndex:
             bh, _ = lru.popitem(last=False)
             self._drop(bh, h)
 
-    def forget(self, h: ReplicaHandle) -> None:
+    def forget(self, h: ReplicaView) -> None:
         lru = self._lru.pop(h, None)
         for bh in lru or ():
             self._drop(bh, h)
 
-    def _drop(self, bh: int, h: ReplicaHandle) -> None:
+    def _drop(self, bh: int, h: ReplicaView) -> None:
         hol = self._holders.get(bh)
         if hol is h:
             del self._holders[bh]
@@ -153,7 +153,7 @@ class PrefixIndex:
 
     # -- introspection (tests, benchmarks) -----------------------------------
 
-    def entries(self, h: ReplicaHandle | None = None) -> int:
+    def entries(self, h: ReplicaView | None = None) -> int:
         if h is not None:
             return len(self._lru.get(h, ()))
         return sum(len(v) for v in self._lru.values())

@@ -9,19 +9,20 @@ continues from the counter, so no replica is skipped twice in a row.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from cluster.router.policies.base import RouteRequest, RoutingPolicy
-from cluster.router.replicas import ReplicaHandle
+from cluster.router.policies.signals import R
 
 
 class RoundRobin(RoutingPolicy):
     name = "round_robin"
 
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random | None = None) -> None:  # deterministic: no RNG needed
         self._next: dict[str, int] = {}
 
-    def choose(self, candidates: Sequence[ReplicaHandle], request: RouteRequest) -> ReplicaHandle:
+    def choose(self, candidates: Sequence[R], request: RouteRequest) -> R:
         i = self._next.get(request.model, 0)
         self._next[request.model] = i + 1
         return candidates[i % len(candidates)]

@@ -21,13 +21,12 @@ sticks per router.
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
 from collections.abc import Sequence
 
-from cluster.config import SessionAffinityOptions
-from cluster.router.policies.base import RouteRequest, RoutingPolicy
-from cluster.router.policies.signals import least_loaded, under_cap, usable
-from cluster.router.replicas import ReplicaHandle
+from cluster.config import PolicyOptions, SessionAffinityOptions
+from cluster.router.policies.base import ReplicaView, RouteRequest, RoutingPolicy
+from cluster.router.policies.sessions import SessionMap
+from cluster.router.policies.signals import R, least_loaded, under_cap, usable
 
 
 class SessionAffinity(RoutingPolicy):
@@ -35,15 +34,19 @@ class SessionAffinity(RoutingPolicy):
 
     def __init__(self, opts: SessionAffinityOptions | None = None, rng: random.Random | None = None) -> None:
         self.opts = opts or SessionAffinityOptions()
-        self.sessions: OrderedDict[tuple[str, str], ReplicaHandle] = OrderedDict()
+        self.sessions: SessionMap = SessionMap(self.opts.max_sessions)
         self._rng = rng or random.Random()
 
-    def preferred(self, request: RouteRequest) -> ReplicaHandle | None:
+    @classmethod
+    def build(cls, options: PolicyOptions, rng: random.Random | None = None) -> SessionAffinity:
+        return cls(options.session_affinity, rng)
+
+    def preferred(self, request: RouteRequest) -> ReplicaView | None:
         if not request.session_id:
             return None
         return self.sessions.get((request.model, request.session_id))
 
-    def choose(self, candidates: Sequence[ReplicaHandle], request: RouteRequest) -> ReplicaHandle:
+    def choose(self, candidates: Sequence[R], request: RouteRequest) -> R:
         if not request.session_id:
             request.outcome = "no_session"
             return least_loaded(candidates, self._rng)
@@ -53,17 +56,11 @@ class SessionAffinity(RoutingPolicy):
             ok = usable(h, request.model) and (not request.attempt or h in candidates)
             if ok and under_cap(h, self.opts.balance_eps):
                 request.outcome = "session_hit"
-                self.sessions.move_to_end(key)
-                return h
+                self.sessions.touch(key)
+                return h  # type: ignore[return-value]  # h is among the candidates' kind
             request.outcome = "spill_over"
         else:
             request.outcome = "session_new"
-        h = least_loaded(candidates, self._rng)
-        self.remember(key, h)
-        return h
-
-    def remember(self, key: tuple[str, str], h: ReplicaHandle) -> None:
-        self.sessions[key] = h
-        self.sessions.move_to_end(key)
-        while len(self.sessions) > self.opts.max_sessions:
-            self.sessions.popitem(last=False)
+        pick = least_loaded(candidates, self._rng)
+        self.sessions.remember(key, pick)
+        return pick

@@ -23,11 +23,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import TypeVar
 
-from cluster.router.replicas import ReplicaHandle
+from cluster.router.policies.base import STALE_AFTER_S, ReplicaView
+
+R = TypeVar("R", bound=ReplicaView)
 
 
-def load_of(h: ReplicaHandle) -> int:
+def load_of(h: ReplicaView) -> int:
     """Requests on the replica: max(this router's in-flight, the replica's running + waiting)."""
     rep = h.load
     if rep is None or h.load_stale:
@@ -35,12 +38,18 @@ def load_of(h: ReplicaHandle) -> int:
     return max(h.in_flight, rep.running + rep.waiting)
 
 
-def kv_usage_of(h: ReplicaHandle) -> float:
+def fresh_load_of(h: ReplicaView) -> int:
+    """``load_of`` for a replica already known to be fresh (skips a clock read)."""
+    rep = h.load
+    return h.in_flight if rep is None else max(h.in_flight, rep.running + rep.waiting)
+
+
+def kv_usage_of(h: ReplicaView) -> float:
     rep = h.load
     return rep.kv_cache_usage if rep is not None and not h.load_stale else 0.0
 
 
-def load_cap(h: ReplicaHandle, eps: float) -> int:
+def load_cap(h: ReplicaView, eps: float) -> int:
     """Bounded loads: the most in-flight requests a replica may hold after taking one more.
 
     ceil((1 + eps) * (total + 1) / n), as in consistent hashing with bounded
@@ -51,11 +60,11 @@ def load_cap(h: ReplicaHandle, eps: float) -> int:
     return max(1, math.ceil((1 + eps) * (g.in_flight + 1) / max(g.size, 1)))
 
 
-def under_cap(h: ReplicaHandle, eps: float) -> bool:
+def under_cap(h: ReplicaView, eps: float) -> bool:
     return h.in_flight + 1 <= load_cap(h, eps)
 
 
-def sample(candidates: Sequence[ReplicaHandle], k: int, rng: random.Random) -> Sequence[ReplicaHandle]:
+def sample(candidates: Sequence[R], k: int, rng: random.Random) -> Sequence[R]:
     """Up to ``k`` distinct candidates, uniformly at random (all of them when there are at most ``k``)."""
     n = len(candidates)
     if n <= k:
@@ -67,9 +76,9 @@ def sample(candidates: Sequence[ReplicaHandle], k: int, rng: random.Random) -> S
     return [candidates[i] for i in rng.sample(range(n), k)]
 
 
-def least_loaded(candidates: Sequence[ReplicaHandle], rng: random.Random, k: int = 2) -> ReplicaHandle:
-    """Power of k choices: the fresh, least loaded of ``k`` random candidates (stale ones last)."""
-    best: ReplicaHandle | None = None
+def least_loaded(candidates: Sequence[R], rng: random.Random, k: int = 2) -> R:
+    """Power of k choices: the fresh, least loaded of ``k`` random candidates (stale and ejected ones last)."""
+    best: R | None = None
     best_key: tuple[bool, int] | None = None
     for h in sample(candidates, k, rng):
         key = (h.load_stale or not h.routable, load_of(h))
@@ -79,6 +88,11 @@ def least_loaded(candidates: Sequence[ReplicaHandle], rng: random.Random, k: int
     return best
 
 
-def usable(h: ReplicaHandle, model: str) -> bool:
-    """A replica remembered by an index may still be chosen: same model, in the set, not ejected, fresh."""
-    return h.model == model and h.routable and not h.load_stale
+def usable(h: ReplicaView, model: str, now: float | None = None) -> bool:
+    """A replica remembered by an index may still be chosen: same model, in the set, not ejected, fresh.
+
+    ``now`` (time.monotonic()) lets a policy that checks many replicas read the clock once.
+    """
+    if now is None:
+        return h.model == model and h.routable and not h.load_stale
+    return h.model == model and now - h.load_at <= STALE_AFTER_S and h.routable

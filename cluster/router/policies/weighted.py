@@ -28,11 +28,11 @@ import random
 import time
 from collections.abc import Sequence
 
-from cluster.config import PrefixAwareOptions, SessionAffinityOptions, WeightedOptions
+from cluster.config import PolicyOptions, PrefixAwareOptions, SessionAffinityOptions, WeightedOptions
 from cluster.router.policies.base import RouteRequest, RoutingPolicy
 from cluster.router.policies.prefix_index import PrefixIndex
-from cluster.router.policies.signals import least_loaded, sample, under_cap
-from cluster.router.replicas import STALE_AFTER_S, ReplicaHandle
+from cluster.router.policies.sessions import SessionMap
+from cluster.router.policies.signals import R, fresh_load_of, least_loaded, sample, under_cap, usable
 
 
 class Weighted(RoutingPolicy):
@@ -45,42 +45,41 @@ class Weighted(RoutingPolicy):
         session_opts: SessionAffinityOptions | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        from collections import OrderedDict
-
         self.opts = opts or WeightedOptions()
-        self.session_opts = session_opts or SessionAffinityOptions()
         self.index = PrefixIndex(prefix_opts or PrefixAwareOptions())
-        self.sessions: OrderedDict[tuple[str, str], ReplicaHandle] = OrderedDict()
+        self.sessions: SessionMap = SessionMap((session_opts or SessionAffinityOptions()).max_sessions)
         self._rng = rng or random.Random()
 
-    def choose(self, candidates: Sequence[ReplicaHandle], request: RouteRequest) -> ReplicaHandle:
+    @classmethod
+    def build(cls, options: PolicyOptions, rng: random.Random | None = None) -> Weighted:
+        return cls(options.weighted, options.prefix_aware, options.session_affinity, rng)
+
+    def choose(self, candidates: Sequence[R], request: RouteRequest) -> R:
         o = self.opts
         hashes = self.index.hashes(request.prompt) if o.prefix > 0 else []
         # Fewer holders than prefix_aware looks at: each costs four scorers here.
         depth = self.index.matches(hashes, max_holders=6) if hashes else {}
         skey = (request.model, request.session_id) if request.session_id else None
         mine = self.sessions.get(skey) if skey is not None and o.session > 0 else None
-        scored: dict[ReplicaHandle, None] = dict.fromkeys(depth)
+        scored: dict = dict.fromkeys(depth)
         if mine is not None:
             scored[mine] = None
         for h in sample(candidates, o.sample, self._rng):
             scored[h] = None
         n = max(len(hashes), 1)
-        best: ReplicaHandle | None = None
+        best: R | None = None
         best_score = float("-inf")
-        now = time.monotonic()  # once: usable() and the load signals would each read the clock
+        now = time.monotonic()  # once for every replica scored
         for h in scored:
+            if not usable(h, request.model, now) or (request.attempt and h not in candidates) or not under_cap(h, o.balance_eps):
+                continue
             rep = h.load
-            if rep is None or now - h.load_at > STALE_AFTER_S or h.removed or h.ejected_until > now or h.model != request.model:
-                continue
-            if (request.attempt and h not in candidates) or not under_cap(h, o.balance_eps):
-                continue
             score = (
                 o.prefix * depth.get(h, 0) / n
                 + (o.session if h is mine else 0.0)
-                - o.load * max(h.in_flight, rep.running + rep.waiting) / (h.group.mean_in_flight + 1)
-                - o.kv * rep.kv_cache_usage
-                - o.ttft * rep.recent_ttft_s
+                - o.load * fresh_load_of(h) / (h.group.mean_in_flight + 1)
+                - o.kv * (rep.kv_cache_usage if rep is not None else 0.0)
+                - o.ttft * (rep.recent_ttft_s if rep is not None else 0.0)
             )
             if score > best_score:
                 best, best_score = h, score
@@ -95,8 +94,5 @@ class Weighted(RoutingPolicy):
             request.outcome = "pick"
         self.index.record(best, hashes)
         if skey is not None:
-            self.sessions[skey] = best
-            self.sessions.move_to_end(skey)
-            while len(self.sessions) > self.session_opts.max_sessions:
-                self.sessions.popitem(last=False)
+            self.sessions.remember(skey, best)
         return best
