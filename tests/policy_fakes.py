@@ -11,16 +11,7 @@ from dataclasses import dataclass, field
 
 from cluster.proto import replica_pb2
 from cluster.router.policies.base import STALE_AFTER_S, ReplicaView
-
-
-@dataclass(eq=False)
-class FakeGroup:
-    in_flight: int = 0
-    size: int = 1
-
-    @property
-    def mean_in_flight(self) -> float:
-        return self.in_flight / max(self.size, 1)
+from cluster.router.replicas import ModelLoad  # the model totals: plain data, no channel
 
 
 @dataclass(eq=False)
@@ -33,7 +24,7 @@ class FakeReplica:
     removed: bool = False
     #: Until when (time.monotonic()) the fake's circuit is open.
     ejected_until: float = 0.0
-    group: FakeGroup = field(default_factory=FakeGroup)
+    group: ModelLoad = field(default_factory=ModelLoad)
 
     @property
     def load_stale(self) -> bool:
@@ -63,7 +54,7 @@ def fake(rid: str, in_flight: int = 0, model: str = "m") -> FakeReplica:
 
 def fleet(n: int, model: str = "m", kv_capacity_tokens: int = 0) -> list[FakeReplica]:
     """``n`` fresh, idle replicas of one model sharing one load group, as a ReplicaSet would build them."""
-    group = FakeGroup(size=n)
+    group = ModelLoad(size=n)
     reps = []
     for i in range(n):
         h = FakeReplica(replica_id=f"r{i}", model=model, group=group)
