@@ -29,11 +29,10 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any, ClassVar, TypeVar
 
 from cluster.autoscaler.actuators.base import Actuator, ActuatorError
+from cluster.config_autoscaler import KubernetesTarget
 
 log = logging.getLogger(__name__)
 
@@ -65,39 +64,6 @@ RBAC_RULES: list[dict[str, list[str]]] = [rule for kind in _RESOURCES for rule i
 
 #: HTTP statuses worth another try: conflict, throttling, server-side trouble.
 _RETRY_STATUSES = {409, 429, 500, 502, 503, 504}
-
-
-class KubernetesTarget(BaseModel):
-    """What the Kubernetes actuator scales, how it reaches the API server, and how hard it retries."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    kind: Literal["Deployment", "StatefulSet", "RayCluster"] = "RayCluster"
-    #: Name of the Deployment / StatefulSet / RayCluster.
-    name: str = Field("llm-cluster", min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    #: None: the pod's own namespace in-cluster, else the kubeconfig context's namespace, else "default".
-    namespace: str | None = Field(None, min_length=1)
-    #: RayCluster only: the ``groupName`` of the worker group to scale.
-    worker_group: str | None = Field(None, min_length=1)
-    #: Explicit kubeconfig file; None: in-cluster config inside a pod, else $KUBECONFIG / ~/.kube/config.
-    kubeconfig: str | None = None
-    #: kubeconfig context; None: the file's current context.
-    context: str | None = None
-    #: Attempts per operation for 409 / 429 / 5xx / connection errors (1 = no retry).
-    max_attempts: int = Field(5, ge=1, le=20)
-    #: Backoff before retry k (k = 1, 2, ...): uniform in [0.5, 1] x min(backoff_max_s, backoff_base_s x 2^(k-1)).
-    backoff_base_s: float = Field(0.2, ge=0)
-    backoff_max_s: float = Field(5.0, ge=0)
-    #: Timeout of one HTTP request to the API server.
-    request_timeout_s: float = Field(10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _group_for_raycluster(self) -> KubernetesTarget:
-        if self.kind == "RayCluster" and not self.worker_group:
-            raise ValueError("worker_group is required when kind is RayCluster (the groupName of the worker group to scale)")
-        if self.kind != "RayCluster" and self.worker_group:
-            raise ValueError(f"worker_group applies to kind RayCluster only, not {self.kind}")
-        return self
 
 
 class KubernetesActuator(Actuator):
