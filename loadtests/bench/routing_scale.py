@@ -2,8 +2,9 @@
 
     python -m loadtests.bench.routing_scale [--replicas 10,100,1000] [--prefixes 100,10000,100000]
 
-One router's policy object over fake replica handles (no gRPC: this measures
-the policy, the per-request hot path), with ``--streams`` (default 10,000)
+One router's policy object over replicas it sees only through its read-only
+view (``cluster.router.policies.base.ReplicaView``; no gRPC, no router: this
+measures the policy, the per-request hot path), with ``--streams`` (default 10,000)
 requests in flight throughout: each decision is followed by the start of its
 request on the chosen replica and the end of a random in-flight one, so the
 in-flight counts, the bounded-load cap and the index all evolve as in a busy
@@ -26,11 +27,12 @@ import gc
 import random
 import resource
 import time
+from dataclasses import dataclass, field
 
 from cluster.config import PolicyOptions
 from cluster.proto import replica_pb2
-from cluster.router.policies import RouteRequest, make_policy
-from cluster.router.replicas import ModelLoad, ReplicaHandle
+from cluster.router.policies import ReplicaView, RouteRequest, make_policy
+from cluster.router.policies.base import STALE_AFTER_S
 
 BASE = " ".join(f"word{i % 97}" for i in range(400))  # ~2,600 characters
 
@@ -41,15 +43,57 @@ def rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def fleet(n: int) -> list[ReplicaHandle]:
-    group = ModelLoad(size=n)
+@dataclass(eq=False, slots=True)
+class Group:
+    """One model's totals (``GroupView``)."""
+
+    in_flight: int = 0
+    size: int = 1
+
+    @property
+    def mean_in_flight(self) -> float:
+        return self.in_flight / max(self.size, 1)
+
+
+@dataclass(eq=False)
+class BenchReplica:
+    """A replica as a policy sees it (``ReplicaView``), plus the start/end of requests the benchmark drives."""
+
+    replica_id: str
+    model: str
+    group: Group
+    in_flight: int = 0
+    load: replica_pb2.LoadReport | None = None
+    load_at: float = 0.0
+    removed: bool = False
+    routable: bool = field(default=True)
+
+    @property
+    def load_stale(self) -> bool:
+        return time.monotonic() - self.load_at > STALE_AFTER_S
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.group.in_flight += 1
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        self.group.in_flight -= 1
+
+
+def fleet(n: int) -> list[BenchReplica]:
+    group = Group(size=n)
     reps = []
     for i in range(n):
-        h = ReplicaHandle(replica_id=f"r{i}", model="m", address="fake:0", channel=None, stub=None, group=group)  # type: ignore[arg-type]
+        h = BenchReplica(replica_id=f"r{i}", model="m", group=group)
         h.load = replica_pb2.LoadReport(replica_id=h.replica_id, kv_capacity_tokens=186_400, kv_cache_usage=random.random() * 0.5)
         h.load_at = time.monotonic()
         reps.append(h)
     return reps
+
+
+def _as_views(reps: list[BenchReplica]) -> list[ReplicaView]:
+    return reps  # type: ignore[return-value]  # BenchReplica satisfies the Protocol
 
 
 def pct(xs: list[int], q: float) -> float:
@@ -60,8 +104,10 @@ def pct(xs: list[int], q: float) -> float:
 def run(policy_name: str, n_replicas: int, n_prefixes: int, streams: int, decisions: int, seed: int) -> dict:
     rng = random.Random(seed)
     reps = fleet(n_replicas)
+    views = _as_views(reps)
+    by_id = {r.replica_id: r for r in reps}  # the policy answers with a view; the benchmark drives the replica
     policy = make_policy(policy_name, PolicyOptions())
-    in_flight: list[ReplicaHandle] = []
+    in_flight: list[BenchReplica] = []
     times: list[int] = []
     cpu: list[int] = []
     last_report = time.monotonic()
@@ -75,9 +121,10 @@ def run(policy_name: str, n_replicas: int, n_prefixes: int, streams: int, decisi
         req = RouteRequest(model="m", request_id=str(k), prompt=prompt, session_id=f"s{picks[k]}-{k % 7}")
         c0 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
-        h = policy.choose(reps, req)
+        chosen = policy.choose(views, req)
         dt = time.perf_counter_ns() - t0
         dc = time.thread_time_ns() - c0
+        h = by_id[chosen.replica_id]
         h.begin()
         in_flight.append(h)
         if len(in_flight) > streams:
