@@ -10,8 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from cluster.proto import replica_pb2
-from cluster.router.policies.base import STALE_AFTER_S, ReplicaView
-from cluster.router.replicas import ModelLoad  # the model totals: plain data, no channel
+from cluster.router.policies.base import STALE_AFTER_S, ModelLoad, ReplicaView
 
 
 @dataclass(eq=False)

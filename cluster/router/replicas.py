@@ -19,7 +19,7 @@ import grpc
 from cluster.config import InternalTLSConfig
 from cluster.proto import replica_pb2, replica_pb2_grpc
 from cluster.router.circuit import Circuit
-from cluster.router.policies.base import STALE_AFTER_S
+from cluster.router.policies.base import STALE_AFTER_S, ModelLoad
 from cluster.tls import replica_channel_credentials
 
 log = logging.getLogger(__name__)
@@ -28,18 +28,6 @@ LOAD_INTERVAL_MS = 100
 
 Endpoints = dict[str, list[dict[str, str]]]
 EndpointSource = Callable[[int], Awaitable[tuple[int, Endpoints]]]
-
-
-@dataclass(eq=False, slots=True)
-class ModelLoad:
-    """Totals over one model's replicas, kept current so policies read the mean in O(1)."""
-
-    in_flight: int = 0
-    size: int = 1
-
-    @property
-    def mean_in_flight(self) -> float:
-        return self.in_flight / max(self.size, 1)
 
 
 @dataclass(eq=False)

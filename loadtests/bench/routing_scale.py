@@ -27,12 +27,12 @@ import gc
 import random
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cluster.config import PolicyOptions
 from cluster.proto import replica_pb2
 from cluster.router.policies import ReplicaView, RouteRequest, make_policy
-from cluster.router.policies.base import STALE_AFTER_S
+from cluster.router.policies.base import STALE_AFTER_S, ModelLoad
 
 BASE = " ".join(f"word{i % 97}" for i in range(400))  # ~2,600 characters
 
@@ -43,46 +43,31 @@ def rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-@dataclass(eq=False, slots=True)
-class Group:
-    """One model's totals (``GroupView``)."""
-
-    in_flight: int = 0
-    size: int = 1
-
-    @property
-    def mean_in_flight(self) -> float:
-        return self.in_flight / max(self.size, 1)
-
-
 @dataclass(eq=False)
 class BenchReplica:
     """A replica as a policy sees it (``ReplicaView``), plus the start/end of requests the benchmark drives."""
 
     replica_id: str
     model: str
-    group: Group
+    group: ModelLoad
     in_flight: int = 0
     load: replica_pb2.LoadReport | None = None
     load_at: float = 0.0
     removed: bool = False
-    routable: bool = field(default=True)
+    routable: bool = True
 
     @property
     def load_stale(self) -> bool:
         return time.monotonic() - self.load_at > STALE_AFTER_S
 
-    def begin(self) -> None:
-        self.in_flight += 1
-        self.group.in_flight += 1
-
-    def end(self) -> None:
-        self.in_flight -= 1
-        self.group.in_flight -= 1
+    def add_requests(self, n: int) -> None:
+        """``n`` requests start (n > 0) or end (n < 0) on this replica."""
+        self.in_flight += n
+        self.group.in_flight += n
 
 
 def fleet(n: int) -> list[BenchReplica]:
-    group = Group(size=n)
+    group = ModelLoad(size=n)
     reps = []
     for i in range(n):
         h = BenchReplica(replica_id=f"r{i}", model="m", group=group)
@@ -125,12 +110,12 @@ def run(policy_name: str, n_replicas: int, n_prefixes: int, streams: int, decisi
         dt = time.perf_counter_ns() - t0
         dc = time.thread_time_ns() - c0
         h = by_id[chosen.replica_id]
-        h.begin()
+        h.add_requests(1)
         in_flight.append(h)
         if len(in_flight) > streams:
             i = rng.randrange(len(in_flight))
             in_flight[i], in_flight[-1] = in_flight[-1], in_flight[i]
-            in_flight.pop().end()
+            in_flight.pop().add_requests(-1)
         if k >= streams:
             times.append(dt)
             cpu.append(dc)

@@ -46,6 +46,22 @@ class GroupView(Protocol):
     def mean_in_flight(self) -> float: ...
 
 
+@dataclass(eq=False, slots=True)
+class ModelLoad:
+    """Totals over one model's replicas, kept current so policies read the mean in O(1) (a ``GroupView``).
+
+    Plain data: the router's ``ReplicaSet`` keeps one per model, and fakes of
+    the view (tests, benchmarks) share it.
+    """
+
+    in_flight: int = 0
+    size: int = 1
+
+    @property
+    def mean_in_flight(self) -> float:
+        return self.in_flight / max(self.size, 1)
+
+
 class ReplicaView(Protocol):
     """What a policy may read about one replica."""
 
