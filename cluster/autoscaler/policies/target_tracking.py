@@ -111,21 +111,47 @@ class TargetTracking(ScalingPolicy):
 
     def decide(self, now: float, obs: Observation | None, current: int) -> Decision:
         c = self.cfg
+        # 1. Fresh data, or hold.
         if obs is None or now - obs.at > self.stale_after_s:
             age = "no observation" if obs is None else f"newest sample {now - obs.at:.0f}s old"
             return self._hold(current, "stale_metrics", f"holding at {current}: {age}")
         total, what = self._total(obs, current)
         if total is None:
             return self._hold(current, "stale_metrics", f"holding at {current}: {what}")
+        self._note_data(now, obs)
+        # 2 + 3. Target tracking, then the TTFT guard.
+        raw, reason, detail = self._recommend(obs, current, total, what)
+        # 4. Partial data.
+        known = obs.known_replicas
+        if raw < current and known and obs.reporting_replicas * 2 < known:
+            self._history.append((now, current))
+            return self._hold(current, "partial_metrics", f"{detail}; only {obs.reporting_replicas}/{known} replicas report", raw)
+        self._remember(now, raw)
+        # Bounds first: outside [min, max] is corrected at once.
+        if current < c.min_replicas:
+            return Decision(current, c.min_replicas, "scale_up", "min_replicas", f"{detail}; below min_replicas", raw)
+        if current > c.max_replicas:
+            return Decision(current, c.max_replicas, "scale_down", "max_replicas", f"{detail}; above max_replicas", raw)
+        # 5 + 6. Stabilise and limit.
+        if raw > current:
+            corrected = c.metric == "load" and bool(obs.running) and bool(obs.completion_rate)
+            return self._scale_up(now, current, raw, reason, detail, known, corrected)
+        if raw < current:
+            return self._scale_down(now, current, raw, reason, detail)
+        return self._hold(current, reason, detail, raw)
+
+    def _note_data(self, now: float, obs: Observation) -> None:
+        """Remember when data first came and when the ready count last rose."""
         if self._first_data is None:
             self._first_data = now
         if obs.known_replicas is not None:
             if self._ready is not None and obs.known_replicas > self._ready:
                 self._ready_rose_at = now
             self._ready = obs.known_replicas
-        corrected = c.metric == "load" and bool(obs.running) and bool(obs.completion_rate)
 
-        # 2. Target tracking.
+    def _recommend(self, obs: Observation, current: int, total: float, what: str) -> tuple[int, str, str]:
+        """The raw replica count for ``total`` (within tolerance: ``current``), with its reason and detail."""
+        c = self.cfg
         reason = "target_tracking"
         if current > 0 and abs(total / (current * c.target) - 1) <= c.tolerance:
             raw = current
@@ -134,60 +160,51 @@ class TargetTracking(ScalingPolicy):
         if (obs.demand or 0) > 0 and raw < 1:
             raw, reason = 1, "demand_at_zero"
         detail = f"{what}, target {c.target:g}/replica -> {raw}"
-
-        # 3. TTFT guard: only once every replica asked for is serving (while some
+        # TTFT guard: only once every replica asked for is serving (while some
         # start, the latency is theirs to fix; adding one per tick would overshoot).
         if c.ttft_slo_s is not None and obs.ttft_s is not None and obs.ttft_s > c.ttft_slo_s and current > 0:
             if raw <= current and (obs.known_replicas is None or obs.known_replicas >= current):
                 raw, reason = current + 1, "ttft_slo"
             detail += f"; ttft {obs.ttft_s:.2f}s > slo {c.ttft_slo_s:g}s"
+        return raw, reason, detail
 
-        # 4. Partial data.
-        known = obs.known_replicas
-        if raw < current and known and obs.reporting_replicas * 2 < known:
-            self._history.append((now, current))
-            return self._hold(current, "partial_metrics", f"{detail}; only {obs.reporting_replicas}/{known} replicas report", raw)
-
+    def _remember(self, now: float, raw: int) -> None:
+        c = self.cfg
         self._history.append((now, raw))
         horizon = now - max(c.scale_up_window_s, c.scale_down_window_s)
         while self._history and self._history[0][0] < horizon:
             self._history.popleft()
 
-        # Bounds first: outside [min, max] is corrected at once.
-        if current < c.min_replicas:
-            return Decision(current, c.min_replicas, "scale_up", "min_replicas", f"{detail}; below min_replicas", raw)
-        if current > c.max_replicas:
-            return Decision(current, c.max_replicas, "scale_down", "max_replicas", f"{detail}; above max_replicas", raw)
-
-        # 5 + 6. Stabilise and limit.
-        starting = known is not None and known < current and now - self._last_change < c.starting_grace_s
-        if raw > current and starting:
+    def _scale_up(self, now: float, current: int, raw: int, reason: str, detail: str, known: int | None, corrected: bool) -> Decision:
+        c = self.cfg
+        if known is not None and known < current and now - self._last_change < c.starting_grace_s:
             return self._hold(current, "replicas_starting", f"{detail}; {current - known} replica(s) still starting", raw)
-        if raw > current and corrected and now - self._ready_rose_at < c.growth_window_s:
+        if corrected and now - self._ready_rose_at < c.growth_window_s:
             left = c.growth_window_s - (now - self._ready_rose_at)
             return self._hold(current, "replicas_settling", f"{detail}; ready replicas just rose, rates settle for {left:.0f}s", raw)
-        if raw > current:
-            window = [r for t, r in self._history if t >= now - c.scale_up_window_s]
-            stable = min(window) if window else raw
-            if current == 0 and reason == "demand_at_zero":
-                stable = max(stable, 1)  # the first replica never waits for a window: requests are queued for it
-            if stable <= current:
-                return self._hold(current, "scale_up_window", f"{detail}; not yet sustained for {c.scale_up_window_s:g}s", raw)
-            desired = min(stable, current + c.max_scale_up_step, c.max_replicas)
-            if desired <= current:
-                return self._hold(current, "max_replicas", f"{detail}; at max_replicas {c.max_replicas}", raw)
-            return Decision(current, desired, "scale_up", reason, detail, raw)
-        if raw < current:
-            if now - self._first_data < c.scale_down_window_s:
-                return self._hold(current, "scale_down_window", f"{detail}; less than {c.scale_down_window_s:g}s of data", raw)
-            stable = max(r for t, r in self._history if t >= now - c.scale_down_window_s)
-            if stable >= current:
-                return self._hold(current, "scale_down_window", f"{detail}; not yet sustained for {c.scale_down_window_s:g}s", raw)
-            if now - self._last_change < c.cooldown_s:
-                left = c.cooldown_s - (now - self._last_change)
-                return self._hold(current, "cooldown", f"{detail}; cooldown {left:.0f}s left", raw)
-            desired = max(stable, c.min_replicas)
-            if desired >= current:
-                return self._hold(current, "min_replicas", f"{detail}; at min_replicas {c.min_replicas}", raw)
-            return Decision(current, desired, "scale_down", reason, detail, raw)
-        return self._hold(current, reason, detail, raw)
+        window = [r for t, r in self._history if t >= now - c.scale_up_window_s]
+        stable = min(window) if window else raw
+        if current == 0 and reason == "demand_at_zero":
+            stable = max(stable, 1)  # the first replica never waits for a window: requests are queued for it
+        if stable <= current:
+            return self._hold(current, "scale_up_window", f"{detail}; not yet sustained for {c.scale_up_window_s:g}s", raw)
+        desired = min(stable, current + c.max_scale_up_step, c.max_replicas)
+        if desired <= current:
+            return self._hold(current, "max_replicas", f"{detail}; at max_replicas {c.max_replicas}", raw)
+        return Decision(current, desired, "scale_up", reason, detail, raw)
+
+    def _scale_down(self, now: float, current: int, raw: int, reason: str, detail: str) -> Decision:
+        c = self.cfg
+        assert self._first_data is not None  # set by _note_data before any recommendation
+        if now - self._first_data < c.scale_down_window_s:
+            return self._hold(current, "scale_down_window", f"{detail}; less than {c.scale_down_window_s:g}s of data", raw)
+        stable = max(r for t, r in self._history if t >= now - c.scale_down_window_s)
+        if stable >= current:
+            return self._hold(current, "scale_down_window", f"{detail}; not yet sustained for {c.scale_down_window_s:g}s", raw)
+        if now - self._last_change < c.cooldown_s:
+            left = c.cooldown_s - (now - self._last_change)
+            return self._hold(current, "cooldown", f"{detail}; cooldown {left:.0f}s left", raw)
+        desired = max(stable, c.min_replicas)
+        if desired >= current:
+            return self._hold(current, "min_replicas", f"{detail}; at min_replicas {c.min_replicas}", raw)
+        return Decision(current, desired, "scale_down", reason, detail, raw)
