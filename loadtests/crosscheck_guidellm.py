@@ -85,7 +85,7 @@ def run_guidellm(exe: Path, target: str, rate: float, duration: float, input_len
 
 def start_sim(n: int) -> tuple[str, list[subprocess.Popen]]:
     sys.path.insert(0, str(HERE.parent))
-    from loadtests.bench._procs import free_port
+    from loadtests.procs import free_port
 
     env = os.environ | {"LLM_CLUSTER_LOG_LEVEL": "WARNING"}
     exe = [sys.executable, "-m", "cluster.cli"]

@@ -31,7 +31,7 @@ from cluster.client import build_request
 from cluster.engine.base import ChatMessage, EngineRequest, Sampling
 from cluster.models.prepare import prepare_embedded
 from cluster.proto import inference_pb2_grpc
-from loadtests.bench._procs import free_port
+from loadtests.procs import free_port
 
 MODEL = "smollm2-135m-instruct"
 TOPICS = ["the sea", "mountains", "a city at night", "bread", "trains", "the moon", "a library", "winter"]

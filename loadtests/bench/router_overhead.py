@@ -37,7 +37,7 @@ from pathlib import Path
 import grpc
 
 from cluster.proto import inference_pb2, inference_pb2_grpc, replica_pb2, replica_pb2_grpc
-from loadtests.bench._procs import running, start_router, start_sim_replica
+from loadtests.procs import running, start_router, start_sim_replica
 
 SIM = "{prefill_base_ms: 1, prefill_ms_per_token: 0, decode_base_ms: 1, decode_ms_per_seq: 0}"
 MODEL = "smollm2-135m-instruct"

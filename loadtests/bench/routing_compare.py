@@ -47,10 +47,10 @@ from pathlib import Path
 import aiohttp
 
 from loadtests.arrivals import ArrivalProcess, RateProfile
-from loadtests.bench._procs import Procs, _wait_port, free_port, running, start_router
 from loadtests.clients import OpenAIHTTPClient
 from loadtests.lengths import LengthDist
 from loadtests.metrics import aggregate, latency_samples, percentile
+from loadtests.procs import Procs, free_port, running, start_router, wait_port
 from loadtests.runner import Runner, RunOptions, build_schedule
 from loadtests.workloads import SharedPrefixWorkload, parse_group_popularity
 
@@ -100,7 +100,7 @@ def start_foreign(procs: Procs, kind: str, policy: str, urls: list[str]) -> str:
         cmd = [binary or kind, "launch", "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
         cmd += ["--prometheus-port", str(metrics_port), "--log-level", "warn", "--worker-urls", *urls]
     procs.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    _wait_port(port)
+    wait_port(port)
     return f"http://127.0.0.1:{port}"
 
 

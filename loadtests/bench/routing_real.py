@@ -32,10 +32,10 @@ import grpc
 from cluster.models.prepare import prepare_embedded
 from cluster.proto import replica_pb2, replica_pb2_grpc
 from loadtests.arrivals import ArrivalProcess, RateProfile
-from loadtests.bench._procs import Procs, running, start_router
 from loadtests.clients import OpenAIHTTPClient
 from loadtests.lengths import LengthDist
 from loadtests.metrics import aggregate, latency_samples, percentile
+from loadtests.procs import Procs, running, start_router
 from loadtests.runner import Runner, RunOptions, build_schedule
 from loadtests.workloads import SharedPrefixWorkload
 

@@ -21,7 +21,7 @@ import pytest
 from cluster.client import build_request
 from cluster.proto import inference_pb2_grpc
 from cluster.router.app import Router
-from loadtests.bench._procs import Procs, start_sim_replica
+from loadtests.procs import Procs, start_sim_replica
 from tests.faults.driver import judge, run_load
 from tests.faults.fleet import CuttableProxy, LocalReplicas, make_router, streaming, wait_until
 

@@ -20,7 +20,7 @@ import pytest
 
 from cluster.client import build_request
 from cluster.proto import inference_pb2_grpc
-from loadtests.bench._procs import Procs, _wait_port, free_port
+from loadtests.procs import Procs, free_port, wait_port
 from tests.faults.fleet import LocalReplicas, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
@@ -31,8 +31,8 @@ def spawn_router(procs: Procs, grpc_port: int, http_port: int, replicas: list[st
     args += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     args += [a for r in replicas for a in ("--replica", r)]
     procs.spawn(args)
-    _wait_port(grpc_port)
-    _wait_port(http_port)
+    wait_port(grpc_port)
+    wait_port(http_port)
 
 
 async def complete_both_ways(stub: inference_pb2_grpc.InferenceStub, session: aiohttp.ClientSession, http_port: int, n: int) -> int:

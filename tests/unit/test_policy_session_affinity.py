@@ -52,9 +52,17 @@ def test_requests_without_a_session_balance_on_load():
     assert max(loads) - min(loads) <= 3, loads
 
 
-def test_remembered_sessions_are_bounded():
+def test_remembered_sessions_are_bounded_and_the_least_recently_used_are_forgotten():
     reps = fleet(2)
     policy = SessionAffinity(SessionAffinityOptions(max_sessions=100), rng=random.Random(5))
-    for i in range(1000):
+    for i in range(100):
+        policy.choose(reps, req(f"s{i}"))
+    r = req("s0")
+    policy.choose(reps, r)  # the oldest session comes back: now the most recent
+    assert r.outcome == "session_hit"
+    for i in range(100, 199):
         policy.choose(reps, req(f"s{i}"))
     assert len(policy.sessions) == 100
+    assert ("m", "s0") in policy.sessions  # used recently: kept
+    assert ("m", "s1") not in policy.sessions and ("m", "s99") not in policy.sessions  # least recently used: gone
+    assert all(("m", f"s{i}") in policy.sessions for i in range(100, 199))

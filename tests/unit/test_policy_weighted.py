@@ -37,10 +37,20 @@ def test_a_session_weight_keeps_a_session_and_load_breaks_it_when_overloaded():
     assert policy.choose(reps, req(session="s")) is not home
 
 
-def test_weights_come_from_config():
-    o = PolicyOptions.model_validate({"weighted": {"prefix": 2.0, "kv": 0.5}})
-    policy = make_policy("weighted", o)
-    assert isinstance(policy, Weighted) and policy.opts.prefix == 2.0 and policy.opts.kv == 0.5
+def test_the_configured_weights_decide_which_signal_wins():
+    reps = fleet(2)
+    full_cache, busy = reps
+    report(full_cache, kv=0.9, running=0)
+    report(busy, kv=0.1, running=6)
+
+    def pick(weights: dict[str, float]):
+        o = PolicyOptions.model_validate({"weighted": {"prefix": 0, "session": 0, "sample": 2, **weights}})
+        policy = make_policy("weighted", o, rng=random.Random(5))
+        assert isinstance(policy, Weighted)
+        return policy.choose(reps, req(system_prompt(5)))
+
+    assert pick({"kv": 1.0, "load": 0.0}) is busy
+    assert pick({"kv": 0.0, "load": 1.0}) is full_cache
 
 
 def test_a_ttft_weight_avoids_the_replica_that_answers_slowly():

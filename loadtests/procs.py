@@ -1,4 +1,4 @@
-"""Start sim replicas and a router as separate processes for benchmarks."""
+"""Start the real commands (`llm-cluster replica`, `llm-cluster router`) as processes, for benchmarks and tests."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(port: int, timeout_s: float = 60) -> None:
+def wait_port(port: int, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -73,8 +73,8 @@ def start_router(
     args += ["--set", "router.host=127.0.0.1"]
     args += [a for o in overrides or () for a in ("--set", o)]
     procs.spawn(args, cpu)
-    _wait_port(grpc_port)
-    _wait_port(http_port)
+    wait_port(grpc_port)
+    wait_port(http_port)
     return grpc_port, http_port
 
 
