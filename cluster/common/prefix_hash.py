@@ -33,3 +33,9 @@ def chain_block_hashes(token_ids: Sequence[int], block_size: int, parent: int | 
         parent = hash((parent, tuple(token_ids[start : start + block_size])))
         hashes.append(parent)
     return hashes
+
+
+def adapter_root(adapter: str | None) -> int | None:
+    """Parent hash of a request's first block: KV computed with a LoRA adapter is not the base model's, so
+    requests share cached blocks only with requests for the same adapter (vLLM keys its blocks the same way)."""
+    return None if adapter is None else zlib.crc32(b"lora:" + adapter.encode())

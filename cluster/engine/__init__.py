@@ -18,10 +18,14 @@ __all__ = ["Delta", "Engine", "EngineRequest", "EngineRequestError", "LoadSnapsh
 
 async def make_engine(model: ModelConfig, executor_backend: str | None = None) -> Engine:
     """Build the engine a model config asks for (imports the backend lazily)."""
+    from cluster.engine.model_args import sim_adapter_limits, vllm_engine_args
+
     if model.engine == "sim":
         from cluster.engine.sim import SimEngine, SimParams
 
-        return SimEngine(SimParams.from_dict(model.engine_args), model_name=model.name)
+        if model.task == "embed":
+            raise ValueError(f"model {model.name!r}: the sim engine serves no embedding models (task embed)")
+        return SimEngine(SimParams.from_dict(model.engine_args), model_name=model.name, lora=sim_adapter_limits(model.lora))
     from cluster.engine.vllm_backend import VllmEngine
     from cluster.models.prepare import resolve_model_source
 
@@ -29,7 +33,7 @@ async def make_engine(model: ModelConfig, executor_backend: str | None = None) -
     return await VllmEngine.create(
         path,
         served_name=model.name,
-        engine_args=model.engine_args,
+        engine_args=vllm_engine_args(model),
         tensor_parallel_size=model.tensor_parallel_size,
         pipeline_parallel_size=model.pipeline_parallel_size,
         executor_backend=executor_backend,

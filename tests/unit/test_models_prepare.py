@@ -19,7 +19,7 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 
 def test_registry_has_the_embedded_model() -> None:
     assert EMBEDDED_NAME in EMBEDDED
-    assert EMBEDDED[EMBEDDED_NAME].gguf_filename.endswith(".gguf")
+    assert EMBEDDED[EMBEDDED_NAME].filename.endswith(".gguf")
 
 
 def test_local_directory_resolves_to_its_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,3 +102,12 @@ def test_stale_leftovers_are_replaced(tmp_path: Path, monkeypatch: pytest.Monkey
     assert target == old
     assert (target / "config.json").exists() and not (target / "weights.bin").exists()
     assert not crashed.exists()
+
+
+def test_the_embedding_model_unpacks_once_into_a_sentence_transformers_directory(tmp_path: Path) -> None:
+    target = prepare_embedded("all-minilm-l6-v2", cache_dir=tmp_path, progress=False)
+    assert (target / "modules.json").is_file() and (target / "1_Pooling" / "config.json").is_file()
+    assert json.loads((target / "config.json").read_text())["architectures"] == ["BertModel"]
+    marker = (target / MARKER_NAME).stat().st_mtime_ns
+    assert resolve_model_source("embedded:all-minilm-l6-v2", cache_dir=tmp_path) == str(target)
+    assert (target / MARKER_NAME).stat().st_mtime_ns == marker  # not unpacked again

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from cluster.engine.base import Delta, Engine, EngineRequest, EngineRequestError, LoadSnapshot
+from cluster.engine.sim.adapters import AdapterLimits, AdapterSlots
 from cluster.engine.sim.params import SimParams
 from cluster.engine.sim.scheduler import FINISHED, Scheduler, Seq
 from cluster.engine.sim.tokenizer import WORDS, WordCodec, render_chat
@@ -31,7 +32,9 @@ class SimEngine(Engine):
 
     backend = BACKEND_NAME
 
-    def __init__(self, params: SimParams | Mapping[str, Any] | None = None, *, model_name: str = "sim") -> None:
+    def __init__(
+        self, params: SimParams | Mapping[str, Any] | None = None, *, model_name: str = "sim", lora: AdapterLimits | None = None
+    ) -> None:
         if params is None:
             params = SimParams()
         elif not isinstance(params, SimParams):
@@ -40,7 +43,9 @@ class SimEngine(Engine):
         self.model_name = model_name
         self.max_model_len = params.max_model_len
         self.kv_capacity_tokens = params.kv_capacity_blocks * params.block_size
-        self.scheduler = Scheduler(params)
+        #: LoRA adapters and slots; None: LoRA off (a request naming an adapter is refused).
+        self.adapters = AdapterSlots(lora, params.lora_load_ms, params.lora_disk_load_ms) if lora is not None else None
+        self.scheduler = Scheduler(params, self.adapters)
         self._codec = WordCodec(vocab_size=params.vocab_size, chars_per_token=params.chars_per_token)
         self._wake = asyncio.Event()  # binds to a loop only on first wait
         self._task: asyncio.Task[None] | None = None
@@ -110,6 +115,17 @@ class SimEngine(Engine):
                 # a final delta.
                 self.scheduler.retire(seq)
 
+    async def load_adapter(self, name: str, path: str) -> None:
+        if self.adapters is None:
+            raise EngineRequestError("LoRA is off for this model (set models[].lora)")
+        self.adapters.register(name, path)
+
+    async def unload_adapter(self, name: str) -> bool:
+        if self.adapters is None:
+            return False
+        # Requests already running with it finish with it; new ones are refused.
+        return self.adapters.unregister(name)
+
     async def abort(self, request_id: str) -> bool:
         seq = self.scheduler.seqs.get(request_id)
         if seq is None:
@@ -119,12 +135,16 @@ class SimEngine(Engine):
 
     def load(self) -> LoadSnapshot:
         s = self.scheduler
+        a = self.adapters
         return LoadSnapshot(
             running=len(s.running),
             waiting=len(s.waiting),
             kv_cache_usage=s.pool.num_used / s.pool.num_blocks,
             prefix_cache_queries=s.queries,
             prefix_cache_hits=s.hits,
+            active_adapters=a.active if a is not None else (),
+            loaded_adapters=tuple(a.registered) if a is not None else (),
+            adapter_swaps=a.swaps if a is not None else 0,
         )
 
     async def shutdown(self) -> None:
@@ -146,6 +166,10 @@ class SimEngine(Engine):
             raise EngineRequestError(f"request id {request.request_id!r} is already in flight")
         if any(not s for s in request.sampling.stop):
             raise EngineRequestError("stop strings must be non-empty")
+        if request.lora is not None:
+            if self.adapters is None:
+                raise EngineRequestError(f"The model `{request.lora}` does not exist.")
+            self.adapters.check(request.lora)
         ids = self.prompt_token_ids(request)
         p = self.params
         if not ids:
@@ -165,6 +189,7 @@ class SimEngine(Engine):
             rng=rng,
             out=asyncio.Queue(),
             leading_space=resumed > 0,
+            lora=request.lora,
         )
         if resumed and request.resume_text is not None:
             self._resume_text(seq, request.resume_token_ids, request.resume_text)
@@ -183,7 +208,8 @@ class SimEngine(Engine):
     def _seed_for(self, request: EngineRequest, prompt_ids: list[int]) -> int:
         s = request.sampling
         if s.temperature == 0:
-            material = "greedy:" + ",".join(map(str, prompt_ids))
+            # An adapter changes the model, so its greedy answer differs from the base model's.
+            material = ("greedy:" if request.lora is None else f"greedy:{request.lora}:") + ",".join(map(str, prompt_ids))
         elif s.seed is not None:
             return s.seed
         else:

@@ -17,7 +17,15 @@ _POSITIVE_KNOBS = (
     "vocab_size",
     "chars_per_token",
 )
-_NON_NEGATIVE_KNOBS = ("prefill_base_ms", "prefill_ms_per_token", "decode_base_ms", "decode_ms_per_seq", "time_scale")
+_NON_NEGATIVE_KNOBS = (
+    "prefill_base_ms",
+    "prefill_ms_per_token",
+    "decode_base_ms",
+    "decode_ms_per_seq",
+    "time_scale",
+    "lora_load_ms",
+    "lora_disk_load_ms",
+)
 
 
 @dataclass(slots=True)
@@ -35,6 +43,10 @@ class SimParams:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 4096
     max_model_len: int = 2048
+    # LoRA (with the model's ``lora`` config): putting an adapter into an active slot, from the CPU
+    # cache (copying its weights into the slot) and, on top, from disk (reading the adapter directory).
+    lora_load_ms: float = 5.0
+    lora_disk_load_ms: float = 50.0
     # Tokenizer.
     vocab_size: int = DEFAULT_VOCAB_SIZE
     chars_per_token: int = DEFAULT_CHARS_PER_TOKEN

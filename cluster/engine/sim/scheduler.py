@@ -14,6 +14,11 @@ request):
 
 Admission looks up the longest cached prefix among the full blocks of the
 first ``n - 1`` tokens and counts prefix-cache queries and hits in tokens.
+
+With LoRA on (:mod:`cluster.engine.sim.adapters`), a waiting request whose
+adapter cannot get an active slot this step is skipped rather than blocking
+the queue (as vLLM's scheduler does), and an adapter put into a slot adds its
+load time to the step.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from cluster.common.prefix_hash import chain_block_hashes
+from cluster.common.prefix_hash import adapter_root, chain_block_hashes
 from cluster.engine.base import Delta
+from cluster.engine.sim.adapters import AdapterSlots
 from cluster.engine.sim.block_pool import Block, BlockPool
 from cluster.engine.sim.params import SimParams
 
@@ -51,6 +57,7 @@ class Seq:
     block_hashes: list[int] = field(default_factory=list)
     num_registered: int = 0  # leading blocks whose hash is in the pool
     cached_prompt_tokens: int | None = None  # set at first admission
+    lora: str | None = None  # the adapter it runs with
 
     @property
     def num_tokens(self) -> int:
@@ -69,8 +76,10 @@ class Seq:
 class Scheduler:
     """The waiting queue, the running set and the block pool of one sim engine."""
 
-    def __init__(self, params: SimParams) -> None:
+    def __init__(self, params: SimParams, adapters: AdapterSlots | None = None) -> None:
         self.params = params
+        self.adapters = adapters
+        self._lora_refs: Counter[str] = Counter()  # adapter -> running requests using it
         self.pool = BlockPool(params.kv_capacity_blocks)
         self.waiting: deque[Seq] = deque()
         self.running: dict[str, Seq] = {}  # insertion order = admission order
@@ -94,6 +103,7 @@ class Scheduler:
             self.waiting.remove(seq)
         elif seq.state == RUNNING:
             del self.running[seq.request_id]
+            self._unref(seq)
         self.pool.release(seq.blocks)
         seq.blocks = []
         seq.state = FINISHED
@@ -132,8 +142,15 @@ class Scheduler:
                     seq.blocks.extend(self.pool.allocate(need))
                 self.register_full_blocks(seq)
 
+    def _unref(self, seq: Seq) -> None:
+        if seq.lora is not None:
+            self._lora_refs[seq.lora] -= 1
+            if self._lora_refs[seq.lora] <= 0:
+                del self._lora_refs[seq.lora]
+
     def _preempt(self, seq: Seq) -> None:
         del self.running[seq.request_id]
+        self._unref(seq)
         self.pool.release(seq.blocks)
         seq.blocks = []
         seq.num_registered = 0
@@ -146,8 +163,12 @@ class Scheduler:
         budget = p.max_num_batched_tokens - len(self.running)  # one token per running decode
         prefill_ms = 0.0
         admitted = 0
+        skipped: list[Seq] = []  # their adapter has no slot this step; they keep their place
         while self.waiting and len(self.running) < p.max_num_seqs:
             seq = self.waiting[0]
+            if self.adapters is not None and not self.adapters.can_run(seq.lora, self._lora_refs):
+                skipped.append(self.waiting.popleft())
+                continue
             hits = self._lookup(seq)
             uncached = seq.num_tokens - len(hits) * p.block_size
             if admitted and uncached > budget:
@@ -157,10 +178,13 @@ class Scheduler:
             if need_new > self.pool.num_free - sum(1 for b in hits if b.ref_cnt == 0):
                 break  # FIFO: the head waits, and so does everyone behind it
             self.waiting.popleft()
+            if self.adapters is not None:
+                prefill_ms += self.adapters.activate(seq.lora, self._lora_refs)
             self._start(seq, hits, need_new)
             budget -= uncached
             admitted += 1
             prefill_ms += p.prefill_ms(uncached)
+        self.waiting.extendleft(reversed(skipped))
         return prefill_ms
 
     def _start(self, seq: Seq, hits: list[Block], need_new: int) -> None:
@@ -176,6 +200,8 @@ class Scheduler:
             seq.cached_prompt_tokens = len(hits) * bs
         seq.state = RUNNING
         self.running[seq.request_id] = seq
+        if seq.lora is not None:
+            self._lora_refs[seq.lora] += 1
 
     def _lookup(self, seq: Seq) -> list[Block]:
         # At most the full blocks within the first n-1 tokens, so at least one
@@ -187,5 +213,5 @@ class Scheduler:
     def _extend_hashes(self, seq: Seq, num_blocks: int) -> None:
         bs = self.params.block_size
         start = len(seq.block_hashes) * bs
-        parent = seq.block_hashes[-1] if seq.block_hashes else None
+        parent = seq.block_hashes[-1] if seq.block_hashes else adapter_root(seq.lora)
         seq.block_hashes.extend(chain_block_hashes(seq.token_ids[start : num_blocks * bs], bs, parent))
