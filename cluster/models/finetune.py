@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -70,6 +69,8 @@ def train_fact_adapter(base_dir: str | Path, out_dir: str | Path, spec: TrainSpe
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cluster.models.prepare import publish_directory
+
     spec = spec or TrainSpec()
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     torch.manual_seed(spec.seed)
@@ -105,12 +106,7 @@ def train_fact_adapter(base_dir: str | Path, out_dir: str | Path, spec: TrainSpe
     try:
         model.save_pretrained(str(tmp))
         (tmp / "training.json").write_text(json.dumps({"base": str(base_dir), "loss": loss_value, "answer": spec.answer}, indent=2))
-        os.chmod(tmp, 0o755)
-        for written in tmp.iterdir():
-            os.chmod(written, 0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
+        publish_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -171,16 +171,9 @@ def prepare_embedded(name: str, cache_dir: Path | None = None, progress: bool = 
                 _unzip(model, tmp)
             else:
                 _convert(model, tmp, progress)
-            # mkdtemp creates 0700 (and safetensors writes 0600); the cache is
-            # meant to be shared by whoever runs engines on this machine.
-            os.chmod(tmp, 0o755)
-            for written in tmp.rglob("*"):
-                os.chmod(written, 0o755 if written.is_dir() else 0o644)
-            if target.exists():
-                # A directory without a valid marker: incomplete or an older
-                # format.  It is not trusted, so it is replaced.
-                shutil.rmtree(target)
-            os.rename(tmp, target)
+            # A directory already at target has no valid marker: incomplete or
+            # an older format.  It is not trusted, so it is replaced.
+            publish_directory(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -193,6 +186,30 @@ def prepare_embedded(name: str, cache_dir: Path | None = None, progress: bool = 
             extra={"model": name, "path": str(target), "seconds": seconds},
         )
     return target
+
+
+def publish_directory(tmp: Path, target: Path) -> None:
+    """Make the finished directory ``tmp`` readable by all and rename it to ``target`` (replacing it)."""
+    # mkdtemp creates 0700 (and safetensors writes 0600); the cache is
+    # meant to be shared by whoever runs engines on this machine.
+    os.chmod(tmp, 0o755)
+    for written in tmp.rglob("*"):
+        os.chmod(written, 0o755 if written.is_dir() else 0o644)
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(tmp, target)
+
+
+def _write_marker(out_dir: Path, model: EmbeddedModel, source: Path, **extra: str) -> None:
+    info = {
+        "format_version": FORMAT_VERSION,
+        "name": model.name,
+        "source": str(source),
+        "source_bytes": source.stat().st_size,
+        "upstream": model.upstream,
+        **extra,
+    }
+    (out_dir / MARKER_NAME).write_text(json.dumps(info, indent=2))
 
 
 def _convert(model: EmbeddedModel, out_dir: Path, progress: bool) -> None:
@@ -254,19 +271,7 @@ def _convert(model: EmbeddedModel, out_dir: Path, progress: bool) -> None:
 
             step(4)
             _verify(out_dir)
-            (out_dir / MARKER_NAME).write_text(
-                json.dumps(
-                    {
-                        "format_version": FORMAT_VERSION,
-                        "name": model.name,
-                        "source": str(gguf),
-                        "source_bytes": gguf.stat().st_size,
-                        "upstream": model.upstream,
-                        "dtype": "bfloat16",
-                    },
-                    indent=2,
-                )
-            )
+            _write_marker(out_dir, model, gguf, dtype="bfloat16")
             bar.update(1)
     finally:
         if bars_were_enabled:
@@ -286,18 +291,7 @@ def _unzip(model: EmbeddedModel, out_dir: Path) -> None:
         zf.extractall(out_dir)
     if not (out_dir / "config.json").is_file() or not list(out_dir.glob("*.safetensors")):
         raise RuntimeError(f"{archive} holds no config.json and safetensors weights")
-    (out_dir / MARKER_NAME).write_text(
-        json.dumps(
-            {
-                "format_version": FORMAT_VERSION,
-                "name": model.name,
-                "source": str(archive),
-                "source_bytes": archive.stat().st_size,
-                "upstream": model.upstream,
-            },
-            indent=2,
-        )
-    )
+    _write_marker(out_dir, model, archive)
 
 
 def _clear_quantization_markers(hf_model: object) -> None:
