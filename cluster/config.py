@@ -108,10 +108,12 @@ class ModelConfig(_Strict):
 
 
 class PrefixAwareOptions(_Strict):
-    #: "text": hash fixed-size character blocks of the prompt (no tokenizer in the router);
-    #: "sim_tokens": the sim engine's tokenizer and block hashes (exactly the sim's cache blocks).
+    #: "text": chained keys of fixed-size UTF-8 blocks of the prompt (no tokenizer in the router), matched
+    #: against what the replicas publish they hold and this router's own record of what it sent;
+    #: "sim_tokens": the sim engine's tokenizer and block hashes (this router's own record only).
     hash_unit: Literal["text", "sim_tokens"] = "text"
-    #: Characters per text block (about block_chars / 4 tokens).
+    #: Bytes per text block (about block_chars / 4 tokens).  Replicas publish 128-byte keys: another
+    #: size matches only this router's own optimistic record.
     block_chars: int = Field(128, ge=8)
     #: At most this many leading blocks of a prompt are hashed (bounds per-request cost).
     max_blocks: int = Field(128, ge=1)

@@ -38,6 +38,7 @@ class SimFleet:
         self.servicers: list[ReplicaServicer] = []
         self.servers: list = []
         self.router: Router | None = None
+        self.more_routers: list[Router] = []
 
     async def start(
         self,
@@ -73,9 +74,21 @@ class SimFleet:
         )
         self.router = Router(cfg, static_source({"sim": eps}), internal_tls)
         await self.router.start()
+        self._router_args = (cfg, eps, internal_tls)
         return self.router
 
+    async def another_router(self) -> Router:
+        """One more router over the same replicas and config (several router pods behind one Service)."""
+        cfg, eps, tls = self._router_args
+        r = Router(cfg, static_source({"sim": eps}), tls)
+        await r.start()
+        self.more_routers.append(r)
+        return r
+
     async def stop(self) -> None:
+        for r in self.more_routers:
+            await r.stop(0.5)
+        self.more_routers = []
         if self.router:
             await self.router.stop(0.5)
         for srv in self.servers:

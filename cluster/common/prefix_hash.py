@@ -39,3 +39,41 @@ def adapter_root(adapter: str | None) -> int | None:
     """Parent hash of a request's first block: KV computed with a LoRA adapter is not the base model's, so
     requests share cached blocks only with requests for the same adapter (vLLM keys its blocks the same way)."""
     return None if adapter is None else zlib.crc32(b"lora:" + adapter.encode())
+
+
+#: Bytes per text block of the prefix keys replicas publish and routers compute (``text_keys``).
+TEXT_BLOCK_BYTES = 128
+
+
+def routing_text(prompt: str | None, message_contents: Sequence[str] | None) -> str:
+    """The text prefix keys are computed on: the prompt, or the chat messages' contents concatenated.
+
+    The router (``ValidRequest.routing_text``) and the replica's prefix feed
+    (``cluster/replica/prefix_feed.py``) must agree on it, or no key matches.
+    """
+    if prompt is not None:
+        return prompt
+    return "".join(message_contents or ())
+
+
+def text_keys(text: str, block_bytes: int = TEXT_BLOCK_BYTES, max_blocks: int = 128) -> list[int]:
+    """Chained keys of the full ``block_bytes`` blocks of ``text`` (UTF-8), stable across processes.
+
+    Key i is the block index (high 32 bits) and a CRC-32 of the whole prefix up
+    to block i (low 32 bits; zlib runs it on from the previous block's value,
+    in C), so equal keys mean equal text up to there, but for CRC collisions
+    (with a million distinct prefixes at one position, about a hundred pairs):
+    a collision makes a router believe a replica holds a prefix it does not,
+    which costs one cache miss, never a wrong answer.  Unlike Python's ``hash``
+    of a str, the value does not depend on the process's hash seed, so a
+    replica can publish the keys it holds and every router computes the same.
+    """
+    data = text.encode()
+    n = min(len(data) // block_bytes, max_blocks)
+    crc32 = zlib.crc32
+    out: list[int] = []
+    crc = 0
+    for i in range(n):
+        crc = crc32(data[i * block_bytes : (i + 1) * block_bytes], crc)
+        out.append(i << 32 | crc)
+    return out

@@ -87,7 +87,7 @@ class LoadStreamRequest(_message.Message):
     def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("replica_id", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "timestamp", "draining", "recent_ttft_s", "kv_capacity_tokens")
+    __slots__ = ("replica_id", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "timestamp", "draining", "recent_ttft_s", "kv_capacity_tokens", "prefix_stored", "prefix_removed", "prefix_reset", "prefix_block_bytes")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,10 @@ class LoadReport(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     RECENT_TTFT_S_FIELD_NUMBER: _ClassVar[int]
     KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_STORED_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_RESET_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_BLOCK_BYTES_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     running: int
     waiting: int
@@ -108,7 +112,11 @@ class LoadReport(_message.Message):
     draining: bool
     recent_ttft_s: float
     kv_capacity_tokens: int
-    def __init__(self, replica_id: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., timestamp: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_ttft_s: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ...) -> None: ...
+    prefix_stored: _containers.RepeatedScalarFieldContainer[int]
+    prefix_removed: _containers.RepeatedScalarFieldContainer[int]
+    prefix_reset: bool
+    prefix_block_bytes: int
+    def __init__(self, replica_id: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., timestamp: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_ttft_s: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., prefix_stored: _Optional[_Iterable[int]] = ..., prefix_removed: _Optional[_Iterable[int]] = ..., prefix_reset: _Optional[bool] = ..., prefix_block_bytes: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

@@ -18,6 +18,7 @@ import grpc
 from cluster.config import InternalTLSConfig
 from cluster.engine.base import ChatMessage, Engine, EngineRequest, EngineRequestError, Sampling
 from cluster.proto import replica_pb2, replica_pb2_grpc
+from cluster.replica.prefix_feed import attach_prefix_feed
 from cluster.tls import replica_server_credentials
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self.draining = False
         self.in_flight: set[str] = set()
         self.recent_ttft_s = 0.0
+        #: Text keys of what the prefix cache holds, for the load stream (None: the engine has no KV events).
+        self.prefix_feed = attach_prefix_feed(engine)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -133,9 +136,17 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self, request: replica_pb2.LoadStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[replica_pb2.LoadReport]:
         interval = max(request.interval_ms or 100, MIN_LOAD_INTERVAL_MS) / 1000
-        while True:
-            yield self.load_report()
-            await asyncio.sleep(interval)
+        feed = self.prefix_feed.subscribe() if self.prefix_feed is not None else None
+        try:
+            while True:
+                report = self.load_report()
+                if feed is not None:
+                    feed.fill(report)  # this stream's own changes since its last report
+                yield report
+                await asyncio.sleep(interval)
+        finally:
+            if feed is not None:
+                self.prefix_feed.unsubscribe(feed)  # type: ignore[union-attr]
 
     async def Health(self, request: replica_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> replica_pb2.HealthResponse:
         return replica_pb2.HealthResponse(ready=not self.draining, replica_id=self.replica_id, model=self.model)

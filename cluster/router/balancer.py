@@ -122,7 +122,7 @@ class Balancer:
         self.stall_timeout_s = stall_timeout_s
         self.policy_options = policy_options
         #: Policies chosen per request (x-routing-policy), built on first use, each with its own state.
-        self.policies: dict[str, RoutingPolicy] = {policy.name: policy}
+        self.policies: dict[str, RoutingPolicy] = {policy.name: self._attach(policy)}
         self.max_waiting_for_replica = max_waiting_for_replica
         self.in_flight = 0
         #: Requests now waiting for a model with no ready replica (bounded queue).
@@ -135,8 +135,16 @@ class Balancer:
             return self.policy
         p = self.policies.get(name)
         if p is None:
-            p = self.policies[name] = make_policy(name, self.policy_options)
+            p = self.policies[name] = self._attach(make_policy(name, self.policy_options))
         return p
+
+    def _attach(self, policy: RoutingPolicy) -> RoutingPolicy:
+        """A prefix index looks up what the replicas publish (cluster/router/policies/published.py) too."""
+        index = getattr(policy, "index", None)
+        published = getattr(self.replicas, "published", None)
+        if index is not None and published is not None:
+            index.attach(published)
+        return policy
 
     def known_model(self, model: str) -> bool:
         return model in self.replicas.models

@@ -20,6 +20,7 @@ from cluster.config import InternalTLSConfig
 from cluster.proto import replica_pb2, replica_pb2_grpc
 from cluster.router.circuit import Circuit
 from cluster.router.policies.base import STALE_AFTER_S, ModelLoad
+from cluster.router.policies.published import PublishedPrefixes
 from cluster.tls import replica_channel_credentials
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class ReplicaHandle:
     group: ModelLoad = field(default_factory=ModelLoad, repr=False)
     #: The circuit breaker's state for this replica (cluster.router.circuit; only the breaker writes it).
     circuit: Circuit = field(default_factory=Circuit)
+    #: Where this replica's published prefix keys go (the ReplicaSet's, shared by its policies).
+    published: PublishedPrefixes | None = field(default=None, repr=False)
     _load_task: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -80,6 +83,8 @@ class ReplicaHandle:
                 async for report in call:
                     self.load = report
                     self.load_at = time.monotonic()
+                    if report.prefix_block_bytes and self.published is not None:
+                        self.published.apply(self, report)
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError:
@@ -90,6 +95,8 @@ class ReplicaHandle:
         self.removed = True
         if self._load_task:
             self._load_task.cancel()
+        if self.published is not None:
+            self.published.forget(self)
         # Let streams already relaying through this channel finish.
         deadline = time.monotonic() + 600
         while self.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - a count, not an event
@@ -110,6 +117,8 @@ class ReplicaSet:
         self._bg: set[asyncio.Task] = set()
         self.models: set[str] = set()
         self.groups: dict[str, ModelLoad] = {}
+        #: The prefix keys the replicas publish (one picture for every policy of this router).
+        self.published = PublishedPrefixes()
         #: Called after every endpoint-set change (e.g. the admission queue's capacity grew).
         self.on_change: list[Callable[[], None]] = []
 
@@ -213,7 +222,7 @@ class ReplicaSet:
             channel = grpc.aio.secure_channel(address, self._creds, options=options)
         else:
             channel = grpc.aio.insecure_channel(address, options=options)
-        h = ReplicaHandle(rid, model, address, channel, replica_pb2_grpc.ReplicaStub(channel))
+        h = ReplicaHandle(rid, model, address, channel, replica_pb2_grpc.ReplicaStub(channel), published=self.published)
         h._load_task = asyncio.get_running_loop().create_task(h._follow_load())
         return h
 

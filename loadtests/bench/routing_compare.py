@@ -23,6 +23,14 @@ Systems: ours with each policy (``ours:round_robin``, ``ours:prefix_aware``,
 (PyPI ``vllm-router`` and ``smg``: ``pip install -e '.[bench]'``; a system
 whose binary is missing is skipped with a note).
 
+``--routers K`` starts K of our router processes over the same replicas (as K
+router pods behind a Service) and spreads the requests over them: round robin
+per request (a plain Service), or with ``--sticky`` a session's turns to one
+router.  Our replicas publish what their prefix caches hold on the load
+stream, so every router routes on the same picture; ``--ours-set
+router.policy_options.prefix_aware.block_chars=129`` (a block size the
+replicas do not publish) shows the routers' own optimistic index alone.
+
 The replicas' KV cache is set small on purpose (``--kv-blocks``, default 1,536
 blocks = 24k tokens each) against a working set of ``--groups`` system
 prompts that does not fit one replica but fits the four together: the
@@ -48,6 +56,7 @@ import aiohttp
 
 from loadtests.arrivals import ArrivalProcess, RateProfile
 from loadtests.clients import OpenAIHTTPClient
+from loadtests.clients.spread import SpreadClient
 from loadtests.lengths import LengthDist
 from loadtests.metrics import aggregate, latency_samples, percentile
 from loadtests.procs import Procs, free_port, running, start_router, wait_port
@@ -146,11 +155,14 @@ async def run_system(system: str, args: argparse.Namespace) -> Row:
         reps = [start_http_replica(procs, engine_args) for _ in range(args.replicas)]
         grpc_addrs, http_urls = [g for g, _ in reps], [h for _, h in reps]
         if kind == "ours":
-            _, http_port = start_router(procs, grpc_addrs, policy=policy, overrides=args.ours_set)
-            url = f"http://127.0.0.1:{http_port}"
+            urls = [
+                f"http://127.0.0.1:{start_router(procs, grpc_addrs, policy=policy, overrides=args.ours_set)[1]}"
+                for _ in range(args.routers)
+            ]
         else:
-            url = start_foreign(procs, kind, policy, http_urls)
-        await _wait_serving(url)
+            urls = [start_foreign(procs, kind, policy, http_urls) for _ in range(args.routers)]
+        for url in urls:
+            await _wait_serving(url)
         c0 = await _cache_counters(http_urls)
         workload = SharedPrefixWorkload(
             seed=args.seed,
@@ -164,7 +176,7 @@ async def run_system(system: str, args: argparse.Namespace) -> Row:
         )
         arrivals = ArrivalProcess(RateProfile.constant(args.rate))
         schedule = build_schedule(workload, arrivals, seed=args.seed, duration_s=args.duration, num_requests=None)
-        client = OpenAIHTTPClient(url, api="chat")
+        client = SpreadClient([OpenAIHTTPClient(u, api="chat") for u in urls], sticky=args.sticky)
         out = await Runner(client, RunOptions(model=MODEL, progress=False, request_timeout_s=120)).run(schedule)
         c1 = await _cache_counters(http_urls)
     agg = aggregate(out.results, out.duration_s)
@@ -217,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-scale", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ours-set", action="append", default=[], metavar="PATH=VALUE", help="config override for our router, repeatable")
+    p.add_argument("--routers", type=int, default=1, help="router processes per system over the same replicas")
+    p.add_argument("--sticky", action="store_true", help="with --routers: a session's turns go to one router (else round robin)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     popularity = f"zipf:{args.group_popularity:g}" if args.group_popularity else "uniform"
@@ -224,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.replicas} sim replicas ({args.kv_blocks * 16} KV tokens each, time scale {args.time_scale}); shared-prefix: "
         f"{args.groups} groups x {args.system_prompt_len}-token system prompt, {args.turns} turns, {args.sessions} sessions, "
-        f"group popularity {popularity}; Poisson {args.rate:g} req/s for {args.duration:g}s\n",
+        f"group popularity {popularity}; Poisson {args.rate:g} req/s for {args.duration:g}s; "
+        f"{args.routers} router(s) per system{', sticky by session' if args.sticky else ''}\n",
         flush=True,
     )
     rows = []

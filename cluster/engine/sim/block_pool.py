@@ -5,12 +5,16 @@ A full block is registered under its chained hash
 A free block keeps its hash, and stays findable, until it is reallocated.  The
 free queue is ordered by release time, so allocation evicts the least recently
 released block first, and a request's tail blocks are released before its head.
+With a ``sink`` (``cluster.engine.kv_events``) every block registered and
+every cached block evicted is reported, as vLLM's KV cache events do.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+
+from cluster.engine.kv_events import KvEventSink
 
 
 class Block:
@@ -29,6 +33,7 @@ class BlockPool:
         self.num_blocks = num_blocks
         self._free: OrderedDict[int, Block] = OrderedDict((i, Block(i)) for i in range(num_blocks))
         self._by_hash: dict[int, Block] = {}
+        self.sink: KvEventSink | None = None
 
     @property
     def num_free(self) -> int:
@@ -68,6 +73,8 @@ class BlockPool:
             if block.block_hash is not None:
                 # Evict: the block's old content is overwritten.
                 del self._by_hash[block.block_hash]
+                if self.sink is not None:
+                    self.sink.removed(block.block_hash)
                 block.block_hash = None
             block.ref_cnt = 1
             out.append(block)
@@ -79,6 +86,8 @@ class BlockPool:
         if block.block_hash is None and block_hash not in self._by_hash:
             block.block_hash = block_hash
             self._by_hash[block_hash] = block
+            if self.sink is not None:
+                self.sink.stored(block_hash)
 
     def release(self, blocks: Sequence[Block]) -> None:
         # Tail first: a chain's last blocks are the least likely to be shared,

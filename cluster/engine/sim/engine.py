@@ -16,7 +16,9 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from cluster.common.prefix_hash import adapter_root, chain_block_hashes
 from cluster.engine.base import Delta, Engine, EngineRequest, EngineRequestError, LoadSnapshot
+from cluster.engine.kv_events import KvEventSink
 from cluster.engine.sim.adapters import AdapterLimits, AdapterSlots
 from cluster.engine.sim.params import SimParams
 from cluster.engine.sim.scheduler import FINISHED, Scheduler, Seq
@@ -193,7 +195,17 @@ class SimEngine(Engine):
         )
         if resumed and request.resume_text is not None:
             self._resume_text(seq, request.resume_token_ids, request.resume_text)
+        sink = self.scheduler.pool.sink
+        if sink is not None:
+            # The scheduler extends these hashes as the sequence grows.
+            full = ids[: len(ids) // p.block_size * p.block_size]
+            seq.block_hashes = chain_block_hashes(full, p.block_size, adapter_root(request.lora))
+            sink.prompt_blocks(request, seq.block_hashes, len(ids))
         return seq
+
+    def set_kv_event_sink(self, sink: KvEventSink | None) -> None:
+        """Report blocks stored and evicted to ``sink`` (``cluster.engine.kv_events``)."""
+        self.scheduler.pool.sink = sink
 
     def _resume_text(self, seq: Seq, resumed_ids: Sequence[int], sent: str) -> None:
         """Start from the resumed words' text, of which the client has ``sent``."""

@@ -14,7 +14,7 @@ import random
 from cluster.router.policies.base import ReplicaView, RouteRequest, RoutingPolicy
 
 #: Modules of this package that are helpers, not policies.
-_HELPERS = {"base", "signals", "prefix_index", "sessions"}
+_HELPERS = {"base", "signals", "prefix_index", "published", "sessions"}
 
 
 def _discover() -> dict[str, type[RoutingPolicy]]:

@@ -1,15 +1,23 @@
-"""An approximate, bounded index of the prompt prefixes recently sent to each replica.
+"""The prompt prefixes each replica holds: what replicas publish, plus what this router just sent.
 
 Not a policy: the prefix-aware and weighted policies share it.
 
-A prompt is cut into blocks and each block gets a *chained* hash (the hash of
-the previous block's hash and this block), so equal hashes at position i mean
-equal prompts up to block i, and the longest run of a prompt's hashes found
-for a replica is its longest prefix sent there.  Blocks are fixed-size
-character blocks of the text by default: the router has no tokenizer, and
-hashing characters costs less than tokenizing.  With ``hash_unit:
-sim_tokens`` the sim engine's own tokenizer and block hashes are used
-(:mod:`cluster.common.prefix_hash`, which the sim shares).
+A prompt is cut into blocks and each block gets a *chained* key (a function of
+every block up to it), so equal keys at position i mean equal prompts up to
+block i, and the longest run of a prompt's keys found for a replica is its
+longest prefix there.  Blocks are fixed-size byte blocks of the text by
+default (:func:`cluster.common.prefix_hash.text_keys`, ``block_chars`` bytes):
+the router has no tokenizer, and hashing text costs less than tokenizing.
+With ``hash_unit: sim_tokens`` the sim engine's own tokenizer and block hashes
+are used (:mod:`cluster.common.prefix_hash`, which the sim shares).
+
+Two sources, looked up together: replicas that report KV-cache events
+publish the text keys they hold (``published.py``: the true picture, shared by
+every router, evictions included; text unit only, with the replicas' block
+size); and this router's own optimistic record of what it sent, which covers
+the ~100 ms before a replica's next report and every replica whose engine
+publishes nothing.  For a publishing replica the record is kept short
+(``_RECENT_FOR_PUBLISHERS`` keys) and forgets a key the replica evicts.
 
 Memory is bounded twice: each replica's entries form an LRU sized to what its
 KV cache can hold (``kv_capacity_tokens`` from its load reports, divided by
@@ -21,31 +29,52 @@ O(log blocks + a bounded number of holders), independent of the number of
 replicas and of how many hold a hot prefix, thanks to a global hash ->
 holders map.
 
-Failure modes: the index is what *this router* sent, not what the replica
-holds — other routers' traffic and the replica's own evictions make it
-optimistic; a wrong guess costs one cache miss, never a wrong answer.
+Failure modes: for a replica that publishes nothing the index is what *this
+router* sent, not what the replica holds — other routers' traffic and the
+replica's own evictions make it optimistic; a wrong guess costs one cache
+miss, never a wrong answer.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Iterable
 
-from cluster.common.prefix_hash import DEFAULT_BLOCK_SIZE, chain_block_hashes, tokenize
+from cluster.common.prefix_hash import DEFAULT_BLOCK_SIZE, chain_block_hashes, text_keys, tokenize
 from cluster.config import PrefixAwareOptions
 from cluster.router.policies.base import ReplicaView
+from cluster.router.policies.published import Holders, PublishedPrefixes, add_holder, drop_holder
 
 # Rough tokens per character of English-like text, to turn a KV capacity in
 # tokens into a number of text blocks.
 _CHARS_PER_TOKEN = 4
 _SIM_BLOCK_TOKENS = DEFAULT_BLOCK_SIZE
+#: Recent sends remembered for a replica that publishes what it holds (the ~100 ms before its report).
+_RECENT_FOR_PUBLISHERS = 2048
 
 
 class PrefixIndex:
     def __init__(self, opts: PrefixAwareOptions) -> None:
         self.opts = opts
-        self._holders: dict[int, ReplicaView | set[ReplicaView]] = {}
+        self._holders: Holders = {}
         self._lru: dict[ReplicaView, OrderedDict[int, None]] = {}
+        #: What the replicas publish (the router's ReplicaSet attaches it; None: optimistic only).
+        self._published: PublishedPrefixes | None = None
+        self._pub_holders: Holders = {}
+
+    def attach(self, published: PublishedPrefixes) -> None:
+        """Look keys up in what the replicas publish too, and forget sends they evicted."""
+        self._published = published
+        self._pub_holders = published.holders if self.opts.hash_unit == "text" else {}
+        published.listeners.append(self)
+
+    def evicted(self, h: ReplicaView, keys: Iterable[int]) -> None:
+        lru = self._lru.get(h)
+        if lru:
+            for k in keys:
+                if lru.pop(k, 0) is None:
+                    drop_holder(self._holders, k, h)
 
     # -- hashing --------------------------------------------------------------
 
@@ -54,14 +83,7 @@ class PrefixIndex:
         if o.hash_unit == "sim_tokens":
             ids = tokenize(text[: o.max_blocks * _SIM_BLOCK_TOKENS * 8])
             return chain_block_hashes(ids[: o.max_blocks * _SIM_BLOCK_TOKENS], _SIM_BLOCK_TOKENS)
-        bc = o.block_chars
-        end = min(len(text) // bc, o.max_blocks) * bc
-        out: list[int] = []
-        parent = 0
-        for i in range(0, end, bc):
-            parent = hash((parent, text[i : i + bc]))
-            out.append(parent)
-        return out
+        return text_keys(text, o.block_chars, o.max_blocks)
 
     # -- lookup and update ----------------------------------------------------
 
@@ -75,11 +97,11 @@ class PrefixIndex:
         each: a hot prefix held by hundreds of replicas costs no more than a
         cold one.
         """
-        holders = self._holders
+        holders, pub = self._holders, self._pub_holders
         lo, hi = 0, len(hashes)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if hashes[mid - 1] in holders:
+            if hashes[mid - 1] in holders or hashes[mid - 1] in pub:
                 lo = mid
             else:
                 hi = mid - 1
@@ -87,16 +109,17 @@ class PrefixIndex:
         if lo == 0:
             return depth
         for level in sorted({lo, (3 * lo + 3) // 4, (lo + 1) // 2}, reverse=True):
-            hol = holders.get(hashes[level - 1])
-            if hol is None:
-                continue
-            if type(hol) is set:
-                found = hol if len(hol) <= max_holders else itertools.islice(hol, max_holders)
-            else:
-                found = (hol,)  # type: ignore[assignment]
-            for h in found:
-                if h not in depth:
-                    depth[h] = level
+            key = hashes[level - 1]
+            for hol in (pub.get(key), holders.get(key)):
+                if hol is None:
+                    continue
+                if type(hol) is set:
+                    found = hol if len(hol) <= max_holders else itertools.islice(hol, max_holders)
+                else:
+                    found = (hol,)  # type: ignore[assignment]
+                for h in found:
+                    if h not in depth:
+                        depth[h] = level
         gone = [h for h in depth if h.removed]
         for h in gone:
             del depth[h]
@@ -105,6 +128,8 @@ class PrefixIndex:
 
     def capacity(self, h: ReplicaView) -> int:
         o = self.opts
+        if self._published is not None and self.opts.hash_unit == "text" and self._published.publishes(h):
+            return _RECENT_FOR_PUBLISHERS
         share = max(1, o.max_index_entries // max(h.group.size, 1))
         kv = h.load.kv_capacity_tokens if h.load is not None else 0
         if not kv:
@@ -125,31 +150,16 @@ class PrefixIndex:
                 lru.move_to_end(bh)
                 continue
             lru[bh] = None
-            hol = holders.get(bh)
-            if hol is None:
-                holders[bh] = h
-            elif type(hol) is set:
-                hol.add(h)
-            elif hol is not h:
-                holders[bh] = {hol, h}  # type: ignore[arg-type]
+            add_holder(holders, bh, h)
         over = len(lru) - self.capacity(h)
         for _ in range(over):
             bh, _ = lru.popitem(last=False)
-            self._drop(bh, h)
+            drop_holder(self._holders, bh, h)
 
     def forget(self, h: ReplicaView) -> None:
         lru = self._lru.pop(h, None)
         for bh in lru or ():
-            self._drop(bh, h)
-
-    def _drop(self, bh: int, h: ReplicaView) -> None:
-        hol = self._holders.get(bh)
-        if hol is h:
-            del self._holders[bh]
-        elif type(hol) is set:
-            hol.discard(h)
-            if len(hol) == 1:
-                self._holders[bh] = next(iter(hol))
+            drop_holder(self._holders, bh, h)
 
     # -- introspection (tests, benchmarks) -----------------------------------
 
