@@ -42,7 +42,7 @@ import ray
 from prometheus_client import CollectorRegistry
 
 from cluster.config import ClusterConfig, ModelConfig
-from cluster.controller import adoption, launch
+from cluster.controller import adapters, adoption, launch
 from cluster.controller.discovery import ControllerCollector, Endpoints, EndpointWatch, endpoint_set, sd_targets, serve_metrics
 from cluster.controller.replica import Replica, ReplicaState
 from cluster.controller.slots import SlotAllocator, cpu_binding, node_cpus
@@ -83,6 +83,8 @@ class ControllerActor:
         self._watch = EndpointWatch()
         self._loop_task: asyncio.Task[None] | None = None
         self._run_lock = asyncio.Lock()
+        #: Held while an adapter is being loaded or unloaded, so the health check's re-sync does not undo it half-way.
+        self._adapter_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._cpu_slots = SlotAllocator()
         self._metrics_slots = SlotAllocator()
@@ -143,7 +145,46 @@ class ControllerActor:
         return self.version, self.endpoints()
 
     def endpoints(self) -> Endpoints:
-        return endpoint_set(self.models, self.replicas.values())
+        return endpoint_set(self.models, self.replicas.values(), {n: sorted(m.adapters) for n, m in self.models.items()})
+
+    # ---- LoRA adapters (cluster.controller.adapters) ----------------------
+    async def load_adapter(self, name: str, path: str, model: str | None = None) -> dict[str, Any]:
+        """Load adapter ``name`` from ``path`` on every replica of its base model (all or nothing)."""
+        await self.run()
+        target = adapters.check_load(self.models, name, path, model)
+        if isinstance(target, dict):
+            return target
+        base = target.config.name
+        async with self._adapter_lock:
+            if name in target.adapters:
+                return {"ok": True, "status": 200, "model": base, "message": f"LoRA adapter '{name}' is already loaded."}
+            ready = [r for r in self._of_model(base) if r.state == READY]
+            refused = await adapters.load_everywhere(ready, name, path)
+            if refused is not None:
+                return refused
+            target.adapters[name] = path
+            self._store.save(self.models)
+            self._publish()
+        log.info("adapter loaded", extra={"adapter": name, "model": base, "replicas": len(ready)})
+        return {"ok": True, "status": 200, "model": base, "message": f"Success: LoRA adapter '{name}' added successfully."}
+
+    async def unload_adapter(self, name: str) -> dict[str, Any]:
+        await self.run()
+        async with self._adapter_lock:
+            owner = adapters.base_of(self.models, name)
+            if owner is None:
+                return adapters.error(404, f"The lora adapter '{name}' cannot be found.")
+            del owner.adapters[name]
+            self._store.save(self.models)
+            self._publish()  # routers stop sending it before the replicas forget it
+            await adapters.unload_everywhere([r for r in self._of_model(owner.config.name) if r.state.live], name)
+        log.info("adapter unloaded", extra={"adapter": name, "model": owner.config.name})
+        return {"ok": True, "status": 200, "model": owner.config.name, "message": f"Success: LoRA adapter '{name}' removed successfully."}
+
+    async def list_adapters(self) -> dict[str, dict[str, str]]:
+        """Adapters per base model: name -> path."""
+        await self.run()
+        return {n: dict(m.adapters) for n, m in self.models.items() if m.config.lora is not None}
 
     def service_discovery(self) -> list[dict[str, Any]]:
         """Prometheus HTTP SD: one target group per ready replica's metrics endpoint."""
@@ -234,6 +275,8 @@ class ControllerActor:
             r.address = info["address"]
             r.metrics_address = info.get("metrics_address")
             r.max_model_len = info["max_model_len"]
+            if self.models[model.name].adapters:  # before it is routable: it must serve every adapter at once
+                await adapters.sync(r, self.models[model.name].adapters)
             if r.state != STARTING:  # scaled down while starting
                 return
             r.state = READY
@@ -268,6 +311,10 @@ class ControllerActor:
         for r, ok in zip(ready, results, strict=True):
             if ok:
                 r.failures = 0
+                want = self.models[r.model].adapters if r.model in self.models else {}
+                stale = r.adapters is not None and set(r.adapters) != set(want)
+                if stale and not r.tasks and not self._adapter_lock.locked():
+                    r.spawn(adapters.sync(r, want), "sync-adapters")
                 continue
             r.failures += 1
             dead = r.failures >= self.config.controller.health_check_failures or r.dead

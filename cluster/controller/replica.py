@@ -74,6 +74,8 @@ class Replica:
     failures: int = 0
     dead: bool = False
     load: ReplicaLoad = field(default_factory=ReplicaLoad)
+    # LoRA adapters its last health answer listed (None: it did not say).
+    adapters: list[str] | None = None
     # Per-node slots held (cluster.controller.slots); None: none held.
     cpu_slot: int | None = None
     metrics_slot: int | None = None
@@ -107,8 +109,10 @@ class Replica:
         }
 
     def observe(self, health: dict[str, Any]) -> None:
-        """Take the load figures of a health answer."""
+        """Take the load figures (and the adapters loaded) of a health answer."""
         self.load = ReplicaLoad.from_health(health)
+        loaded = health.get("adapters")
+        self.adapters = list(loaded) if isinstance(loaded, list) else None
 
     def serve_from(self, health: dict[str, Any]) -> None:
         """Take where the replica serves from a health answer (an adopted replica: no start() answer)."""

@@ -1,7 +1,8 @@
 """Per-model state the controller owns, and where it outlives a controller restart.
 
-:class:`ModelState` is what the controller decides per model (today: the
-desired replica count, ``set_replicas`` being the autoscaler's hook).  Every
+:class:`ModelState` is what the controller decides per model: the desired
+replica count (``set_replicas`` being the autoscaler's hook) and the LoRA
+adapters its replicas serve (``load_adapter`` / ``unload_adapter``).  Every
 change is written to Ray's internal KV store under the namespace's key, and a
 restarted controller reads it back, so a decision survives the restart; a
 controller created afresh starts from the config.  Losing a write only costs
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.experimental import internal_kv
@@ -30,13 +31,16 @@ STATE_KEY = "llm-cluster/{namespace}/desired"
 class ModelState:
     config: ModelConfig
     desired: int
+    #: LoRA adapters every replica of the model serves: name -> path (the config's, then run-time loads).
+    adapters: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> ModelState:
-        return cls(config=config, desired=config.replicas)
+        adapters = {a.name: a.path for a in config.lora.adapters} if config.lora else {}
+        return cls(config=config, desired=config.replicas, adapters=adapters)
 
     def to_json(self) -> dict[str, Any]:
-        return {"desired": self.desired}
+        return {"desired": self.desired, "adapters": self.adapters}
 
     def restore(self, saved: Any) -> None:
         """Take back what :meth:`to_json` saved (a bare count: the earlier format); ignores what is malformed."""
@@ -47,6 +51,9 @@ class ModelState:
         n = saved.get("desired")
         if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
             self.desired = n
+        adapters = saved.get("adapters")
+        if self.config.lora is not None and isinstance(adapters, dict):
+            self.adapters = {str(k): str(v) for k, v in adapters.items()}
 
 
 class StateStore:

@@ -79,6 +79,8 @@ class ReplicaActor:
         self.metrics_port = metrics_port
         self.metrics_address: str | None = None
         self._metrics_runner = None
+        #: LoRA adapters loaded into the engine: name -> path.
+        self.adapters: dict[str, str] = {}
 
     async def start(self) -> dict[str, Any]:
         """Build the engine, serve replica.proto; returns its address and context length."""
@@ -114,9 +116,43 @@ class ReplicaActor:
             "waiting": snap.waiting,
             "kv_cache_usage": snap.kv_cache_usage,
             "max_model_len": self.engine.max_model_len,
+            "adapters": sorted(self.adapters),
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
         }
+
+    # ---- LoRA adapters (the controller's set; answers cross Ray as dicts) ----
+    async def load_adapter(self, name: str, path: str) -> dict[str, Any]:
+        from cluster.engine.base import EngineRequestError
+
+        if self.engine is None:
+            return {"ok": False, "status": 503, "message": f"replica {self.replica_id} is not started"}
+        try:
+            await self.engine.load_adapter(name, path)
+        except EngineRequestError as exc:
+            return {"ok": False, "status": 400, "message": str(exc)}
+        except Exception as exc:  # vLLM reports a bad adapter directory in many ways
+            log.warning("adapter load failed", extra={"replica": self.replica_id, "adapter": name, "error": repr(exc)[:300]})
+            return {"ok": False, "status": 400, "message": f"adapter {name!r} could not be loaded from {path!r}: {exc}"}
+        self.adapters[name] = path
+        log.info("adapter loaded", extra={"replica": self.replica_id, "adapter": name, "path": path})
+        return {"ok": True, "status": 200}
+
+    async def unload_adapter(self, name: str) -> dict[str, Any]:
+        self.adapters.pop(name, None)
+        found = self.engine is not None and await self.engine.unload_adapter(name)
+        return {"ok": True, "status": 200, "found": found}
+
+    async def set_adapters(self, wanted: dict[str, str]) -> dict[str, Any]:
+        """Serve exactly ``wanted`` (name -> path): load the missing ones, unload the rest."""
+        for name in [n for n in self.adapters if n not in wanted]:
+            await self.unload_adapter(name)
+        for name, path in wanted.items():
+            if self.adapters.get(name) != path:
+                res = await self.load_adapter(name, path)
+                if not res["ok"]:
+                    return res
+        return {"ok": True, "status": 200}
 
     async def drain(self, timeout_s: float) -> int:
         if self.servicer is None:
