@@ -1,20 +1,28 @@
-"""Router overhead: the same sim replicas driven directly and through the router.
+"""Router overhead, side by side: ours, ``vllm-router`` and ``smg`` over the same near-zero-cost backends.
 
-    python -m loadtests.bench.router_overhead [--rates 250,500,1000] [--duration 10]
+    python -m loadtests.bench.router_overhead [--duration 6] [--streams 16] [--rounds 2] [--systems ...]
 
-For each offered rate, two phases run back to back in one process, against
-the same replica processes: **direct** (the client spreads requests round-robin
-over the replicas' own gRPC `Replica/Generate`) and **router** (the client
-calls the router's public `Inference/Generate`, round-robin policy).  Arrivals
-are open-loop Poisson.  Printed per rate: TTFT p50/p99 of each phase, the
-added TTFT (router - direct), achieved rate, and errors; then the highest rate
-the router sustained (≥ 95 % of offered completed, no errors).
+Backends: ``--replicas`` (2) processes of :mod:`loadtests.bench.null_backend`,
+each speaking ``replica.proto`` (our router's gRPC hop) and OpenAI SSE (the
+gateways' HTTP hop), streaming one-token chunks at next to no cost, so what is
+measured is the router.  Systems: ``direct`` (the client spreads requests
+round robin over the backends' own HTTP: the baseline), ``ours`` (`llm-cluster
+router`, HTTP front, round robin), ``vllm-router`` and ``smg`` (PyPI, ``pip
+install -e '.[bench]'``; HTTP to HTTP, round robin; skipped with a note when
+missing).  Each system gets a closed loop of ``--streams`` concurrent OpenAI
+chat streams for ``--duration`` s with 16 output tokens, then with 256, in
+``--rounds`` interleaved rounds.
 
-The sim replicas are set to a near-zero compute model (1 ms prefill, 1 ms
-steps, 4 output tokens), so what is measured is transport and router work.
-Client, router and replicas share this machine's cores: the client's own CPU
-use inflates both phases alike, which is why the figure of merit is the
-difference measured side by side, not either absolute.
+Printed per system (summed over rounds): CPU per 16-token and per 256-token
+stream, from the router process tree's own ``/proc/PID/stat`` (utime + stime,
+all its threads and children), and from the two the CPU per relayed token
+(the slope) and per request (the 16-token figure less 16 tokens' worth);
+requests/s of the 16-token runs; TTFT p50/p99 of the 16-token runs and what
+the router adds to the direct baseline's.  The client shares this machine's
+cores with everything else, so req/s and TTFT are comparable side by side
+only; the CPU figures are each router's own.  ``--profile FILE``: py-spy our
+router during its last 256-token run.  Target: ours <= vllm-router's CPU per
+request and per token.
 """
 
 from __future__ import annotations
@@ -22,111 +30,129 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import itertools
 import json
 import os
-import random
+import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
+import aiohttp
 
-from cluster.proto import inference_pb2, inference_pb2_grpc, replica_pb2, replica_pb2_grpc
-from loadtests.procs import running, start_router, start_sim_replica
+from loadtests.procs import Procs, free_port, running, start_router, wait_port
 
-SIM = "{prefill_base_ms: 1, prefill_ms_per_token: 0, decode_base_ms: 1, decode_ms_per_seq: 0}"
 MODEL = "smollm2-135m-instruct"
-MAX_TOKENS = 4
-CHANNELS = 4
+SYSTEMS = ("direct", "ours", "vllm-router", "smg")
+LENGTHS = (16, 256)
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def start_backend(procs: Procs) -> tuple[str, str]:
+    cmd = [sys.executable, "-m", "loadtests.bench.null_backend"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    procs.procs.append(p)
+    assert p.stdout is not None
+    m = re.search(r"grpc (\S+) http (\S+)", p.stdout.readline())
+    if not m:
+        raise RuntimeError("null backend did not start")
+    return m.group(1), m.group(2)
+
+
+def find_binary(name: str) -> str | None:
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.exists() else None)
+
+
+def start_gateway(procs: Procs, kind: str, urls: list[str]) -> tuple[str, int]:
+    port, metrics_port = free_port(), free_port()
+    binary = find_binary(kind) or kind
+    head = [binary] if kind == "vllm-router" else [binary, "launch"]
+    level = "warning" if kind == "vllm-router" else "warn"
+    cmd = [*head, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin", "--prometheus-port", str(metrics_port)]
+    cmd += ["--log-level", level, "--worker-urls", *urls]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs.procs.append(p)
+    wait_port(port)
+    return f"http://127.0.0.1:{port}", p.pid
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and every live descendant, seconds."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(d)] = int(st[1])
+        times[int(d)] = (int(st[11]) + int(st[12])) / TICK
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        kids = [c for c, par in parents.items() if par in frontier and c not in tree]
+        tree.update(kids)
+        frontier = kids
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 @dataclass
-class Phase:
-    name: str
-    rate: float
-    ttft: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    sent: int = 0
+class Run:
+    requests: int = 0
+    tokens: int = 0
+    cpu_s: float = 0.0
     wall_s: float = 0.0
-
-    def pct(self, q: float) -> float:
-        if not self.ttft:
-            return float("nan")
-        s = sorted(self.ttft)
-        return s[min(len(s) - 1, int(q / 100 * len(s)))] * 1000
-
-    @property
-    def achieved(self) -> float:
-        return len(self.ttft) / self.wall_s if self.wall_s else 0.0
+    ttft: list[float] = field(default_factory=list)
+    errors: int = 0
 
 
-async def _drive(phase: Phase, send, duration_s: float, seed: int) -> None:
-    rng = random.Random(seed)
-    tasks: set[asyncio.Task] = set()
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    next_at = start
+async def closed_loop(urls: list[str], streams: int, max_tokens: int, duration_s: float, run: Run) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": True}
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    end = time.perf_counter() + duration_s
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
 
-    async def one(i: int) -> None:
-        t0 = time.perf_counter()
-        try:
-            first = None
-            async for _ in send(i):
-                if first is None:
-                    first = time.perf_counter() - t0
-            phase.ttft.append(first if first is not None else float("nan"))
-        except grpc.aio.AioRpcError as exc:
-            phase.errors[exc.code().name] = phase.errors.get(exc.code().name, 0) + 1
+        async def one_stream(k: int) -> None:
+            i = k
+            while time.perf_counter() < end:
+                url = urls[i % len(urls)]
+                i += streams
+                t0 = time.perf_counter()
+                first = None
+                n = 0
+                try:
+                    async with s.post(f"{url}/v1/chat/completions", data=data, headers=headers) as r:
+                        if r.status != 200:
+                            run.errors += 1
+                            continue
+                        async for line in r.content:
+                            if line.startswith(b"data: {") and b'"content"' in line:
+                                n += 1
+                                if first is None:
+                                    first = time.perf_counter() - t0
+                except aiohttp.ClientError:
+                    run.errors += 1
+                    continue
+                run.requests += 1
+                run.tokens += n
+                if first is not None:
+                    run.ttft.append(first)
 
-    i = 0
-    while next_at - start < duration_s:
-        delay = next_at - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        t = loop.create_task(one(i))
-        tasks.add(t)
-        t.add_done_callback(tasks.discard)
-        i += 1
-        next_at += rng.expovariate(phase.rate)
-    phase.sent = i
-    if tasks:
-        await asyncio.wait(tasks, timeout=30)
-    phase.wall_s = loop.time() - start
+        await asyncio.gather(*(one_stream(k) for k in range(streams)))
 
 
-async def run_phase(name: str, rate: float, duration_s: float, replicas: list[str], router_port: int, seed: int) -> Phase:
-    phase = Phase(name, rate)
-    if name == "direct":
-        chans = [grpc.aio.insecure_channel(a) for a in replicas for _ in range(max(1, CHANNELS // len(replicas)))]
-        stubs = [replica_pb2_grpc.ReplicaStub(c) for c in chans]
-        rr = itertools.cycle(range(len(stubs)))
-
-        def send(i: int):
-            req = replica_pb2.ReplicaGenerateRequest(request_id=f"d{rate}-{i}", prompt=f"hello {i}")
-            req.sampling.max_tokens = MAX_TOKENS
-            req.sampling.temperature = 1.0
-            req.sampling.top_p = 1.0
-            return stubs[next(rr)].Generate(req)
-    else:
-        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{router_port}") for _ in range(CHANNELS)]
-        stubs = [inference_pb2_grpc.InferenceStub(c) for c in chans]
-
-        def send(i: int):
-            req = inference_pb2.GenerateRequest(model=MODEL, prompt=f"hello {i}")
-            req.sampling.max_tokens = MAX_TOKENS
-            return stubs[i % len(stubs)].Generate(req)
-
-    # warm up connections
-    await _drive(Phase(name, 50), send, 0.5, seed + 1)
-    await _drive(phase, send, duration_s, seed)
-    for c in chans:
-        await c.close()
-    return phase
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))] * 1000
 
 
 def start_profiler(pid: int, seconds: float, out: str) -> subprocess.Popen | None:
@@ -170,60 +196,111 @@ def summarize_profile(path: str, top: int = 12) -> dict:
     return {"samples": total, "by_kind": {k: n / max(total, 1) for k, n in where.items()}}
 
 
+async def measure(urls: list[str], pid: int | None, streams: int, max_tokens: int, duration_s: float, run: Run) -> None:
+    await closed_loop(urls, streams, 4, 0.5, Run())  # warm connections
+    c0 = tree_cpu_s(pid) if pid else 0.0
+    t0 = time.perf_counter()
+    await closed_loop(urls, streams, max_tokens, duration_s, run)
+    run.wall_s += time.perf_counter() - t0
+    run.cpu_s += (tree_cpu_s(pid) - c0) if pid else 0.0
+
+
 async def main_async(args: argparse.Namespace) -> dict:
-    rates = [float(r) for r in args.rates.split(",")]
-    out: dict = {"rates": []}
+    systems = [s for s in args.systems.split(",") if s]
+    runs = {(s, n): Run() for s in systems for n in LENGTHS}
+    notes: dict[str, str] = {}
     with running() as procs:
-        replicas = [start_sim_replica(procs, SIM) for _ in range(args.replicas)]
-        grpc_port, _ = start_router(procs, replicas)
-        router_pid = procs.procs[-1].pid
-        print(f"{args.replicas} sim replicas, router on :{grpc_port}; {args.duration:.0f} s per phase, {MAX_TOKENS} tokens per request\n")
-        hdr = (
-            f"{'rate':>6} | {'direct p50':>10} {'p99':>7} | {'router p50':>10} {'p99':>7} | "
-            f"{'added p50':>9} {'p99':>7} | {'achieved':>8} | errors"
+        backends = [start_backend(procs) for _ in range(args.replicas)]
+        grpc_addrs, http_urls = [g for g, _ in backends], [h for _, h in backends]
+        fronts: dict[str, tuple[list[str], int | None]] = {"direct": (http_urls, None)}
+        for s in systems:
+            if s == "ours":
+                _, http_port = start_router(procs, grpc_addrs, policy="round_robin", overrides=args.ours_set)
+                fronts[s] = ([f"http://127.0.0.1:{http_port}"], procs.procs[-1].pid)
+            elif s in ("vllm-router", "smg"):
+                if find_binary(s) is None:
+                    notes[s] = f"skipped: {s} not installed (pip install -e '.[bench]')"
+                    continue
+                url, pid = start_gateway(procs, s, http_urls)
+                fronts[s] = ([url], pid)
+        await asyncio.sleep(2.0)  # gateways probe their workers before they route
+        for rnd in range(args.rounds):
+            for s in systems:
+                if s not in fronts:
+                    continue
+                urls, pid = fronts[s]
+                for n in LENGTHS:
+                    last = rnd == args.rounds - 1 and n == LENGTHS[-1]
+                    prof = start_profiler(pid, args.duration, args.profile) if args.profile and s == "ours" and last and pid else None
+                    print(f"... round {rnd + 1}: {s}, {n} tokens", file=sys.stderr, flush=True)
+                    await measure(urls, pid, args.streams, n, args.duration, runs[(s, n)])
+                    if prof is not None:
+                        prof.wait(60)
+    return report(systems, runs, notes, args)
+
+
+def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], args: argparse.Namespace) -> dict:
+    short, long_ = LENGTHS
+    hdr = (
+        f"{'system':<12} {'CPU/16-tok':>11} {'CPU/256-tok':>12} {'CPU/token':>10} {'CPU/request':>12} {'req/s':>7} "
+        f"{'TTFT p50':>9} {'p99':>8} {'added p50':>10} {'p99':>8} {'tok/req':>8} {'err':>4}"
+    )
+    print(f"{args.replicas} null backends, {args.streams} concurrent streams, {args.duration:g} s per run, {args.rounds} rounds\n")
+    print(hdr + "\n" + "-" * len(hdr))
+    out: dict = {}
+    d = runs.get(("direct", short))
+    for s in systems:
+        if s in notes:
+            print(f"{s:<12} {notes[s]}")
+            continue
+        a, b = runs[(s, short)], runs[(s, long_)]
+        per16 = a.cpu_s / a.requests * 1e6 if a.requests else float("nan")
+        per256 = b.cpu_s / b.requests * 1e6 if b.requests else float("nan")
+        per_tok = (per256 - per16) / (long_ - short)
+        per_req = per16 - short * per_tok
+        add50 = pct(a.ttft, 50) - pct(d.ttft, 50) if d else float("nan")
+        add99 = pct(a.ttft, 99) - pct(d.ttft, 99) if d else float("nan")
+        cpu = s != "direct"
+        print(
+            f"{s:<12} {_us(per16, cpu):>11} {_us(per256, cpu):>12} {_us(per_tok, cpu):>10} {_us(per_req, cpu):>12} "
+            f"{a.requests / a.wall_s if a.wall_s else 0:7.0f} {pct(a.ttft, 50):7.2f}ms {pct(a.ttft, 99):6.2f}ms "
+            f"{add50 if cpu else 0:8.2f}ms {add99 if cpu else 0:6.2f}ms {b.tokens / max(b.requests, 1):8.0f} {a.errors + b.errors:4d}"
         )
-        print(hdr + "\n" + "-" * len(hdr))
-        sustained = 0.0
-        for rate in rates:
-            d = await run_phase("direct", rate, args.duration, replicas, grpc_port, 1)
-            prof = start_profiler(router_pid, args.duration, args.profile) if args.profile and rate == max(rates) else None
-            r = await run_phase("router", rate, args.duration, replicas, grpc_port, 1)
-            if prof is not None:
-                prof.wait(60)
-            add50, add99 = r.pct(50) - d.pct(50), r.pct(99) - d.pct(99)
-            errs = {**{f"direct:{k}": v for k, v in d.errors.items()}, **{f"router:{k}": v for k, v in r.errors.items()}}
-            print(
-                f"{rate:6.0f} | {d.pct(50):8.2f}ms {d.pct(99):5.2f}ms | {r.pct(50):8.2f}ms {r.pct(99):5.2f}ms | "
-                f"{add50:7.2f}ms {add99:5.2f}ms | {r.achieved:8.1f} | {errs or '-'}"
-            )
-            if not r.errors and r.achieved >= 0.95 * rate:
-                sustained = max(sustained, rate)
-            out["rates"].append(
-                {
-                    "rate": rate,
-                    "direct": {"ttft_p50_ms": d.pct(50), "ttft_p99_ms": d.pct(99), "achieved": d.achieved, "errors": d.errors},
-                    "router": {"ttft_p50_ms": r.pct(50), "ttft_p99_ms": r.pct(99), "achieved": r.achieved, "errors": r.errors},
-                    "added_ttft_p50_ms": add50,
-                    "added_ttft_p99_ms": add99,
-                    "mean_ttft_ratio": statistics.fmean(r.ttft) / statistics.fmean(d.ttft) if d.ttft and r.ttft else None,
-                }
-            )
-        out["highest_sustained_rate"] = sustained
-        print(f"\nhighest rate sustained through the router (>=95% completed, no errors): {sustained:.0f} req/s")
-        print("targets: added TTFT <= 0.3 ms p50 and <= 2 ms p99 at 1,000 streaming req/s")
-        if args.profile and os.path.exists(args.profile):  # noqa: ASYNC240 - once, after the run
-            out["profile"] = summarize_profile(args.profile)
+        out[s] = {
+            "cpu_us_per_16_token_stream": per16 if cpu else None,
+            "cpu_us_per_256_token_stream": per256 if cpu else None,
+            "cpu_us_per_token": per_tok if cpu else None,
+            "cpu_us_per_request": per_req if cpu else None,
+            "req_s": a.requests / a.wall_s if a.wall_s else 0.0,
+            "ttft_p50_ms": pct(a.ttft, 50),
+            "ttft_p99_ms": pct(a.ttft, 99),
+            "added_ttft_p50_ms": add50 if cpu else 0.0,
+            "added_ttft_p99_ms": add99 if cpu else 0.0,
+            "errors": a.errors + b.errors,
+        }
+    print("\nCPU: the router's process tree (/proc/PID/stat); per token = slope 16 -> 256 tokens; per request = the rest")
+    if args.profile and os.path.exists(args.profile):
+        out["profile"] = summarize_profile(args.profile)
     return out
+
+
+def _us(v: float, show: bool) -> str:
+    return f"{v:,.0f} us" if show and v == v else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rates", default="100,250,500,1000", help="offered rates, req/s, comma-separated")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from " + ",".join(SYSTEMS))
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per run")
+    p.add_argument("--streams", type=int, default=16, help="concurrent streams (closed loop)")
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--ours-set", action="append", default=[], metavar="PATH=VALUE", help="config override for our router")
     p.add_argument("--json", help="also write the figures to this file")
-    p.add_argument("--profile", metavar="FILE", help="py-spy the router during the highest rate; raw stacks to FILE")
+    p.add_argument("--profile", metavar="FILE", help="py-spy our router during its last 256-token run; raw stacks to FILE")
     args = p.parse_args(argv)
+    if "direct" not in args.systems.split(","):
+        args.systems = "direct," + args.systems
     out = asyncio.run(main_async(args))
     if args.json:
         with open(args.json, "w") as f:
