@@ -33,6 +33,17 @@ def build_request(
     return req
 
 
+def _tool_call_text(chunk: inference_pb2.GenerateChunk, started: set[int]) -> str:
+    """Tool-call deltas as the user reads them: ``[tool call] name({"arg": ...})``, one line per call."""
+    out = []
+    for call in chunk.tool_calls:
+        if call.index not in started:
+            out.append((")\n" if started else "\n") + f"[tool call] {call.name}(")
+            started.add(call.index)
+        out.append(call.arguments)
+    return "".join(out)
+
+
 async def stream_generate(
     target: str,
     text: str,
@@ -67,12 +78,13 @@ async def stream_generate(
                 model = models[0].name
             req = build_request(text, model=model, chat=chat, max_tokens=max_tokens, temperature=temperature, seed=seed)
             usage = None
+            calls: set[int] = set()
             async for chunk in stub.Generate(req, metadata=metadata):
-                sys.stdout.write(chunk.text)
+                sys.stdout.write(chunk.text + _tool_call_text(chunk, calls))
                 sys.stdout.flush()
-                if chunk.finish_reason:
+                if chunk.finish_reason or chunk.usage.prompt_tokens:
                     usage = chunk.usage
-            sys.stdout.write("\n")
+            sys.stdout.write(")\n" if calls else "\n")
             if usage is not None:
                 print(f"[{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens]", file=sys.stderr)
             return 0

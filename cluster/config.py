@@ -89,11 +89,32 @@ class ModelConfig(_Strict):
     task: Literal["auto", "generate", "embed"] = "auto"
     #: LoRA adapters on this model's replicas; null: LoRA off.
     lora: LoraConfig | None = None
+    #: ``vllm serve`` flags for vLLM's OpenAI layer, keys as the flags with
+    #: underscores (``tool_call_parser: hermes``, ``enable_auto_tool_choice: true``,
+    #: ``reasoning_parser``, ``chat_template``, ``response_role``...); checked
+    #: against vLLM's own parser when vLLM is installed.  vLLM engine only.
+    serve_args: dict[str, Any] = Field(default_factory=dict)
+    #: Sampling defaults for requests that leave a field unset (``temperature``,
+    #: ``top_p``, ``top_k``, ``max_tokens``...): override the model's
+    #: ``generation_config.json``, as ``vllm serve --override-generation-config`` does.
+    default_sampling: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _lora_needs_generation(self) -> ModelConfig:
         if self.lora is not None and self.task == "embed":
             raise ValueError("lora: an embedding model (task embed) serves no adapters")
+        return self
+
+    @model_validator(mode="after")
+    def _check_serve_args(self) -> ModelConfig:
+        if self.serve_args and self.engine != "vllm":
+            raise ValueError("serve_args: only the vllm engine takes them")
+        if self.serve_args:
+            try:
+                from cluster.engine.vllm_args import check_serve_args
+            except ImportError:  # vLLM not installed here (e.g. a router-only image): the replica checks
+                return self
+            check_serve_args(self.serve_args)
         return self
 
     @property
@@ -293,7 +314,8 @@ class RouterConfig(_Strict):
     no_replica_wait_s: float = Field(5.0, ge=0)
     #: Largest request body (HTTP) or message (gRPC) accepted; larger ones get 413 / RESOURCE_EXHAUSTED.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    #: max_tokens when a request does not say.
+    #: Token budget assumed for a request that sets no max_tokens (tenant TPM
+    #: charge, admission cost); the engine's own default is what it generates.
     default_max_tokens: int = Field(256, ge=1)
     #: Attempts per request when a replica fails before the first token.
     max_attempts: int = Field(3, ge=1)

@@ -48,7 +48,7 @@ TEXT_BLOCK_BYTES = 128
 def routing_text(prompt: str | None, message_contents: Sequence[str] | None) -> str:
     """The text prefix keys are computed on: the prompt, or the chat messages' contents concatenated.
 
-    The router (``ValidRequest.routing_text``) and the replica's prefix feed
+    The router (``RelayRequest.routing_text``) and the replica's prefix feed
     (``cluster/replica/prefix_feed.py``) must agree on it, or no key matches.
     """
     if prompt is not None:

@@ -275,6 +275,7 @@ class ControllerActor:
             r.address = info["address"]
             r.metrics_address = info.get("metrics_address")
             r.max_model_len = info["max_model_len"]
+            r.card = info.get("card") or {}
             if self.models[model.name].adapters:  # before it is routable: it must serve every adapter at once
                 await adapters.sync(r, self.models[model.name].adapters)
             if r.state != STARTING:  # scaled down while starting

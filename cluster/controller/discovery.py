@@ -66,7 +66,7 @@ def endpoint_set(models: Iterable[str], replicas: Iterable[Replica], adapters: M
     out: Endpoints = {name: [] for name in models}
     for r in replicas:
         if r.serving and r.model in out:
-            ep = {"replica_id": r.replica_id, "address": str(r.address), "max_model_len": str(r.max_model_len)}
+            ep = {**r.card, "replica_id": r.replica_id, "address": str(r.address), "max_model_len": str(r.max_model_len)}
             if adapters and adapters.get(r.model):
                 ep["adapters"] = ",".join(adapters[r.model])
             if r.metrics_address:

@@ -67,6 +67,8 @@ class Replica:
     address: str | None = None
     metrics_address: str | None = None
     max_model_len: int = 0
+    #: The model card it reported (``root``, ``parent`` of vLLM's GET /v1/models), published in the endpoint set.
+    card: dict[str, str] = field(default_factory=dict)
     node_id: str | None = None
     started_at: float = field(default_factory=time.time)
     restarts: int = 0
@@ -119,6 +121,7 @@ class Replica:
         self.address = health.get("address")
         self.metrics_address = health.get("metrics_address")
         self.max_model_len = int(health.get("max_model_len") or 0)
+        self.card = health.get("card") or {}
         self.observe(health)
 
     def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.engine.base import Delta, Engine, EngineRequest, EngineRequestError, LoadSnapshot, Sampling
+from cluster.engine.base import Chunk, Engine, EngineRequestError, LoadSnapshot, OpenAICall, Resume
 
 if TYPE_CHECKING:
     from cluster.config import ModelConfig
 
-__all__ = ["Delta", "Engine", "EngineRequest", "EngineRequestError", "LoadSnapshot", "Sampling", "make_engine"]
+__all__ = ["Chunk", "Engine", "EngineRequestError", "LoadSnapshot", "OpenAICall", "Resume", "make_engine"]
 
 
 async def make_engine(model: ModelConfig, executor_backend: str | None = None) -> Engine:
@@ -25,7 +25,12 @@ async def make_engine(model: ModelConfig, executor_backend: str | None = None) -
 
         if model.task == "embed":
             raise ValueError(f"model {model.name!r}: the sim engine serves no embedding models (task embed)")
-        return SimEngine(SimParams.from_dict(model.engine_args), model_name=model.name, lora=sim_adapter_limits(model.lora))
+        return SimEngine(
+            SimParams.from_dict(model.engine_args),
+            model_name=model.name,
+            lora=sim_adapter_limits(model.lora),
+            default_sampling=model.default_sampling,
+        )
     from cluster.engine.vllm_backend import VllmEngine
     from cluster.models.prepare import resolve_model_source
 
@@ -37,4 +42,6 @@ async def make_engine(model: ModelConfig, executor_backend: str | None = None) -
         tensor_parallel_size=model.tensor_parallel_size,
         pipeline_parallel_size=model.pipeline_parallel_size,
         executor_backend=executor_backend,
+        serve_args=model.serve_args,
+        default_sampling=model.default_sampling,
     )

@@ -1,17 +1,32 @@
 """The engine interface every backend implements.
 
-An engine owns one model replica's compute.  The replica server (cluster.replica)
-drives it through four calls:
+An engine owns one model replica's compute and speaks OpenAI's API in it.  The
+replica server (cluster.replica) drives it through:
 
-- ``generate(request)`` -> async iterator of :class:`Delta`, the last one carrying
-  ``finish_reason`` and usage;
-- ``abort(request_id)`` frees the request's slot at once (client cancel, deadline);
+- ``serve(call)`` -> async iterator of :class:`Chunk`: one OpenAI request
+  (:class:`OpenAICall`: the endpoint and the client's JSON body, as the router
+  relays it) answered with bytes ready for the client, as ``vllm serve`` would
+  send them (SSE events when streaming, else the whole JSON body; an error is
+  a non-2xx ``status`` with OpenAI's error JSON).  Beside the bytes each chunk
+  carries the few facts the router reads without parsing them: the generated
+  token ids and text behind it (for migration), finish reason and usage;
 - ``load()`` -> :class:`LoadSnapshot`, cheap enough to call every 100 ms;
-- ``shutdown()``.
+- ``model_card`` (``max_model_len``, ``root``, ``parent``, as vLLM's
+  ``GET /v1/models`` lists them) and ``shutdown()``.
 
-Requests arrive validated by the router (see cluster.router.validation), so an
-engine only rejects what it alone can know (e.g. a prompt longer than its
-context), by raising :class:`EngineRequestError`.
+Closing the ``serve`` iterator (client cancel, deadline) aborts the request.
+The router checks only what it needs (model, stream flag, token budget);
+everything else is the engine's to honour or refuse, with a 4xx naming the
+field: a request's bad input is never an engine failure.
+
+**Resumed streams** (migration): ``call.resume`` holds the token ids and text
+an earlier replica streamed.  The engine continues after them (prompt + those
+tokens, ``max_tokens`` lowered by their count), sends first the text of those
+tokens the client did not get (held back for a stop string), never repeats
+what was sent (no second role chunk), keeps the response id (the body's
+``request_id``), and reports usage for the whole request: ``prompt_tokens``
+counts the original prompt only and ``completion_tokens`` includes the
+resumed tokens.
 """
 
 from __future__ import annotations
@@ -19,15 +34,94 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cluster.common.chat import ChatMessage
 
-__all__ = ["ChatMessage", "Delta", "Engine", "EngineRequest", "EngineRequestError", "LoadSnapshot", "MetricsRecorder", "Sampling"]
+#: The OpenAI endpoints an engine may serve (replica.proto's Endpoint).
+CHAT = "chat"
+COMPLETIONS = "completions"
+TOKENIZE = "tokenize"
+DETOKENIZE = "detokenize"
+EMBEDDINGS = "embeddings"
+ENDPOINTS = (CHAT, COMPLETIONS, TOKENIZE, DETOKENIZE, EMBEDDINGS)
+
+__all__ = [
+    "ChatMessage",
+    "Chunk",
+    "Delta",
+    "Engine",
+    "EngineRequest",
+    "EngineRequestError",
+    "LoadSnapshot",
+    "MetricsRecorder",
+    "ModelCard",
+    "OpenAICall",
+    "Resume",
+    "Sampling",
+]
 
 
 class EngineRequestError(ValueError):
     """A request the engine cannot serve (prompt too long, bad stop strings...)."""
+
+
+@dataclass(slots=True)
+class Resume:
+    """What an earlier replica streamed to the client (see the module docstring)."""
+
+    token_ids: list[int]
+    text: str
+
+
+@dataclass(slots=True)
+class OpenAICall:
+    request_id: str
+    endpoint: str  # one of ENDPOINTS
+    body: dict[str, Any]  # the client's JSON object (plus what the router set)
+    resume: Resume | None = None
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Bytes for the client, and what the router needs to know about them."""
+
+    data: bytes
+    #: HTTP status on the first chunk (0 on later ones); non-2xx: data is the error JSON.
+    status: int = 0
+    #: Generated token ids behind this chunk and their text (n=1 streams).
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    #: False once a failure could not be resumed exactly (tool call, parser, n > 1).
+    resumable: bool = True
+    tool_call: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(slots=True)
+class ModelCard:
+    max_model_len: int
+    root: str = ""
+    parent: str = ""
+
+
+def error_body(message: str, status: int = 400, etype: str = "BadRequestError", param: str | None = None) -> bytes:
+    """OpenAI's error JSON, as vLLM's server writes it."""
+    import json
+
+    return json.dumps(
+        {"error": {"message": message, "type": etype, "param": param, "code": status}}, ensure_ascii=False, separators=(",", ":")
+    ).encode()
+
+
+def error_chunk(message: str, status: int = 400, etype: str = "BadRequestError", param: str | None = None) -> Chunk:
+    return Chunk(data=error_body(message, status, etype, param), status=status, resumable=False)
+
+
+# -- the sim engine's token-level request (its OpenAI layer builds it) ------
 
 
 @dataclass(slots=True)
@@ -105,13 +199,13 @@ class Engine(abc.ABC):
         """Record TTFT / ITL / E2E and token counts into ``metrics`` from now on."""
         self.metrics = metrics
 
-    @abc.abstractmethod
-    def generate(self, request: EngineRequest) -> AsyncIterator[Delta]:
-        """Stream deltas for ``request``; cancelling the iterator aborts it."""
+    @property
+    def model_card(self) -> ModelCard:
+        return ModelCard(max_model_len=self.max_model_len)
 
     @abc.abstractmethod
-    async def abort(self, request_id: str) -> bool:
-        """Abort a running or queued request; False when it is unknown."""
+    def serve(self, call: OpenAICall) -> AsyncIterator[Chunk]:
+        """Answer one OpenAI request; closing the iterator aborts it."""
 
     async def load_adapter(self, name: str, path: str) -> None:
         """Make LoRA adapter ``name`` (a ``peft`` directory at ``path``) servable; EngineRequestError if it cannot be."""

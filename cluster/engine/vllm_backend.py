@@ -3,13 +3,15 @@
 Why it looks the way it does:
 
 - ``AsyncLLM`` runs the scheduler and model in child processes and streams
-  ``RequestOutput`` objects back over ZMQ; this class only translates between the
-  cluster's request/delta types and vLLM's, so the replica server never touches
-  vLLM types.
-- Prompts are tokenized here (chat template included) rather than inside vLLM, so
-  the engine knows the exact prompt length before submitting: over-long prompts
-  are rejected with :class:`EngineRequestError`, and migrated requests can be
-  resumed by appending ``resume_token_ids`` to the prompt tokens.
+  ``RequestOutput`` objects back over ZMQ.  Requests are served through vLLM's
+  own OpenAI serving layer over it (:mod:`vllm_serving`), built from the model's
+  ``serve_args`` as ``vllm serve`` builds it, so the replica answers exactly
+  as vLLM's OpenAI server does (tools, structured outputs, logprobs, every
+  sampling field, errors); migrated requests resume through :mod:`vllm_tap`.
+- ``default_sampling`` (the cluster config's per-model sampling defaults)
+  becomes vLLM's ``override_generation_config``, as ``vllm serve
+  --override-generation-config`` does; the rest come from the model's
+  ``generation_config.json``.
 - ``load()`` is polled every ~100 ms and must not block or await the engine
   process.  vLLM publishes ``SchedulerStats`` (running/waiting counts, KV usage,
   prefix-cache counters) with every engine step to its stat loggers; a small
@@ -30,20 +32,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import VLLMValidationError
-from vllm.inputs import TokensPrompt
-from vllm.outputs import RequestOutput
-from vllm.renderers.inputs.preprocess import parse_model_prompt
-from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, MultiModalCacheStats, SchedulerStats
 
-from cluster.engine.base import Delta, Engine, EngineRequest, EngineRequestError, LoadSnapshot, MetricsRecorder
+from cluster.engine.base import Chunk, Engine, LoadSnapshot, MetricsRecorder, ModelCard, OpenAICall
+from cluster.engine.vllm_args import SHARED_WITH_ENGINE
+from cluster.engine.vllm_serving import VllmOpenAI
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +54,6 @@ GiB = 1 << 30
 #: refuses to start when other processes hold more than 10 %; 1 GiB still holds
 #: ~45k tokens of SmolLM2-135M context.
 CPU_DEFAULT_KV_CACHE_BYTES = 1 * GiB
-
-# vLLM finish reasons -> the cluster's.  "repetition" (vLLM's hallucination
-# guard) ends the answer the way a stop would.  "error" is handled separately.
-_FINISH_REASONS = {
-    "stop": "stop",
-    "length": "length",
-    "abort": "abort",
-    "repetition": "stop",
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,13 +193,14 @@ def _build_engine_args(
 class VllmEngine(Engine):
     """One model replica served by vLLM's ``AsyncLLM``; build it with :meth:`create`."""
 
-    def __init__(self, llm: AsyncLLM, *, served_name: str, sink: _StatsSink) -> None:
+    def __init__(self, llm: AsyncLLM, openai: VllmOpenAI, *, served_name: str, sink: _StatsSink, root: str = "") -> None:
         self._llm = llm
+        self._openai = openai
         self._sink = sink
         self.served_name = served_name
+        self.root = root
         # Read after start-up: vLLM may lower max_model_len to fit the KV cache.
         self.max_model_len = int(llm.model_config.max_model_len)
-        self._tokenizer = llm.get_tokenizer()
         # request_id -> monotonic submit time; the authoritative in-flight set.
         self._inflight: dict[str, float] = {}
         self._closed = False
@@ -224,20 +215,32 @@ class VllmEngine(Engine):
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
         executor_backend: str | None = None,
+        serve_args: dict[str, Any] | None = None,
+        default_sampling: dict[str, Any] | None = None,
     ) -> VllmEngine:
         """Start vLLM for ``model`` (a local directory or hub id) and wait until ready.
 
         ``engine_args`` are passed to ``AsyncEngineArgs`` and override the
         defaults (on CPU: ``enforce_eager=True`` and a 1 GiB KV cache unless
         ``VLLM_CPU_KVCACHE_SPACE`` is set); an unknown key raises ``ValueError``.
+        ``serve_args`` are `vllm serve` flags for the OpenAI layer
+        (:mod:`vllm_args`); ``default_sampling`` overrides the model's
+        ``generation_config.json`` (``override_generation_config``).
         """
         from vllm.platforms import current_platform
 
+        serve_args = dict(serve_args or {})
+        merged = dict(engine_args or {})
+        for key in SHARED_WITH_ENGINE:
+            if key in serve_args:
+                merged[key] = serve_args[key]
+        if default_sampling:
+            merged["override_generation_config"] = {**(merged.get("override_generation_config") or {}), **default_sampling}
         on_cpu = current_platform.is_cpu()
         args = _build_engine_args(
             model,
             served_name,
-            engine_args,
+            merged,
             tensor_parallel_size,
             pipeline_parallel_size,
             executor_backend,
@@ -259,7 +262,12 @@ class VllmEngine(Engine):
         # Start the output handler on this loop now rather than at the first
         # request, so an engine failure before any request is not missed.
         llm._run_output_handler()
-        engine = cls(llm, served_name=served_name, sink=sink)
+        try:
+            openai = await VllmOpenAI.create(llm, args, serve_args)
+        except BaseException:
+            llm.shutdown()
+            raise
+        engine = cls(llm, openai, served_name=served_name, sink=sink, root=model)
         seconds = time.monotonic() - started
         logger.info(
             "vLLM engine %s ready in %.1f s (max_model_len=%d)",
@@ -274,205 +282,25 @@ class VllmEngine(Engine):
         self.metrics = metrics
         self._sink.metrics = metrics
 
+    @property
+    def model_card(self) -> ModelCard:
+        return ModelCard(max_model_len=self.max_model_len, root=self.root)
+
     # -- requests ---------------------------------------------------------
 
-    def _prompt_token_ids(self, request: EngineRequest) -> list[int]:
-        """Tokenize the request's prompt; chat messages go through the chat template."""
-        tokenizer = self._tokenizer
-        if request.messages is not None:
-            if not request.messages:
-                raise EngineRequestError("messages must not be empty")
-            from jinja2 import TemplateError
-
-            try:
-                text = tokenizer.apply_chat_template(
-                    [{"role": m.role, "content": m.content} for m in request.messages],
-                    add_generation_prompt=True,
-                    tokenize=False,
-                )
-            except TemplateError as error:
-                # Templates reject what the model cannot take (roles out of
-                # order, unsupported roles) by raising: a bad request.
-                raise EngineRequestError(f"chat template rejected the messages: {error}") from error
-            if not isinstance(text, str):
-                raise EngineRequestError("the chat template did not render to text")
-            # The template already carries the special tokens it wants.
-            return list(tokenizer.encode(text, add_special_tokens=False))
-        if request.prompt is None:
-            raise EngineRequestError("request has neither prompt nor messages")
-        return list(tokenizer.encode(request.prompt, add_special_tokens=True))
-
-    def _sampling_params(self, request: EngineRequest, max_tokens: int) -> SamplingParams:
-        sampling = request.sampling
-        return SamplingParams(
-            n=1,
-            max_tokens=max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=0 if sampling.top_k < 0 else sampling.top_k,  # vLLM: 0 disables
-            seed=sampling.seed,
-            stop=list(sampling.stop) or None,
-            output_kind=RequestOutputKind.DELTA,
-        )
-
-    async def generate(self, request: EngineRequest) -> AsyncIterator[Delta]:
-        """Stream the request's deltas; the last one has finish_reason and usage.
-
-        With ``resume_token_ids`` the model continues after those tokens (they
-        are appended to the prompt and not emitted again); the last delta's
-        ``completion_tokens`` then counts them too, so usage describes the whole
-        logical request, and ``prompt_tokens`` counts only the original prompt.
-        """
+    async def serve(self, call: OpenAICall) -> AsyncIterator[Chunk]:
+        """Answer one OpenAI request through vLLM's serving layer; closing the iterator aborts it."""
         if self._closed:
             raise RuntimeError("engine is shut down")
-        request_id = request.request_id
-        if request_id in self._inflight:
-            raise EngineRequestError(f"request id {request_id!r} is already in flight")
-        # Registered before the first await, so a concurrent duplicate is caught
-        # and load() counts the request (as waiting) while it is tokenized.
-        self._inflight[request_id] = time.monotonic()
-        stream: AsyncGenerator[RequestOutput, None] | None = None
-        finished = False
+        key = call.request_id
+        while key in self._inflight:  # the same id twice (a retry racing its abort): count both
+            key += "+"
+        self._inflight[key] = time.monotonic()
         try:
-            prompt_ids = await asyncio.to_thread(self._prompt_token_ids, request)
-            resume_ids = list(request.resume_token_ids)
-            context_ids = prompt_ids + resume_ids
-            if not prompt_ids:
-                raise EngineRequestError("prompt is empty")
-            # vLLM needs room for at least one generated token.
-            if len(context_ids) >= self.max_model_len:
-                raise EngineRequestError(
-                    f"prompt is {len(prompt_ids)} tokens"
-                    + (f" (+{len(resume_ids)} resumed)" if resume_ids else "")
-                    + f", which leaves no room in the model's context of {self.max_model_len} tokens"
-                )
-
-            # Text of the resumed tokens the client has not received yet (held
-            # back by the earlier engine for a stop string): it goes first.
-            pending = self._unsent_resumed_text(prompt_ids, resume_ids, request.resume_text)
-            remaining = request.sampling.max_tokens - len(resume_ids)
-            if remaining <= 0:
-                # An earlier replica already produced every token asked for.
-                finished = True
-                self._inflight.pop(request_id, None)
-                yield Delta(
-                    text=pending,
-                    token_ids=[],
-                    finish_reason="length",
-                    prompt_tokens=len(prompt_ids),
-                    completion_tokens=len(resume_ids),
-                )
-                return
-            # Past the context end vLLM would stop anyway; clamping makes it "length".
-            max_tokens = min(remaining, self.max_model_len - len(context_ids))
-            try:
-                params = self._sampling_params(request, max_tokens)
-            except (ValueError, TypeError, VLLMValidationError) as error:
-                raise EngineRequestError(str(error)) from error
-
-            renderer = self._llm.renderer
-            parsed = parse_model_prompt(self._llm.model_config, TokensPrompt(prompt_token_ids=context_ids))
-            (engine_input,) = await renderer.render_cmpl_async([parsed], renderer.default_cmpl_tok_params)
-
-            stream = self._llm.generate(engine_input, params, request_id)
-            generated = 0
-            last: Delta | None = None
-            async for output in stream:
-                delta = self._to_delta(output, len(prompt_ids), len(resume_ids), generated)
-                if delta is None:
-                    continue
-                generated += len(delta.token_ids)
-                if pending:
-                    delta.text, pending = pending + delta.text, ""
-                if delta.finish_reason is not None:
-                    # Held back until vLLM's stream has ended by itself (right
-                    # after its finished output), so it is never left open.
-                    last = delta
-                    continue
-                yield delta
-            if last is None:
-                raise RuntimeError(f"vLLM ended request {request_id} without a final output")
-            finished = True
-            self._inflight.pop(request_id, None)
-            yield last
-        except VLLMValidationError as error:
-            raise EngineRequestError(str(error)) from error
+            async for chunk in self._openai.serve(call):
+                yield chunk
         finally:
-            self._inflight.pop(request_id, None)
-            if stream is not None and not finished and not self._closed:
-                # Our consumer went away (aclose -> GeneratorExit, or task
-                # cancellation) or the stream failed: close vLLM's stream, whose
-                # own handler aborts the request, then abort by id as well in
-                # case the stream had not got far enough to know its request
-                # (a no-op otherwise).
-                try:
-                    await stream.aclose()
-                    await self._llm.abort(request_id)
-                except Exception:
-                    logger.exception("aborting request %s failed", request_id, extra={"request_id": request_id})
-
-    def _unsent_resumed_text(self, prompt_ids: list[int], resume_ids: list[int], sent: str | None) -> str:
-        """The detokenized resumed tokens past what the client received (``sent``).
-
-        They are decoded after a few prompt tokens, so the first one gets the
-        spacing it had when it was generated.  A stop string that began in this
-        held-back text and ends in new text is not caught: vLLM matches stop
-        strings in its own output only.
-        """
-        if not resume_ids or sent is None:
-            return ""
-        tail = prompt_ids[-8:]
-        base = self._tokenizer.decode(tail, skip_special_tokens=True)
-        full = self._tokenizer.decode(tail + resume_ids, skip_special_tokens=True)
-        full = full[len(base) :] if full.startswith(base) else self._tokenizer.decode(resume_ids, skip_special_tokens=True)
-        if not full.startswith(sent):
-            logger.warning("resume_text does not match the resumed tokens; sending nothing extra")
-            return ""
-        return full[len(sent) :]
-
-    def _to_delta(
-        self,
-        output: RequestOutput,
-        prompt_tokens: int,
-        resumed_tokens: int,
-        generated_before: int,
-    ) -> Delta | None:
-        """One vLLM DELTA output -> one Delta; None when it carries nothing."""
-        completion = output.outputs[0] if output.outputs else None
-        text = completion.text if completion is not None else ""
-        token_ids = list(completion.token_ids) if completion is not None else []
-        reason = completion.finish_reason if completion is not None else None
-        if reason is None and output.finished:
-            reason = "abort"  # finished without a reason: only aborts do that
-        if reason is None:
-            if not text and not token_ids:
-                return None
-            return Delta(text=text, token_ids=token_ids)
-        if reason == "error":
-            raise RuntimeError(f"vLLM failed request {output.request_id} with an internal error")
-        mapped = _FINISH_REASONS.get(str(reason))
-        if mapped is None:
-            logger.warning("unknown vLLM finish reason %r, reporting 'stop'", reason)
-            mapped = "stop"
-        cached = output.num_cached_tokens or 0
-        return Delta(
-            text=text,
-            token_ids=token_ids,
-            finish_reason=mapped,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=resumed_tokens + generated_before + len(token_ids),
-            # The resumed tokens sit in vLLM's prompt; only the original prompt's
-            # cached part is reported as cached prompt.
-            cached_prompt_tokens=min(cached, prompt_tokens),
-        )
-
-    async def abort(self, request_id: str) -> bool:
-        """Abort a running or queued request; its stream ends with finish_reason "abort"."""
-        if self._closed or request_id not in self._inflight:
-            return False
-        await self._llm.abort(request_id)
-        logger.info("aborted request %s", request_id, extra={"request_id": request_id})
-        return True
+            self._inflight.pop(key, None)
 
     # -- load & lifecycle -------------------------------------------------
 

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,67 +7,73 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class ReplicaSampling(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
-    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
-    TOP_P_FIELD_NUMBER: _ClassVar[int]
-    TOP_K_FIELD_NUMBER: _ClassVar[int]
-    SEED_FIELD_NUMBER: _ClassVar[int]
-    STOP_FIELD_NUMBER: _ClassVar[int]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int
-    stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+class Endpoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENDPOINT_UNSPECIFIED: _ClassVar[Endpoint]
+    CHAT: _ClassVar[Endpoint]
+    COMPLETIONS: _ClassVar[Endpoint]
+    TOKENIZE: _ClassVar[Endpoint]
+    DETOKENIZE: _ClassVar[Endpoint]
+    EMBEDDINGS: _ClassVar[Endpoint]
 
-class ReplicaMessage(_message.Message):
-    __slots__ = ("role", "content")
-    ROLE_FIELD_NUMBER: _ClassVar[int]
-    CONTENT_FIELD_NUMBER: _ClassVar[int]
-    role: str
-    content: str
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+class Format(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SSE: _ClassVar[Format]
+    PROTO: _ClassVar[Format]
+ENDPOINT_UNSPECIFIED: Endpoint
+CHAT: Endpoint
+COMPLETIONS: Endpoint
+TOKENIZE: Endpoint
+DETOKENIZE: Endpoint
+EMBEDDINGS: Endpoint
+SSE: Format
+PROTO: Format
 
-class ReplicaGenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "chat", "sampling", "resume_token_ids", "resume_text")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_FIELD_NUMBER: _ClassVar[int]
-    CHAT_FIELD_NUMBER: _ClassVar[int]
-    SAMPLING_FIELD_NUMBER: _ClassVar[int]
-    RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    RESUME_TEXT_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    prompt: str
-    chat: MessageList
-    sampling: ReplicaSampling
-    resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    resume_text: str
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[MessageList, _Mapping]] = ..., sampling: _Optional[_Union[ReplicaSampling, _Mapping]] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., resume_text: _Optional[str] = ...) -> None: ...
-
-class MessageList(_message.Message):
-    __slots__ = ("messages",)
-    MESSAGES_FIELD_NUMBER: _ClassVar[int]
-    messages: _containers.RepeatedCompositeFieldContainer[ReplicaMessage]
-    def __init__(self, messages: _Optional[_Iterable[_Union[ReplicaMessage, _Mapping]]] = ...) -> None: ...
-
-class ReplicaChunk(_message.Message):
-    __slots__ = ("text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens")
-    TEXT_FIELD_NUMBER: _ClassVar[int]
+class Resume(_message.Message):
+    __slots__ = ("token_ids", "text")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class OpenAIRequest(_message.Message):
+    __slots__ = ("request_id", "endpoint", "body", "format", "resume")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    endpoint: Endpoint
+    body: bytes
+    format: Format
+    resume: Resume
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[_Union[Endpoint, str]] = ..., body: _Optional[bytes] = ..., format: _Optional[_Union[Format, str]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+
+class OpenAIChunk(_message.Message):
+    __slots__ = ("data", "status", "token_ids", "text", "resumable", "tool_call", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    RESUMABLE_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    text: str
+    data: bytes
+    status: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    resumable: bool
+    tool_call: bool
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, data: _Optional[bytes] = ..., status: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., resumable: _Optional[bool] = ..., tool_call: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("request_id",)
@@ -123,11 +130,17 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("ready", "replica_id", "model")
+    __slots__ = ("ready", "replica_id", "model", "max_model_len", "root", "parent")
     READY_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     replica_id: str
     model: str
-    def __init__(self, ready: _Optional[bool] = ..., replica_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    max_model_len: int
+    root: str
+    parent: str
+    def __init__(self, ready: _Optional[bool] = ..., replica_id: _Optional[str] = ..., model: _Optional[str] = ..., max_model_len: _Optional[int] = ..., root: _Optional[str] = ..., parent: _Optional[str] = ...) -> None: ...

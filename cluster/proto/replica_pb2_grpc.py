@@ -34,10 +34,10 @@ class ReplicaStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Generate = channel.unary_stream(
-                '/llm_cluster.v1.Replica/Generate',
-                request_serializer=llm__cluster_dot_v1_dot_replica__pb2.ReplicaGenerateRequest.SerializeToString,
-                response_deserializer=llm__cluster_dot_v1_dot_replica__pb2.ReplicaChunk.FromString,
+        self.OpenAI = channel.unary_stream(
+                '/llm_cluster.v1.Replica/OpenAI',
+                request_serializer=llm__cluster_dot_v1_dot_replica__pb2.OpenAIRequest.SerializeToString,
+                response_deserializer=llm__cluster_dot_v1_dot_replica__pb2.OpenAIChunk.FromString,
                 _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/llm_cluster.v1.Replica/Abort',
@@ -59,14 +59,16 @@ class ReplicaStub:
 class ReplicaServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Generate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def OpenAI(self, request, context):
+        """One OpenAI request (chat, completions, tokenize, ...): a stream of ready-encoded chunks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Abort(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancels a request by the router's request id (as cancelling its OpenAI call does).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -87,10 +89,10 @@ class ReplicaServicer:
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Generate': grpc.unary_stream_rpc_method_handler(
-                    servicer.Generate,
-                    request_deserializer=llm__cluster_dot_v1_dot_replica__pb2.ReplicaGenerateRequest.FromString,
-                    response_serializer=llm__cluster_dot_v1_dot_replica__pb2.ReplicaChunk.SerializeToString,
+            'OpenAI': grpc.unary_stream_rpc_method_handler(
+                    servicer.OpenAI,
+                    request_deserializer=llm__cluster_dot_v1_dot_replica__pb2.OpenAIRequest.FromString,
+                    response_serializer=llm__cluster_dot_v1_dot_replica__pb2.OpenAIChunk.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -119,7 +121,7 @@ class Replica:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Generate(request,
+    def OpenAI(request,
             target,
             options=(),
             channel_credentials=None,
@@ -132,9 +134,9 @@ class Replica:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/llm_cluster.v1.Replica/Generate',
-            llm__cluster_dot_v1_dot_replica__pb2.ReplicaGenerateRequest.SerializeToString,
-            llm__cluster_dot_v1_dot_replica__pb2.ReplicaChunk.FromString,
+            '/llm_cluster.v1.Replica/OpenAI',
+            llm__cluster_dot_v1_dot_replica__pb2.OpenAIRequest.SerializeToString,
+            llm__cluster_dot_v1_dot_replica__pb2.OpenAIChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,7 +98,17 @@ class ReplicaActor:
             "replica ready",
             extra={"replica": self.replica_id, "model": self.model.name, "address": self.address, "metrics_address": self.metrics_address},
         )
-        return {"address": self.address, "max_model_len": self.engine.max_model_len, "metrics_address": self.metrics_address}
+        return {
+            "address": self.address,
+            "max_model_len": self.engine.max_model_len,
+            "metrics_address": self.metrics_address,
+            "card": self._card(),
+        }
+
+    def _card(self) -> dict[str, str]:
+        """The model card for the endpoint set (vLLM's GET /v1/models ``root`` / ``parent``)."""
+        card = self.engine.model_card if self.engine is not None else None
+        return {k: v for k, v in (("root", card.root), ("parent", card.parent)) if v} if card else {}
 
     async def health(self) -> dict[str, Any]:
         if self.servicer is None or self.engine is None:
@@ -117,6 +127,7 @@ class ReplicaActor:
             "kv_cache_usage": snap.kv_cache_usage,
             "max_model_len": self.engine.max_model_len,
             "adapters": sorted(self.adapters),
+            "card": self._card(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
         }

@@ -9,6 +9,8 @@ actor-call overhead off the per-token path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +18,21 @@ from collections.abc import AsyncIterator
 import grpc
 
 from cluster.config import InternalTLSConfig
-from cluster.engine.base import ChatMessage, Engine, EngineRequest, EngineRequestError, Sampling
+from cluster.engine.base import (
+    CHAT,
+    COMPLETIONS,
+    DETOKENIZE,
+    EMBEDDINGS,
+    TOKENIZE,
+    Chunk,
+    Engine,
+    EngineRequestError,
+    OpenAICall,
+    Resume,
+    error_body,
+)
 from cluster.proto import replica_pb2, replica_pb2_grpc
+from cluster.replica.encode import sse_to_proto
 from cluster.replica.prefix_feed import attach_prefix_feed
 from cluster.tls import replica_server_credentials
 
@@ -28,32 +43,62 @@ MIN_LOAD_INTERVAL_MS = 10
 #: requests count, so the signal follows a load change within a second or two.
 TTFT_EWMA_ALPHA = 0.2
 
+_ENDPOINTS = {
+    replica_pb2.CHAT: CHAT,
+    replica_pb2.COMPLETIONS: COMPLETIONS,
+    replica_pb2.TOKENIZE: TOKENIZE,
+    replica_pb2.DETOKENIZE: DETOKENIZE,
+    replica_pb2.EMBEDDINGS: EMBEDDINGS,
+}
 
-def to_engine_request(req: replica_pb2.ReplicaGenerateRequest) -> EngineRequest:
-    s = req.sampling
-    sampling = Sampling(
-        max_tokens=s.max_tokens or 256,
-        temperature=s.temperature,
-        top_p=s.top_p or 1.0,
-        top_k=s.top_k if s.top_k > 0 else -1,
-        seed=s.seed if s.HasField("seed") else None,
-        stop=list(s.stop),
+
+def to_call(req: replica_pb2.OpenAIRequest) -> OpenAICall | replica_pb2.OpenAIChunk:
+    """The engine's call, or the 400 chunk for a body that is no JSON object."""
+    endpoint = _ENDPOINTS.get(req.endpoint)
+    if endpoint is None:
+        return replica_pb2.OpenAIChunk(data=error_body(f"unknown endpoint {req.endpoint}", 404, "NotFoundError"), status=404)
+    try:
+        body = json.loads(req.body)
+    except (ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        return replica_pb2.OpenAIChunk(data=error_body("the request body must be a JSON object", 400, param="body"), status=400)
+    resume = Resume(list(req.resume.token_ids), req.resume.text) if req.HasField("resume") and req.resume.token_ids else None
+    return OpenAICall(request_id=req.request_id, endpoint=endpoint, body=body, resume=resume)
+
+
+def _to_pb(c: Chunk, data: bytes | None = None) -> replica_pb2.OpenAIChunk:
+    return replica_pb2.OpenAIChunk(
+        data=c.data if data is None else data,
+        status=c.status,
+        token_ids=c.token_ids,
+        text=c.text,
+        resumable=c.resumable,
+        tool_call=c.tool_call,
+        finish_reason=c.finish_reason or "",
+        prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens,
+        cached_prompt_tokens=c.cached_prompt_tokens,
     )
-    which = req.WhichOneof("input")
-    messages = None
-    prompt = None
-    if which == "chat":
-        messages = [ChatMessage(role=m.role, content=m.content) for m in req.chat.messages]
-    else:
-        prompt = req.prompt
-    return EngineRequest(
-        request_id=req.request_id,
-        sampling=sampling,
-        prompt=prompt,
-        messages=messages,
-        resume_token_ids=list(req.resume_token_ids),
-        resume_text=req.resume_text if req.HasField("resume_text") else None,
-    )
+
+
+def encode(c: Chunk, fmt: int, request_id: str) -> list[replica_pb2.OpenAIChunk]:
+    """One engine chunk for the wire: as it is (SSE/JSON), or as GenerateChunks for a gRPC client."""
+    if fmt != replica_pb2.PROTO or (c.status and c.status >= 300) or not c.data:
+        return [_to_pb(c)]
+    frames, error = sse_to_proto(request_id, c.data, c.token_ids)
+    if error is not None:
+        err = error.get("error") if isinstance(error.get("error"), dict) else {}
+        code = int(err.get("code") or 500)
+        body = json.dumps(error, ensure_ascii=False).encode()
+        return [*[replica_pb2.OpenAIChunk(data=f) for f in frames], replica_pb2.OpenAIChunk(data=body, status=code)]
+    if not frames:
+        return [_to_pb(c, b"")] if (c.status or c.finish_reason) else []
+    out = [replica_pb2.OpenAIChunk(data=f) for f in frames[:-1]]
+    out.append(_to_pb(c, frames[-1]))
+    if c.status:
+        out[0].status = c.status
+    return out
 
 
 class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
@@ -62,60 +107,58 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self.replica_id = replica_id
         self.model = model
         self.draining = False
-        self.in_flight: set[str] = set()
+        #: request id -> the task serving it (Abort cancels it).
+        self.in_flight: dict[str, asyncio.Task[object]] = {}
         self.recent_ttft_s = 0.0
         #: Text keys of what the prefix cache holds, for the load stream (None: the engine has no KV events).
         self.prefix_feed = attach_prefix_feed(engine)
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def Generate(
-        self, request: replica_pb2.ReplicaGenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[replica_pb2.ReplicaChunk]:
+    def _observe_ttft(self, started: float) -> None:
+        ttft = time.monotonic() - started
+        a = TTFT_EWMA_ALPHA
+        self.recent_ttft_s = ttft if self.recent_ttft_s == 0 else (1 - a) * self.recent_ttft_s + a * ttft
+
+    async def OpenAI(self, request: replica_pb2.OpenAIRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[replica_pb2.OpenAIChunk]:
         if self.draining:
             # The router already dropped us from its set; a late request is
             # refused cleanly so the router retries it elsewhere.
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} is draining")
-        try:
-            ereq = to_engine_request(request)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        rid = ereq.request_id
-        self.in_flight.add(rid)
+        call = to_call(request)
+        if isinstance(call, replica_pb2.OpenAIChunk):
+            yield call
+            return
+        rid = call.request_id
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight[rid] = task
         self._idle.clear()
-        finished = False
         started = time.monotonic()
         first = True
         try:
-            async for d in self.engine.generate(ereq):
-                if first:
-                    first = False
-                    ttft = time.monotonic() - started
-                    a = TTFT_EWMA_ALPHA
-                    self.recent_ttft_s = ttft if self.recent_ttft_s == 0 else (1 - a) * self.recent_ttft_s + a * ttft
-                if d.finish_reason is not None:
-                    finished = True
-                yield replica_pb2.ReplicaChunk(
-                    text=d.text,
-                    token_ids=d.token_ids,
-                    finish_reason=d.finish_reason or "",
-                    prompt_tokens=d.prompt_tokens,
-                    completion_tokens=d.completion_tokens,
-                    cached_prompt_tokens=d.cached_prompt_tokens,
-                )
+            async with contextlib.aclosing(self.engine.serve(call)) as stream:
+                async for c in stream:
+                    if first and c.data:
+                        first = False
+                        self._observe_ttft(started)
+                    for out in encode(c, request.format, rid):
+                        yield out
         except EngineRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            yield replica_pb2.OpenAIChunk(data=error_body(str(exc)), status=400)
         finally:
-            # Client cancel or deadline: grpc.aio cancels this coroutine; the
-            # engine must drop the request now, not when it would have ended.
-            if not finished:
-                await asyncio.shield(self.engine.abort(rid))
-            self.in_flight.discard(rid)
+            # Client cancel or deadline: grpc.aio cancels this coroutine and
+            # closing the engine's stream aborts the request there.
+            if self.in_flight.get(rid) is task:
+                del self.in_flight[rid]
             if not self.in_flight:
                 self._idle.set()
 
     async def Abort(self, request: replica_pb2.AbortRequest, context: grpc.aio.ServicerContext) -> replica_pb2.AbortResponse:
-        return replica_pb2.AbortResponse(found=await self.engine.abort(request.request_id))
+        task = self.in_flight.get(request.request_id)
+        if task is not None:
+            task.cancel()
+        return replica_pb2.AbortResponse(found=task is not None)
 
     def load_report(self) -> replica_pb2.LoadReport:
         snap = self.engine.load()
@@ -149,7 +192,15 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
                 self.prefix_feed.unsubscribe(feed)  # type: ignore[union-attr]
 
     async def Health(self, request: replica_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> replica_pb2.HealthResponse:
-        return replica_pb2.HealthResponse(ready=not self.draining, replica_id=self.replica_id, model=self.model)
+        card = self.engine.model_card
+        return replica_pb2.HealthResponse(
+            ready=not self.draining,
+            replica_id=self.replica_id,
+            model=self.model,
+            max_model_len=card.max_model_len,
+            root=card.root,
+            parent=card.parent,
+        )
 
     async def drain(self, timeout_s: float) -> int:
         """Refuse new requests, wait for in-flight ones; returns how many were cut off."""

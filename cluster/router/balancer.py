@@ -1,9 +1,15 @@
 """The balancer: one request's trip from a front end to a replica and back.
 
-Both front ends (gRPC and HTTP) call :meth:`Balancer.generate` with a validated
-request.  It waits (bounded) for a ready replica of the model, asks the policy
-for one, relays the replica's stream, and keeps the router's own in-flight
-count per replica exact (the signal power-of-two and later policies use).
+Both front ends (gRPC and HTTP) call :meth:`Balancer.generate` with a
+:class:`RelayRequest` (the client's OpenAI body and the few fields the router
+read from it).  It waits (bounded) for a ready replica of the model, asks the
+policy for one, relays the replica's chunks (bytes already encoded for the
+client, see replica.proto), and keeps the router's own in-flight count per
+replica exact (the signal power-of-two and later policies use).
+
+A request the engine refuses (a 4xx chunk: bad field, bad template, too long)
+is the client's answer, relayed as it is: no retry, and the replica counts as
+healthy.  A 5xx first chunk is a replica failure.
 
 A replica that fails before the first token (connection refused, draining,
 died) is not the client's problem: the request is retried on another replica,
@@ -16,18 +22,20 @@ that keeps failing and probes it back later.
 
 A replica that fails *after* the first token (process killed, node lost,
 connection dropped) is not the client's problem either: the request is
-migrated.  The balancer remembers the token ids it has relayed, and asks
-another replica to continue from the prompt plus those tokens
-(``resume_token_ids``); that engine appends them to the prompt, reduces
-``max_tokens`` by their count and emits only what comes after, so the client
-sees one continuous stream.  With seeded sampling (or temperature 0) the
-continuation is the one the failed replica would have produced.  At most
-``max_migrations`` migrations per request; past that, or when no other
-replica is ready, the stream ends with UNAVAILABLE naming the cause.  The last
-chunk's usage is rewritten to describe the whole logical request (engines
-disagree on whether resumed tokens count as prompt or completion).
+migrated.  The balancer remembers the token ids it has relayed (each chunk
+names them), and asks another replica to continue from the prompt plus those
+tokens (``OpenAIRequest.resume``); that engine appends them to the prompt,
+reduces ``max_tokens`` by their count and emits only what comes after (no
+second role chunk, the same response id, usage for the whole request), so the
+client sees one continuous stream.  With temperature 0 the continuation is the
+one the failed replica would have produced.  At most ``max_migrations``
+migrations per request; past that, or when no other replica is ready, the
+stream ends with UNAVAILABLE naming the cause.  A stream whose chunks say
+they cannot be resumed exactly (a tool call or a parser at work, n > 1,
+structured output...) ends that way at once: never a truncated answer
+presented as complete.
 
-The text relayed so far goes along (``resume_text``): an engine holds back
+The text relayed so far goes along (``resume.text``): an engine holds back
 the last characters that could begin a stop string, so the failed replica
 may have produced more text than the client got, and the resuming engine
 sends that difference first.
@@ -52,6 +60,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -61,7 +70,7 @@ from cluster.router.circuit import CircuitBreaker
 from cluster.router.metrics import RouterMetrics
 from cluster.router.policies import RouteRequest, RoutingPolicy, make_policy
 from cluster.router.replicas import ReplicaHandle, ReplicaSet
-from cluster.router.validation import ValidRequest
+from cluster.router.validation import RelayRequest
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +86,35 @@ class RouterError(Exception):
         self.message = message
 
 
-def to_replica_request(req: ValidRequest) -> replica_pb2.ReplicaGenerateRequest:
-    sampling = replica_pb2.ReplicaSampling(
-        max_tokens=req.max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        stop=req.stop,
-    )
-    if req.seed is not None:
-        sampling.seed = req.seed
-    out = replica_pb2.ReplicaGenerateRequest(request_id=req.request_id, sampling=sampling)
-    if req.messages is not None:
-        out.chat.messages.extend(replica_pb2.ReplicaMessage(role=m.role, content=m.content) for m in req.messages)
-    else:
-        out.prompt = req.prompt or ""
-    return out
+_ENDPOINTS = {
+    "chat": replica_pb2.CHAT,
+    "completions": replica_pb2.COMPLETIONS,
+    "tokenize": replica_pb2.TOKENIZE,
+    "detokenize": replica_pb2.DETOKENIZE,
+    "embeddings": replica_pb2.EMBEDDINGS,
+}
+
+
+class _Failed(Exception):
+    """One attempt's replica failed (not the client's fault): retry, migrate or give up."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True)
+class _Relay:
+    """What one request has relayed so far, over every replica it tried."""
+
+    sent_ids: list[int] = field(default_factory=list)
+    sent_text: list[str] = field(default_factory=list)
+    #: Bytes reached the client (from then on a failure is migrated or fatal, never retried).
+    sent: bool = False
+    resumable: bool = True
+    arrived: float = field(default_factory=time.monotonic)
+    last: float | None = None
 
 
 class Balancer:
@@ -180,130 +202,58 @@ class Balancer:
             found = [c for c in found if c not in tried] or found
         return found
 
-    async def generate(self, req: ValidRequest, timeout_s: float | None = None) -> AsyncIterator[replica_pb2.ReplicaChunk]:
+    async def generate(self, req: RelayRequest, timeout_s: float | None = None) -> AsyncIterator[replica_pb2.OpenAIChunk]:
         if not self.known_model(req.model):
-            raise RouterError(grpc.StatusCode.NOT_FOUND, f"model {req.model!r} not found; see ListModels / GET /v1/models")
+            msg = f"The model `{req.model}` does not exist; see ListModels / GET /v1/models"
+            raise RouterError(grpc.StatusCode.NOT_FOUND, msg)
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        rreq = to_replica_request(req)
+        rreq = replica_pb2.OpenAIRequest(
+            request_id=req.request_id, endpoint=_ENDPOINTS[req.endpoint], body=req.encoded_body(), format=req.format
+        )
         route = RouteRequest(model=req.model, request_id=req.request_id, prompt=req.routing_text, session_id=req.session_id)
         policy = self.policy_for(req.routing_policy)
         tried: list[ReplicaHandle] = []
-        sent_ids: list[int] = []  # token ids relayed to the client so far, over every replica
-        sent_text: list[str] = []  # and their text
+        relay = _Relay()
         retries = migrations = 0
-        last_error = ""
         self.in_flight += 1
         in_flight = self.metrics.in_flight.labels(req.model)
         in_flight.inc()
-        # Client-side latencies on the router's clock: one histogram observe per chunk.
-        arrived = time.monotonic()
-        last: float | None = None
-        itl = self.metrics.itl.labels(req.model)
         try:
             while True:
-                found = await self._wait_for_first_replica(req.model) if not tried else self.replicas.by_model.get(req.model) or []
-                candidates = self._candidates(req.model, found, tried)
-                if not candidates:
-                    why = f"replica failed mid-stream, none left to resume on: {last_error}" if sent_ids else "no ready replica"
-                    raise RouterError(grpc.StatusCode.UNAVAILABLE, f"{why} (model {req.model!r})")
-                route.attempt = len(tried)
-                replica = policy.choose(candidates, route)
-                self.metrics.routing_decisions.labels(req.model, policy.name, route.outcome).inc()
-                tried.append(replica)
-                replica.begin()
+                replica = await self._choose(req, route, policy, tried, relay)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    replica.end()
                     raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before a replica answered")
                 if len(tried) > 1:
-                    # A fresh engine request id per attempt: the failed replica
-                    # may still hold the old one for a moment (its abort races us).
+                    # The replica's own id per attempt: a failed attempt may
+                    # still be held there for a moment (its abort races us).
                     rreq.request_id = f"{req.request_id}.{len(tried) - 1}"
-                if sent_ids:
-                    del rreq.resume_token_ids[:]
-                    rreq.resume_token_ids.extend(sent_ids)
-                    rreq.resume_text = "".join(sent_text)
-                resumed = len(sent_ids)
-                call = replica.stub.Generate(rreq, timeout=left)
+                if relay.sent_ids:
+                    rreq.resume.token_ids[:] = relay.sent_ids
+                    rreq.resume.text = "".join(relay.sent_text)
                 try:
-                    stream = call.__aiter__()
-                    # A replica that sends nothing (hung engine, stuck queue) is
-                    # given up on after first_token_timeout_s; other requests
-                    # never wait on it, since each relays on its own task.
-                    first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
-                    try:
-                        chunk = await asyncio.wait_for(stream.__anext__(), first_wait)
-                    except StopAsyncIteration:
-                        return
-                    except TimeoutError:
-                        if left is not None and first_wait >= left:
-                            raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-                        self.breaker.failure(replica)
-                        failure, reason = (
-                            f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s",
-                            "first_token_timeout",
-                        )
-                    else:
-                        self.breaker.success(replica)
-                        while True:
-                            if chunk.finish_reason and resumed:
-                                _whole_request_usage(chunk, len(sent_ids) + len(chunk.token_ids))
-                            sent_ids.extend(chunk.token_ids)
-                            sent_text.append(chunk.text)
-                            now = time.monotonic()
-                            if last is None:
-                                self.metrics.ttft.labels(req.model).observe(now - arrived)
-                            else:
-                                itl.observe(now - last)
-                            last = now
-                            yield chunk
-                            try:
-                                # Armed only while waiting on the replica, never
-                                # while the caller holds the chunk (a slow client).
-                                async with asyncio.timeout(self.stall_timeout_s):
-                                    chunk = await stream.__anext__()
-                            except StopAsyncIteration:
-                                self.metrics.e2e.labels(req.model).observe(time.monotonic() - arrived)
-                                return
-                            except TimeoutError:
-                                self.breaker.failure(replica)
-                                reason = "stall"
-                                failure = f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream"
-                                break
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code()
-                    if code == grpc.StatusCode.INVALID_ARGUMENT:
-                        raise RouterError(code, exc.details() or "invalid argument") from None
-                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        raise RouterError(code, "deadline exceeded") from None
-                    if code not in _RETRYABLE:
-                        raise RouterError(grpc.StatusCode.UNAVAILABLE, f"replica failed: {code.name}: {exc.details()}") from None
-                    self.breaker.failure(replica)
-                    failure, reason = f"{replica.replica_id}: {code.name}: {exc.details()}", code.name.lower()
-                finally:
-                    replica.end()
-                    if not call.done():
-                        call.cancel()
-                last_error = failure
-                if sent_ids:
+                    async for chunk in self._attempt(replica, rreq, left, relay, req.model):
+                        yield chunk
+                    return
+                except _Failed as failed:
+                    failure, reason = failed.message, failed.reason
+                if relay.sent:
                     migrations += 1
-                    if migrations > self.max_migrations:
-                        why = f"replica failed mid-stream after {self.max_migrations} migrations; last: {last_error}"
-                        raise RouterError(grpc.StatusCode.UNAVAILABLE, why)
+                    self._may_migrate(req, relay, migrations, failure)
                     self.migrations += 1
                     self.metrics.retries.labels(req.model, "mid_stream").inc()
                     log.warning(
                         "replica failed mid-stream; migrating the request",
-                        extra={"replica": replica.replica_id, "request_id": req.request_id, "error": last_error, "sent": len(sent_ids)},
+                        extra={"replica": replica.replica_id, "request_id": req.request_id, "error": failure, "sent": len(relay.sent_ids)},
                     )
                     continue
                 retries += 1
                 if retries >= self.max_attempts:
-                    raise RouterError(grpc.StatusCode.UNAVAILABLE, f"all {self.max_attempts} attempts failed; last: {last_error}")
+                    raise RouterError(grpc.StatusCode.UNAVAILABLE, f"all {self.max_attempts} attempts failed; last: {failure}")
                 self.metrics.retries.labels(req.model, reason).inc()
                 log.warning(
                     "replica failed before first token; retrying",
-                    extra={"replica": replica.replica_id, "request_id": req.request_id, "error": last_error, "attempt": retries},
+                    extra={"replica": replica.replica_id, "request_id": req.request_id, "error": failure, "attempt": retries},
                 )
                 if reason != "first_token_timeout":
                     await asyncio.sleep(random.uniform(0.005, 0.02) * (2 ** (retries - 1)))
@@ -311,15 +261,89 @@ class Balancer:
             self.in_flight -= 1
             in_flight.dec()
 
+    async def _choose(
+        self, req: RelayRequest, route: RouteRequest, policy: RoutingPolicy, tried: list[ReplicaHandle], relay: _Relay
+    ) -> ReplicaHandle:
+        found = await self._wait_for_first_replica(req.model) if not tried else self.replicas.by_model.get(req.model) or []
+        candidates = self._candidates(req.model, found, tried)
+        if not candidates:
+            why = "replica failed mid-stream, none left to resume on" if relay.sent else "no ready replica"
+            raise RouterError(grpc.StatusCode.UNAVAILABLE, f"{why} (model {req.model!r})")
+        route.attempt = len(tried)
+        replica = policy.choose(candidates, route)
+        self.metrics.routing_decisions.labels(req.model, policy.name, route.outcome).inc()
+        tried.append(replica)
+        return replica
 
-def _whole_request_usage(last: replica_pb2.ReplicaChunk, completion_tokens: int) -> None:
-    """Make a resumed stream's usage describe the whole request, whatever the engine counted.
+    def _may_migrate(self, req: RelayRequest, relay: _Relay, migrations: int, failure: str) -> None:
+        """Raise the error that ends the stream when it cannot be resumed elsewhere."""
+        if not relay.resumable or not req.stream:
+            why = "this stream cannot be resumed exactly on another replica (a tool call or parser at work, n > 1, structured output...)"
+            raise RouterError(grpc.StatusCode.UNAVAILABLE, f"replica failed mid-stream; {why}; last: {failure}")
+        if migrations > self.max_migrations:
+            why = f"replica failed mid-stream after {self.max_migrations} migrations; last: {failure}"
+            raise RouterError(grpc.StatusCode.UNAVAILABLE, why)
 
-    A resuming engine sees the resumed tokens as prompt: the sim counts them in
-    ``prompt_tokens``, vLLM in ``completion_tokens``.  Their sum is the same
-    either way, and the router knows how many tokens it relayed.
-    """
-    total = last.prompt_tokens + last.completion_tokens
-    last.completion_tokens = completion_tokens
-    last.prompt_tokens = max(total - completion_tokens, 0)
-    last.cached_prompt_tokens = min(last.cached_prompt_tokens, last.prompt_tokens)
+    async def _attempt(
+        self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None, relay: _Relay, model: str
+    ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
+        """Relay one replica's stream; raises :class:`_Failed` when the replica (not the request) failed."""
+        replica.begin()
+        call = replica.stub.OpenAI(rreq, timeout=left)
+        itl = self.metrics.itl.labels(model)
+        try:
+            stream = call.__aiter__()
+            # A replica that sends nothing (hung engine, stuck queue) is given
+            # up on after first_token_timeout_s; other requests never wait on
+            # it, since each relays on its own task.
+            first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), first_wait)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if left is not None and first_wait >= left:
+                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+                self.breaker.failure(replica)
+                why = f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s"
+                raise _Failed("first_token_timeout", why) from None
+            if chunk.status >= 500 and not relay.sent:
+                self.breaker.failure(replica)
+                raise _Failed(f"http_{chunk.status}", f"{replica.replica_id}: {chunk.data.decode(errors='replace')[:300]}")
+            self.breaker.success(replica)
+            while True:
+                if chunk.data or chunk.finish_reason:
+                    relay.sent_ids.extend(chunk.token_ids)
+                    relay.sent_text.append(chunk.text)
+                    relay.resumable = relay.resumable and chunk.resumable
+                    now = time.monotonic()
+                    if relay.last is None:
+                        self.metrics.ttft.labels(model).observe(now - relay.arrived)
+                    else:
+                        itl.observe(now - relay.last)
+                    relay.last = now
+                    relay.sent = True
+                    yield chunk
+                try:
+                    # Armed only while waiting on the replica, never while the
+                    # caller holds the chunk (a slow client).
+                    async with asyncio.timeout(self.stall_timeout_s):
+                        chunk = await stream.__anext__()
+                except StopAsyncIteration:
+                    self.metrics.e2e.labels(model).observe(time.monotonic() - relay.arrived)
+                    return
+                except TimeoutError:
+                    self.breaker.failure(replica)
+                    raise _Failed("stall", f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream") from None
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise RouterError(code, "deadline exceeded") from None
+            if code not in _RETRYABLE:
+                raise RouterError(grpc.StatusCode.UNAVAILABLE, f"replica failed: {code.name}: {exc.details()}") from None
+            self.breaker.failure(replica)
+            raise _Failed(code.name.lower(), f"{replica.replica_id}: {code.name}: {exc.details()}") from None
+        finally:
+            replica.end()
+            if not call.done():
+                call.cancel()

@@ -39,7 +39,7 @@ from cluster.router.admission import AdmissionQueue, AdmissionRefused, QueueFull
 from cluster.router.auth import ANONYMOUS, AuthError, KeyStore, Tenant
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.limits import Limiter, LimitExceeded, estimate_tokens
-from cluster.router.validation import ValidRequest
+from cluster.router.validation import RelayRequest
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,6 @@ class Refused(RouterError):
 class Unauthenticated(RouterError):
     def __init__(self, message: str) -> None:
         super().__init__(grpc.StatusCode.UNAUTHENTICATED, message)
-
-
-def _prompt_chars(req: ValidRequest) -> int:
-    if req.prompt is not None:
-        return len(req.prompt)
-    return sum(len(m.content) + 8 for m in req.messages or ())
 
 
 class Gate:
@@ -117,12 +111,12 @@ class Gate:
             self.metrics.refused.labels("", "unauthenticated").inc()
             raise Unauthenticated(str(exc)) from None
 
-    async def generate(self, tenant: Tenant, req: ValidRequest, timeout_s: float) -> AsyncIterator[replica_pb2.ReplicaChunk]:
+    async def generate(self, tenant: Tenant, req: RelayRequest, timeout_s: float) -> AsyncIterator[replica_pb2.OpenAIChunk]:
         """Admit ``req`` for ``tenant`` and relay its stream; raises :class:`Refused` before the first chunk."""
         started = time.monotonic()
-        est_prompt = _prompt_chars(req) // 4
+        est_prompt = req.prompt_chars // 4
         try:
-            grant = self.limiter.acquire(tenant, estimate_tokens(_prompt_chars(req), req.max_tokens))
+            grant = self.limiter.acquire(tenant, estimate_tokens(req.prompt_chars, req.max_tokens))
         except LimitExceeded as exc:
             self.refused += 1
             self.metrics.refused.labels(tenant.name, exc.limit).inc()
@@ -153,7 +147,7 @@ class Gate:
             async with contextlib.aclosing(self.balancer.generate(req, max(left, 0.001))) as stream:
                 async for c in stream:
                     sent += len(c.token_ids) or (1 if c.text else 0)
-                    if c.finish_reason:
+                    if c.finish_reason and used is None:
                         used = c.prompt_tokens + c.completion_tokens
                     yield c
         finally:

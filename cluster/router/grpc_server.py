@@ -11,6 +11,7 @@ never raises.  TLS (and client certificates) come from ``router.tls``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -19,12 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster.config import RouterConfig
-from cluster.proto import inference_pb2, inference_pb2_grpc
+from cluster.proto import inference_pb2, inference_pb2_grpc, replica_pb2
 from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
+from cluster.router.grpc_body import openai_body
 from cluster.router.metrics import request_done
-from cluster.router.validation import InvalidRequest, check_context, validate
+from cluster.router.validation import InvalidRequest, check_context, relay_request
 from cluster.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,32 @@ async def _abort(context: grpc.aio.ServicerContext, exc: RouterError) -> None:
     await context.abort(exc.code, exc.message, trailing_metadata=trailing)
 
 
-def _opt(msg: object, name: str) -> object:
-    return getattr(msg, name) if msg.HasField(name) else None  # type: ignore[attr-defined]
+def _passthrough(data: bytes) -> bytes:
+    return data
+
+
+#: An engine's HTTP status -> the gRPC code a client gets.
+_GRPC_CODE = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _engine_error(c: replica_pb2.OpenAIChunk) -> RouterError:
+    """An engine's error chunk (OpenAI error JSON) as the gRPC status the client gets."""
+    try:
+        err = json.loads(c.data).get("error") or {}
+        message = str(err.get("message") or err)
+        param = err.get("param")
+    except (ValueError, AttributeError):
+        message, param = c.data.decode(errors="replace"), None
+    if param and param not in message:
+        message = f"{param}: {message}"
+    return RouterError(_GRPC_CODE.get(c.status, grpc.StatusCode.INTERNAL), message)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -76,53 +102,39 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         except RouterError as exc:
             await _abort(context, exc)
 
-    async def Generate(
-        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+    async def Generate(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Relay as the OpenAI request it stands for (:mod:`grpc_body`); yields serialized GenerateChunks."""
         tenant = await self._tenant(context)
         if isinstance(request, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
-        s = request.sampling
-        which = request.WhichOneof("input")
         metadata = dict(context.invocation_metadata() or ())
         session = metadata.get(SESSION_METADATA_KEY)
         policy = metadata.get(POLICY_METADATA_KEY)
         try:
-            req = validate(
-                model=request.model,
-                prompt=request.prompt if which == "prompt" else None,
-                messages=[{"role": m.role, "content": m.content} for m in request.chat.messages] if which == "chat" else None,
-                max_tokens=_opt(s, "max_tokens"),
-                temperature=_opt(s, "temperature"),
-                top_p=_opt(s, "top_p"),
-                top_k=_opt(s, "top_k"),
-                seed=_opt(s, "seed"),
-                stop=list(s.stop) or None,
-                request_id=request.request_id or None,
+            endpoint, body = openai_body(request)
+            req = relay_request(
+                endpoint,
+                body,
+                models=sorted(self.balancer.replicas.models),
                 session_id=session if isinstance(session, str) else None,
-                default_max_tokens=self.config.default_max_tokens,
                 routing_policy=policy if isinstance(policy, str) else None,
+                default_max_tokens=self.config.default_max_tokens,
+                fmt=replica_pb2.PROTO,
             )
             if self.balancer.known_model(req.model):
                 check_context(req, self.balancer.replicas.max_model_len(req.model))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if which is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prompt: give exactly one of prompt or chat")
         remaining = context.time_remaining()
         timeout = min(remaining, self.config.request_timeout_s) if remaining is not None else self.config.request_timeout_s
-        rid = req.request_id
         code = "CANCELLED"  # unless the stream ends or fails below: the client went away
         try:
             async with contextlib.aclosing(self.gate.generate(tenant, req, timeout)) as stream:  # type: ignore[arg-type]
                 async for c in stream:
-                    chunk = inference_pb2.GenerateChunk(request_id=rid, text=c.text, token_ids=c.token_ids)
-                    if c.finish_reason:
-                        chunk.finish_reason = c.finish_reason
-                        chunk.usage.prompt_tokens = c.prompt_tokens
-                        chunk.usage.completion_tokens = c.completion_tokens
-                        chunk.usage.cached_prompt_tokens = c.cached_prompt_tokens
-                    yield chunk
+                    if c.status >= 300:
+                        raise _engine_error(c)
+                    if c.data:
+                        yield c.data
             code = "OK"
         except RouterError as exc:
             code = exc.code.name
@@ -141,6 +153,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     name=m,
                     ready_replicas=len(reps.by_model.get(m, ())),
                     max_model_len=max((h.max_model_len for h in reps.by_model.get(m, ())), default=0),
+                    root=next((h.root for h in reps.by_model.get(m, ()) if h.root), m),
+                    parent=next((h.parent for h in reps.by_model.get(m, ()) if h.parent), ""),
                 )
                 for m in sorted(reps.models)
             ]
@@ -175,7 +189,8 @@ def _add_inference(servicer: InferenceServicer, server: grpc.aio.Server) -> None
         "Generate": grpc.unary_stream_rpc_method_handler(
             servicer.Generate,
             request_deserializer=_tolerant(inference_pb2.GenerateRequest.FromString),
-            response_serializer=inference_pb2.GenerateChunk.SerializeToString,
+            # The replica already serialized each GenerateChunk: bytes pass through.
+            response_serializer=_passthrough,
         ),
         "ListModels": grpc.unary_unary_rpc_method_handler(
             servicer.ListModels,

@@ -1,13 +1,18 @@
 """The OpenAI-compatible HTTP API, beside the gRPC API in the same process.
 
-Routes: ``GET /v1/models``, ``POST /v1/chat/completions``,
-``POST /v1/completions`` (SSE streaming and not, with ``usage``),
+Routes: ``GET /v1/models`` (with ``max_model_len``, ``root``, ``parent`` as
+vLLM lists them), ``POST /v1/chat/completions``, ``POST /v1/completions``
+(SSE streaming and not), ``POST /tokenize``, ``POST /detokenize``: the body
+is relayed to a replica of its model, whose engine answers exactly as vLLM's
+OpenAI server does (the replica encodes the bytes; this module writes them),
 ``GET /healthz`` (liveness; ``/health`` too, as vLLM), ``GET /readyz`` (200 only while a replica is
 ready) and ``GET /openapi.json`` (the API's OpenAPI schema, :mod:`openapi`).
 Inference and model listing pass the :class:`Gate` (API key → 401, limits /
 full queue → 429 with ``Retry-After``); health and schema need no key.  Errors use OpenAI's JSON shape ``{"error": {message, type, param,
-code}}`` so the official client raises its usual exceptions.  It shares the
-gRPC front end's balancer and validation, so both APIs route and reject alike.
+code}}`` so the official client raises its usual exceptions; an engine's own
+error (4xx with vLLM's message) is relayed as the engine wrote it.  It shares
+the gRPC front end's balancer and validation, so both APIs route and reject
+alike.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,7 +35,17 @@ from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
 from cluster.router.metrics import request_done
 from cluster.router.openapi import openapi_schema
-from cluster.router.validation import InvalidRequest, ValidRequest, check_context, validate
+from cluster.router.validation import (
+    CHAT,
+    COMPLETIONS,
+    DETOKENIZE,
+    TOKENIZE,
+    InvalidRequest,
+    RelayRequest,
+    check_context,
+    parse_body,
+    relay_request,
+)
 from cluster.tls import http_ssl_context
 
 log = logging.getLogger(__name__)
@@ -61,12 +77,31 @@ def _router_error(exc: RouterError) -> web.Response:
     return error_response(status, exc.message, etype, headers=headers)
 
 
-def _usage(c: replica_pb2.ReplicaChunk) -> dict[str, Any]:
+def _model_card(model: str, root: str, parent: str, max_model_len: int, created: int) -> dict[str, Any]:
+    """One entry of GET /v1/models, shaped as vLLM's ``ModelCard``."""
+    permission = {
+        "id": f"modelperm-{uuid.uuid4().hex[:16]}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
     return {
-        "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens,
-        "total_tokens": c.prompt_tokens + c.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": c.cached_prompt_tokens},
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": "llm-cluster",
+        "root": root or model,
+        "parent": parent or None,
+        "max_model_len": max_model_len or None,
+        "permission": [permission],
     }
 
 
@@ -81,6 +116,8 @@ class OpenAIServer:
                 web.get("/v1/models", self.models),
                 web.post("/v1/chat/completions", self.chat_completions),
                 web.post("/v1/completions", self.completions),
+                web.post("/tokenize", self.tokenize),
+                web.post("/detokenize", self.detokenize),
                 web.get("/healthz", self.healthz),
                 # vLLM's server answers GET /health; tools built for it (guidellm, gateways) probe that path.
                 web.get("/health", self.healthz),
@@ -121,166 +158,90 @@ class OpenAIServer:
         except RouterError as exc:
             return _router_error(exc)
         now = int(time.time())
-        data = [{"id": m, "object": "model", "created": now, "owned_by": "llm-cluster"} for m in sorted(self.balancer.replicas.models)]
+        reps = self.balancer.replicas
+        data = []
+        for m in sorted(reps.models):
+            handles = reps.by_model.get(m, ())
+            root = next((h.root for h in handles if h.root), "")
+            parent = next((h.parent for h in handles if h.parent), "")
+            data.append(_model_card(m, root, parent, reps.max_model_len(m), now))
         return web.json_response({"object": "list", "data": data})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._complete(request, chat=True)
+        return await self._relay(request, CHAT)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._complete(request, chat=False)
+        return await self._relay(request, COMPLETIONS)
+
+    async def tokenize(self, request: web.Request) -> web.StreamResponse:
+        return await self._relay(request, TOKENIZE)
+
+    async def detokenize(self, request: web.Request) -> web.StreamResponse:
+        return await self._relay(request, DETOKENIZE)
 
     # ---- shared path --------------------------------------------------------
-    async def _parse(self, request: web.Request, chat: bool) -> tuple[ValidRequest, dict[str, Any]]:
-        try:
-            body = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidRequest("body", "is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("body", "must be a JSON object")
-        n = body.get("n", 1)
-        if isinstance(n, bool) or n not in (1, None):
-            raise InvalidRequest("n", "only n=1 is supported")
-        if body.get("stream") is not None and not isinstance(body["stream"], bool):
-            raise InvalidRequest("stream", "must be a boolean")
-        so = body.get("stream_options")
-        if so is not None and not (isinstance(so, dict) and isinstance(so.get("include_usage", False), bool)):
-            raise InvalidRequest("stream_options", 'must be an object like {"include_usage": true}')
-        prompt = None
-        if not chat:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                prompt = prompt[0]
-            if prompt is None:
-                raise InvalidRequest("prompt", "is required")
-            if not isinstance(prompt, str):
-                raise InvalidRequest("prompt", "must be a string (or a list of one string)")
-        elif "messages" not in body:
-            raise InvalidRequest("messages", "is required")
-        user = body.get("user")
-        session = request.headers.get("x-session-id") or (user if isinstance(user, str) else None)
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        req = validate(
-            model=body.get("model"),
-            prompt=prompt,
-            messages=body.get("messages") if chat else None,
-            max_tokens=max_tokens,
-            temperature=body.get("temperature"),
-            top_p=body.get("top_p"),
-            top_k=body.get("top_k"),
-            seed=body.get("seed"),
-            stop=body.get("stop"),
+    async def _read(self, request: web.Request, endpoint: str) -> RelayRequest:
+        body = parse_body(await request.read())
+        req = relay_request(
+            endpoint,
+            body,
+            models=sorted(self.balancer.replicas.models),
             request_id=request.headers.get("x-request-id"),
-            session_id=session,
-            default_max_tokens=self.config.default_max_tokens,
+            session_id=request.headers.get("x-session-id"),
             routing_policy=request.headers.get("x-routing-policy"),
+            default_max_tokens=self.config.default_max_tokens,
         )
-        return req, body
+        if self.balancer.known_model(req.model):
+            check_context(req, self.balancer.replicas.max_model_len(req.model))
+        return req
 
-    async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         # Authenticate before reading the body: a caller without a key learns nothing else.
         try:
             tenant = self.gate.authenticate(bearer(request.headers.get("Authorization")))
         except RouterError as exc:
             return _router_error(exc)
         try:
-            req, body = await self._parse(request, chat)
-            if self.balancer.known_model(req.model):
-                check_context(req, self.balancer.replicas.max_model_len(req.model))
+            req = await self._read(request, endpoint)
         except InvalidRequest as exc:
             return error_response(400, str(exc), param=exc.param)
-        resp = await self._complete_valid(tenant, req, body, request, chat)
+        if not self.balancer.known_model(req.model):
+            msg = f"The model `{req.model}` does not exist; see GET /v1/models"
+            resp: web.StreamResponse = error_response(404, msg, "NotFoundError", "model")
+        else:
+            resp = await self._write(request, self.gate.generate(tenant, req, self.config.request_timeout_s))
         request_done(self.balancer, req.model, "http", str(resp.status))
         return resp
 
-    async def _complete_valid(
-        self, tenant: Any, req: ValidRequest, body: dict[str, Any], request: web.Request, chat: bool
-    ) -> web.StreamResponse:
-        if not self.balancer.known_model(req.model):
-            return error_response(404, f"model {req.model!r} not found; see GET /v1/models", "not_found_error", "model")
-        stream = self.gate.generate(tenant, req, self.config.request_timeout_s)
-        created = int(time.time())
-        rid = ("chatcmpl-" if chat else "cmpl-") + req.request_id
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._sse(request, stream, chat, rid, req.model, created, include_usage)
-        return await self._unary(stream, chat, rid, req.model, created)
-
-    async def _unary(self, stream: AsyncIterator[replica_pb2.ReplicaChunk], chat: bool, rid: str, model: str, created: int) -> web.Response:
-        parts: list[str] = []
-        last: replica_pb2.ReplicaChunk | None = None
-        try:
-            async with contextlib.aclosing(stream) as s:
-                async for c in s:
-                    parts.append(c.text)
-                    last = c
-        except RouterError as exc:
-            return _router_error(exc)
-        text = "".join(parts)
-        finish = last.finish_reason if last is not None else "abort"
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        body = {
-            "id": rid,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [choice],
-            "usage": _usage(last) if last is not None else None,
-        }
-        return web.json_response(body)
-
-    async def _sse(
-        self,
-        request: web.Request,
-        stream: AsyncIterator[replica_pb2.ReplicaChunk],
-        chat: bool,
-        rid: str,
-        model: str,
-        created: int,
-        include_usage: bool,
-    ) -> web.StreamResponse:
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        head = {"id": rid, "object": obj, "created": created, "model": model}
+    async def _write(self, request: web.Request, stream: AsyncIterator[replica_pb2.OpenAIChunk]) -> web.StreamResponse:
+        """Write the replica's bytes: one JSON body, or SSE events as they come."""
         resp: web.StreamResponse | None = None
-        first = True
         try:
             async with contextlib.aclosing(stream) as s:
                 async for c in s:
                     if resp is None:
-                        # Headers go out with the first token, so an error before
-                        # it (no replica, bad prompt) still gets a proper status.
-                        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+                        if not c.data.startswith(b"data:"):  # a whole JSON body (answer or error)
+                            async for _ in s:  # the stream's end (nothing more comes): its metrics are taken there
+                                pass
+                            return web.Response(body=c.data, status=c.status or 200, content_type="application/json")
+                        # Headers go out with the first bytes, so an error before
+                        # them (no replica, a refusal) still gets a proper status.
+                        resp = web.StreamResponse(status=c.status or 200, headers=_SSE_HEADERS)
                         await resp.prepare(request)
-                    finish = c.finish_reason or None
-                    if chat:
-                        delta: dict[str, Any] = {"content": c.text}
-                        if first:
-                            delta["role"] = "assistant"
-                        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-                    else:
-                        choice = {"index": 0, "text": c.text, "finish_reason": finish, "logprobs": None}
-                    first = False
-                    payload = {**head, "choices": [choice]}
-                    if include_usage:
-                        payload["usage"] = None
-                    await resp.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
-                    if finish and include_usage:
-                        await resp.write(b"data: " + json.dumps({**head, "choices": [], "usage": _usage(c)}).encode() + b"\n\n")
+                    await resp.write(c.data)
         except RouterError as exc:
             if resp is None:
                 return _router_error(exc)
             status, etype = _HTTP_STATUS.get(exc.code, (500, "internal_error"))
             err = {"error": {"message": exc.message, "type": etype, "param": None, "code": status}}
-            await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+            await resp.write(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
         if resp is None:  # a stream with no chunk at all
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-        await resp.write(b"data: [DONE]\n\n")
+            return error_response(502, "the replica ended the request without an answer", "internal_error")
         await resp.write_eof()
         return resp
+
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
 async def start_http_server(server: OpenAIServer, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.router.validation import MAX_MESSAGES, MAX_SEED, MAX_STOP, MAX_TOKENS_CAP, ROLES
+from cluster.router.validation import MAX_TOKENS_CAP
+
+ROLES = ("system", "user", "assistant", "developer", "tool")
+MAX_SEED = (1 << 63) - 1
+MAX_STOP = 16
+MAX_MESSAGES = 4096
 
 _ERROR = {
     "type": "object",

@@ -48,6 +48,9 @@ class ReplicaHandle:
     load_at: float = 0.0
     removed: bool = False
     max_model_len: int = 0
+    #: The model card the replica reported (vLLM's GET /v1/models ``root`` and ``parent``).
+    root: str = ""
+    parent: str = ""
     #: The model's totals, shared by its replicas (a private one until a ReplicaSet assigns it).
     group: ModelLoad = field(default_factory=ModelLoad, repr=False)
     #: The circuit breaker's state for this replica (cluster.router.circuit; only the breaker writes it).
@@ -185,6 +188,8 @@ class ReplicaSet:
                 if h is None or h.address != ep["address"]:
                     h = self._connect(rid, model, ep["address"])
                     h.max_model_len = int(ep.get("max_model_len") or 0)
+                    h.root = ep.get("root") or ""
+                    h.parent = ep.get("parent") or ""
                     self.by_id[rid] = h
                 handles.append(h)
             by_model[model] = handles

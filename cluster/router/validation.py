@@ -1,30 +1,37 @@
-"""Request validation shared by the gRPC and HTTP front ends.
+"""What the router reads of a request, for both front ends; the rest is the engine's.
 
-Both front ends turn their input into a :class:`ValidRequest` here, so a bad
-parameter gets the same message on either path: gRPC answers
-INVALID_ARGUMENT, HTTP answers 400 in OpenAI's error shape.  The message always
-names the parameter.  :func:`check_context` refuses what cannot fit the
-model's context (``max_model_len`` of its replicas, from the endpoint set)
-without a tokenizer; the exact prompt length in tokens is checked by the
-engine and reported the same way.
+The router relays OpenAI request bodies to a replica of the body's model,
+whose engine serves them (vLLM's own OpenAI layer: it validates every field
+and refuses with vLLM's messages).  Here the router parses only what it needs
+itself: ``model`` (where to route), ``stream``, ``n``,
+``max_tokens`` / ``max_completion_tokens`` (the token budget charged to the
+tenant and the admission queue), the prompt text (routing: prefix affinity),
+the session key (``user`` or the ``x-session-id`` header), and the request id
+(the body's ``request_id``, else ``x-request-id``, else a fresh one; set in
+the relayed body so every replica, also a resuming one, answers with the same
+response id).
+
+It refuses at once what would break a parser further on: a body that is not
+UTF-8, not JSON, nested too deep, a number too large for a float (``1e400``,
+``10**400``), a lone surrogate, or a prompt that certainly cannot fit the
+model's context: HTTP 400 / INVALID_ARGUMENT naming the field.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import unicodedata
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from cluster.common.chat import ChatMessage
-
-ROLES = ("system", "user", "assistant", "developer", "tool")
-MAX_STOP = 16
-MAX_STOP_LEN = 256
+#: Endpoints (the replica contract's names).
+CHAT, COMPLETIONS, TOKENIZE, DETOKENIZE, EMBEDDINGS = "chat", "completions", "tokenize", "detokenize", "embeddings"
 MAX_TOKENS_CAP = 1 << 20
-MAX_SEED = (1 << 63) - 1
-MAX_PROMPT_CHARS = 2_000_000
-MAX_MESSAGES = 4096
+#: JSON nesting the router parses (Python's own limit is near 1,000 and fails with RecursionError).
+MAX_DEPTH = 64
+#: Digits of an integer the router accepts (10**308 is near the largest float).
+MAX_INT_DIGITS = 308
 
 
 class InvalidRequest(ValueError):
@@ -34,148 +41,187 @@ class InvalidRequest(ValueError):
 
 
 @dataclass(slots=True)
-class ValidRequest:
+class RelayRequest:
+    """One request as the router routes it: the few fields it reads, and the body it relays."""
+
     model: str
     request_id: str
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    endpoint: str
+    body: dict[str, Any]
+    stream: bool = False
+    n: int = 1
+    #: Token budget (tenant TPM charge, admission cost): the request's limit, or the router's default.
     max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    #: Characters of prompt text (the limits' token estimate).
+    prompt_chars: int = 0
+    routing_text: str = ""
     session_id: str | None = None
     #: Per-request routing policy (``x-routing-policy`` header / metadata); None: the configured one.
     routing_policy: str | None = None
+    #: The replica encodes for this client: replica_pb2.SSE (HTTP) or PROTO (gRPC).
+    format: int = 0
 
-    @property
-    def routing_text(self) -> str:
-        if self.prompt is not None:
-            return self.prompt
-        return "".join(m.content for m in self.messages or ())
-
-
-def _text(param: str, value: object, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest(param, f"must be a string, got {type(value).__name__}")
-    if not allow_empty and not value:
-        raise InvalidRequest(param, "must not be empty")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(param, f"is longer than {MAX_PROMPT_CHARS} characters")
-    if "\x00" in value:
-        raise InvalidRequest(param, "must not contain NUL characters")
-    # Lone surrogates cannot be encoded as UTF-8 and would fail deep in the tokenizer.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(param, "is not valid Unicode (lone surrogate)") from None
-    return unicodedata.normalize("NFC", value) if not value.isascii() else value
+    def encoded_body(self) -> bytes:
+        return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _number(param: str, value: object, lo: float, hi: float, *, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(param, f"must be a number, got {type(value).__name__}")
-    v = float(value)
-    if math.isnan(v) or v > hi or v < lo or (lo_open and v == lo):
-        lo_s = f"({lo}" if lo_open else f"[{lo}"
-        raise InvalidRequest(param, f"must be in {lo_s}, {hi}], got {value}")
+class _Flags:
+    big = False
+
+
+def _parse_int(s: str, flags: _Flags) -> int | float:
+    if len(s.lstrip("-")) > MAX_INT_DIGITS:
+        flags.big = True
+        return math.inf
+    return int(s)
+
+
+def _parse_float(s: str, flags: _Flags) -> float:
+    v = float(s)
+    if math.isinf(v):
+        flags.big = True
     return v
 
 
-def _integer(param: str, value: object, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise InvalidRequest(param, f"must be an integer, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise InvalidRequest(param, f"must be in [{lo}, {hi}], got {value}")
-    return value
+def _no_constant(name: str) -> float:
+    raise InvalidRequest("body", f"{name} is not valid JSON")
 
 
-def validate(
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The client's JSON object; InvalidRequest naming what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("body", f"is not valid UTF-8 (byte {exc.start})") from None
+    flags = _Flags()
+    try:
+        body = json.loads(
+            text,
+            parse_int=lambda s: _parse_int(s, flags),
+            parse_float=lambda s: _parse_float(s, flags),
+            parse_constant=_no_constant,
+        )
+    except RecursionError:
+        raise InvalidRequest("body", "JSON nested too deep") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest("body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", "must be a JSON object")
+    check_values(body, flags.big)
+    return body
+
+
+def check_values(body: dict[str, Any], big: bool = False) -> None:
+    """Refuse nesting beyond MAX_DEPTH, numbers beyond a float, lone surrogates; names the field."""
+    stack: list[tuple[str, Any, int]] = [("", body, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                top = path.split("[", 1)[0].split(".", 1)[0]  # the field, not a 64-level path
+                raise InvalidRequest(top or "body", f"is nested deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                if isinstance(k, str) and not _encodable(k):
+                    raise InvalidRequest(path or "body", "has a key that is not valid Unicode (lone surrogate)")
+                if isinstance(v, dict | list | str) or (big and isinstance(v, float)):
+                    stack.append((f"{path}.{k}" if isinstance(k, str) and path else f"{path}[{k}]" if path else str(k), v, depth + 1))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequest(path, "is not a finite number (too large for a 64-bit float?)")
+        elif isinstance(value, str) and not _encodable(value):
+            raise InvalidRequest(path, "is not valid Unicode (lone surrogate)")
+
+
+def _encodable(s: str) -> bool:
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def routing_text(endpoint: str, body: dict[str, Any]) -> str:
+    """The prompt's text, for prefix routing and the token estimate (no tokenizer here)."""
+    if endpoint == CHAT or (endpoint == TOKENIZE and "messages" in body):
+        msgs = body.get("messages")
+        return "".join(_text_of(m.get("content")) for m in msgs if isinstance(m, dict)) if isinstance(msgs, list) else ""
+    prompt = body.get("prompt", body.get("input"))
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        return "".join(p for p in prompt if isinstance(p, str))
+    return ""
+
+
+def _budget(body: dict[str, Any], default: int) -> int:
+    for key in ("max_completion_tokens", "max_tokens"):
+        v = body.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return min(v, MAX_TOKENS_CAP)
+    return default
+
+
+def relay_request(
+    endpoint: str,
+    body: dict[str, Any],
     *,
-    model: object,
-    prompt: object = None,
-    messages: object = None,
-    max_tokens: object = None,
-    temperature: object = None,
-    top_p: object = None,
-    top_k: object = None,
-    seed: object = None,
-    stop: object = None,
-    request_id: object = None,
+    models: list[str],
+    request_id: str | None = None,
     session_id: str | None = None,
-    default_max_tokens: int = 256,
     routing_policy: str | None = None,
-) -> ValidRequest:
-    """Check every parameter; raise InvalidRequest naming the first bad one."""
-    model_s = _text("model", model)
-    if (prompt is None) == (messages is None):
-        raise InvalidRequest("prompt", "give exactly one of prompt or messages")
-    req = ValidRequest(model=model_s, request_id="")
-    if prompt is not None:
-        req.prompt = _text("prompt", prompt)
-    else:
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("messages", "must be a non-empty list")
-        if len(messages) > MAX_MESSAGES:
-            raise InvalidRequest("messages", f"at most {MAX_MESSAGES} messages")
-        req.messages = [_message(i, m) for i, m in enumerate(messages)]
-    req.max_tokens = default_max_tokens if max_tokens is None else _integer("max_tokens", max_tokens, 1, MAX_TOKENS_CAP)
-    req.temperature = 1.0 if temperature is None else _number("temperature", temperature, 0.0, 2.0)
-    req.top_p = 1.0 if top_p is None else _number("top_p", top_p, 0.0, 1.0, lo_open=True)
-    if top_k is not None:
-        k = _integer("top_k", top_k, -1, 1 << 20)
-        req.top_k = -1 if k <= 0 else k
-    if seed is not None:
-        req.seed = _integer("seed", seed, 0, MAX_SEED)
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list):
-            raise InvalidRequest("stop", "must be a string or a list of strings")
-        if len(stops) > MAX_STOP:
-            raise InvalidRequest("stop", f"at most {MAX_STOP} stop strings")
-        req.stop = [_text("stop", s) for s in stops]
-        if any(len(s) > MAX_STOP_LEN for s in req.stop):
-            raise InvalidRequest("stop", f"each stop string at most {MAX_STOP_LEN} characters")
-    if request_id:
-        rid = _text("request_id", request_id)
+    default_max_tokens: int = 256,
+    fmt: int = 0,
+) -> RelayRequest:
+    """Read what the router needs from ``body`` (already checked by :func:`parse_body`)."""
+    model = body.get("model")
+    if model is None and len(models) == 1:
+        model = body["model"] = models[0]  # vLLM's server takes its only model too
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model", "is required (a string; see GET /v1/models)")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("stream", "must be a boolean")
+    n = body.get("n", 1)
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    rid = body.get("request_id") if isinstance(body.get("request_id"), str) and body.get("request_id") else request_id
+    if rid:
         if len(rid) > 128 or not rid.isprintable():
             raise InvalidRequest("request_id", "at most 128 printable characters")
-        req.request_id = rid
     else:
-        req.request_id = uuid.uuid4().hex
-    req.session_id = session_id
+        rid = uuid.uuid4().hex
+    if endpoint in (CHAT, COMPLETIONS):
+        body["request_id"] = rid
+    user = body.get("user")
     if routing_policy is not None:
-        from cluster.router.policies import POLICIES
+        from cluster.router.policies import POLICIES  # the registry (its modules import this one)
 
         if routing_policy not in POLICIES:
             raise InvalidRequest("x-routing-policy", f"unknown policy {routing_policy!r}; choose one of {', '.join(POLICIES)}")
-        req.routing_policy = routing_policy
-    return req
-
-
-def _message(i: int, m: object) -> ChatMessage:
-    if isinstance(m, ChatMessage):
-        role, content = m.role, m.content
-    elif isinstance(m, dict):
-        role, content = m.get("role"), m.get("content")
-    else:
-        raise InvalidRequest(f"messages[{i}]", "must be an object with role and content")
-    if role not in ROLES:
-        raise InvalidRequest(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {role!r}")
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        parts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise InvalidRequest(f"messages[{i}].content[{j}]", "only text content parts are supported")
-            parts.append(_text(f"messages[{i}].content[{j}].text", part.get("text"), allow_empty=True))
-        content = "".join(parts)
-    elif content is None:
-        content = ""
-    return ChatMessage(role=role, content=_text(f"messages[{i}].content", content, allow_empty=True))
+    text = routing_text(endpoint, body)
+    return RelayRequest(
+        model=model,
+        request_id=rid,
+        endpoint=endpoint,
+        body=body,
+        stream=bool(stream),
+        n=n,
+        max_tokens=_budget(body, default_max_tokens) * n if endpoint in (CHAT, COMPLETIONS) else 0,
+        prompt_chars=len(text),
+        routing_text=text,
+        session_id=session_id or (user if isinstance(user, str) and user else None),
+        routing_policy=routing_policy,
+        format=fmt,
+    )
 
 
 #: No tokenizer covers more than this many characters per token on ordinary text;
@@ -183,15 +229,13 @@ def _message(i: int, m: object) -> ChatMessage:
 MAX_CHARS_PER_TOKEN = 8
 
 
-def check_context(req: ValidRequest, max_model_len: int) -> None:
+def check_context(req: RelayRequest, max_model_len: int) -> None:
     """Refuse a prompt that cannot fit the model's context (0: unknown, no check)."""
     if max_model_len <= 0:
         return
-    # max_tokens beyond the context is not refused: generation stops at the
-    # context's end with finish_reason "length", as the engines do.
-    chars = len(req.routing_text)
+    chars = req.prompt_chars
     if chars > max_model_len * MAX_CHARS_PER_TOKEN:
         raise InvalidRequest(
-            "messages" if req.messages is not None else "prompt",
+            "messages" if req.endpoint == CHAT else "prompt",
             f"is {chars} characters, certainly longer than the model's context (max_model_len {max_model_len} tokens)",
         )

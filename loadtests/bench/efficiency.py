@@ -28,7 +28,7 @@ import time
 import grpc
 
 from cluster.client import build_request
-from cluster.engine.base import ChatMessage, EngineRequest, Sampling
+from cluster.engine.base import OpenAICall
 from cluster.models.prepare import prepare_embedded
 from cluster.proto import inference_pb2_grpc
 from loadtests.procs import free_port
@@ -68,14 +68,11 @@ async def run_direct(args: argparse.Namespace, path: str) -> float:
     counter = iter(range(10**9))
 
     async def one(text: str) -> int:
-        req = EngineRequest(
-            request_id=f"direct-{next(counter)}",
-            sampling=Sampling(max_tokens=args.max_tokens, temperature=0.0),
-            messages=[ChatMessage("user", text)],
-        )
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": args.max_tokens}
+        call = OpenAICall(f"direct-{next(counter)}", "chat", {**body, "temperature": 0.0, "stream": True})
         n = 0
-        async for d in engine.generate(req):
-            n += len(d.token_ids)
+        async for c in engine.serve(call):
+            n += len(c.token_ids)
         return n
 
     try:

@@ -20,17 +20,26 @@ import time
 import grpc
 from aiohttp import web
 
-from cluster.proto import replica_pb2, replica_pb2_grpc
+from cluster.proto import inference_pb2, replica_pb2, replica_pb2_grpc
 
 MODEL = "smollm2-135m-instruct"
 
 
 class NullReplica(replica_pb2_grpc.ReplicaServicer):
-    async def Generate(self, request, context):  # type: ignore[override]
-        n = max(request.sampling.max_tokens, 1)
-        for i in range(n - 1):
-            yield replica_pb2.ReplicaChunk(text=" x", token_ids=[i])
-        yield replica_pb2.ReplicaChunk(text=" x", token_ids=[n - 1], finish_reason="length", prompt_tokens=4, completion_tokens=n)
+    async def OpenAI(self, request, context):  # type: ignore[override]
+        body = json.loads(request.body)
+        n = max(int(body.get("max_tokens") or 16), 1)
+        kind = "chat" if request.endpoint == replica_pb2.CHAT else "completions"
+        if request.format == replica_pb2.PROTO:
+            token, last = PROTO_TOKEN, PROTO_LAST
+        else:
+            token, last = TOKEN[kind], LAST[kind] + b"data: [DONE]\n\n"
+        yield replica_pb2.OpenAIChunk(data=token, status=200, token_ids=[0], text=" x", resumable=True)
+        for i in range(1, n - 1):
+            yield replica_pb2.OpenAIChunk(data=token, token_ids=[i], text=" x", resumable=True)
+        yield replica_pb2.OpenAIChunk(
+            data=last, token_ids=[n - 1], text=" x", finish_reason="length", prompt_tokens=4, completion_tokens=n, resumable=True
+        )
 
     async def StreamLoad(self, request, context):  # type: ignore[override]
         while True:
@@ -55,6 +64,10 @@ def _chunk(kind: str, text: str, finish: str | None = None) -> bytes:
 
 
 TOKEN = {k: _chunk(k, " x") for k in ("chat", "completions")}
+PROTO_TOKEN = inference_pb2.GenerateChunk(text=" x").SerializeToString()
+PROTO_LAST = inference_pb2.GenerateChunk(
+    text=" x", finish_reason="length", usage=inference_pb2.Usage(prompt_tokens=4, completion_tokens=16)
+).SerializeToString()
 LAST = {k: _chunk(k, " x", "length") for k in ("chat", "completions")}
 
 

@@ -9,6 +9,7 @@ a pytest temporary directory for this session.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +20,7 @@ import pytest_asyncio
 
 pytest.importorskip("vllm")
 
-from cluster.engine.base import ChatMessage, Delta, EngineRequest, EngineRequestError, Sampling
+from cluster.engine.base import Chunk, OpenAICall, Resume
 from cluster.models import default_cache_dir, prepare_embedded
 
 pytestmark = [
@@ -48,7 +49,9 @@ async def engine(model_dir: Path) -> AsyncIterator[object]:
     from cluster.engine.vllm_backend import VllmEngine
 
     started = time.monotonic()
-    eng = await VllmEngine.create(str(model_dir), served_name=MODEL)
+    # float32: a resumed greedy run then equals the undisturbed one token for
+    # token (in bf16 the prefill of the relayed tokens may part from their decode).
+    eng = await VllmEngine.create(str(model_dir), served_name=MODEL, engine_args={"dtype": "float32", "max_model_len": 2048})
     print(f"\nvLLM engine started in {time.monotonic() - started:.1f} s")
     try:
         yield eng
@@ -63,16 +66,31 @@ async def test_unknown_engine_arg_is_rejected_before_starting(model_dir: Path) -
         await VllmEngine.create(str(model_dir), served_name=MODEL, engine_args={"no_such_arg": 1})
 
 
-def chat(request_id: str, content: str, max_tokens: int = 32, **sampling: object) -> EngineRequest:
-    return EngineRequest(
-        request_id=request_id,
-        sampling=Sampling(max_tokens=max_tokens, temperature=0.0, **sampling),  # type: ignore[arg-type]
-        messages=[ChatMessage(role="user", content=content)],
-    )
+QUESTION = "Explain in a few sentences why the sky is blue."
 
 
-async def collect(stream: AsyncIterator[Delta]) -> list[Delta]:
-    return [delta async for delta in stream]
+def chat(content: str = QUESTION, max_tokens: int = 32, stream: bool = True, **fields: object) -> dict:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return body | fields
+
+
+def serve(engine, body: dict, request_id: str = "r", resume: Resume | None = None, endpoint: str = "chat") -> AsyncIterator[Chunk]:
+    return engine.serve(OpenAICall(request_id=request_id, endpoint=endpoint, body=body, resume=resume))
+
+
+async def collect(stream: AsyncIterator[Chunk]) -> list[Chunk]:
+    return [c async for c in stream]
+
+
+def events(chunks: list[Chunk]) -> list[dict]:
+    data = b"".join(c.data for c in chunks)
+    return [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+
+
+def content(chunks: list[Chunk]) -> str:
+    return "".join(ch["delta"].get("content") or "" for e in events(chunks) for ch in e.get("choices", []))
 
 
 async def wait_until(predicate: Callable[[], bool], within: float) -> float:
@@ -85,33 +103,36 @@ async def wait_until(predicate: Callable[[], bool], within: float) -> float:
     return time.monotonic() - started
 
 
-async def test_chat_answers_capital_of_france(engine) -> None:
-    deltas = await collect(engine.generate(chat("paris", "What is the capital of France?")))
-    text = "".join(d.text for d in deltas)
-    assert "Paris" in text, text
-    last = deltas[-1]
-    assert last.finish_reason in ("stop", "length")
-    assert all(d.finish_reason is None for d in deltas[:-1])
-    assert last.prompt_tokens > 0
-    assert last.completion_tokens == sum(len(d.token_ids) for d in deltas)
+async def test_a_whole_answer_is_vllms_json_with_usage_beside_it(engine) -> None:
+    (chunk,) = await collect(serve(engine, chat(stream=False), request_id="whole"))
+    body = json.loads(chunk.data)
+    assert chunk.status == 200 and body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"]
+    usage = body["usage"]
+    assert (chunk.prompt_tokens, chunk.completion_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert usage["completion_tokens"] == 32
+    assert chunk.finish_reason == body["choices"][0]["finish_reason"] == "length"
 
 
-async def test_stream_deltas_concatenate_to_final_text(engine, model_dir: Path) -> None:
+async def test_stream_chunks_carry_their_token_ids_and_text_and_equal_the_whole_answer(engine, model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    request = chat("story", "Write a short story about a robot who learns to paint.", max_tokens=48)
-    deltas = await collect(engine.generate(request))
-    assert len(deltas) >= 5  # streamed, not delivered in one piece
-    token_ids = [t for d in deltas for t in d.token_ids]
+    chunks = await collect(serve(engine, chat(request_id="same-id"), request_id="story"))
+    assert chunks[0].status == 200 and all(c.status == 0 for c in chunks[1:])
+    assert len(chunks) >= 5  # streamed, not delivered in one piece
+    ids = [t for c in chunks for t in c.token_ids]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    final_text = tokenizer.decode(token_ids, skip_special_tokens=True)
-    assert "".join(d.text for d in deltas) == final_text
-    assert deltas[-1].finish_reason == "length"
-    assert deltas[-1].completion_tokens == 48
+    assert "".join(c.text for c in chunks) == content(chunks) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert {e["id"] for e in events(chunks)} == {"chatcmpl-same-id"}
+    last = chunks[-1]
+    assert last.finish_reason == "length" and last.completion_tokens == len(ids) == 32
+    assert events(chunks)[-1]["usage"]["completion_tokens"] == 32 and last.data.endswith(b"data: [DONE]\n\n")
+    (whole,) = await collect(serve(engine, chat(stream=False), request_id="story-whole"))
+    assert json.loads(whole.data)["choices"][0]["message"]["content"] == content(chunks)
 
 
 async def test_load_is_cheap_and_counts_a_running_request(engine) -> None:
-    stream = engine.generate(chat("load", "List ten fruits, one per line.", max_tokens=200))
+    stream = serve(engine, chat("List ten fruits, one per line.", max_tokens=200), request_id="load")
     await stream.__anext__()
     started = time.perf_counter()
     snapshot = engine.load()
@@ -128,8 +149,8 @@ async def test_cancelling_consumer_task_aborts_in_vllm(engine) -> None:
     got_some = asyncio.Event()
 
     async def consume() -> None:
-        async for delta in engine.generate(chat("cancel-task", "Tell me a long story about dragons.", max_tokens=400)):
-            if delta.token_ids:
+        async for c in serve(engine, chat("Tell me a long story about dragons.", max_tokens=400), request_id="cancel-task"):
+            if c.token_ids:
                 got_some.set()
 
     task = asyncio.create_task(consume())
@@ -145,7 +166,7 @@ async def test_cancelling_consumer_task_aborts_in_vllm(engine) -> None:
 
 
 async def test_closing_stream_midway_aborts_in_vllm(engine) -> None:
-    stream = engine.generate(chat("cancel-close", "Tell me a long story about pirates.", max_tokens=400))
+    stream = serve(engine, chat("Tell me a long story about pirates.", max_tokens=400), request_id="cancel-close")
     for _ in range(3):
         await stream.__anext__()
     await wait_until(lambda: engine.scheduler_view().running == 1, within=1.0)
@@ -154,75 +175,64 @@ async def test_closing_stream_midway_aborts_in_vllm(engine) -> None:
     await wait_until(lambda: engine.scheduler_view().running == 0, within=1.0)
 
 
-async def test_abort_by_id_ends_stream_with_abort(engine) -> None:
-    assert await engine.abort("never-submitted") is False
-    stream = engine.generate(chat("abort-me", "Describe the ocean in detail.", max_tokens=400))
-    first = await stream.__anext__()
-    assert first.finish_reason is None
-    assert await engine.abort("abort-me") is True
-    rest = await asyncio.wait_for(collect(stream), timeout=5)
-    assert rest and rest[-1].finish_reason == "abort"
-    await wait_until(lambda: engine.scheduler_view().running == 0, within=1.0)
-
-
-async def test_prompt_longer_than_context_is_rejected(engine) -> None:
-    long_prompt = "hello " * (engine.max_model_len + 100)
-    request = EngineRequest(request_id="too-long", sampling=Sampling(max_tokens=8), prompt=long_prompt)
-    with pytest.raises(EngineRequestError):
-        await collect(engine.generate(request))
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"prompt": "hello " * 3000}, 400, "input_tokens"),  # longer than the context
+        ({"prompt": "x", "temperature": "hot"}, 400, "body.temperature"),
+        ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
+        ({"prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
+    ],
+)
+async def test_a_request_the_engine_refuses_is_a_client_error_with_vllms_message(engine, body, status, param) -> None:
+    (chunk,) = await collect(serve(engine, {"model": MODEL, **body}, endpoint="completions", request_id="bad"))
+    err = json.loads(chunk.data)["error"]
+    assert chunk.status == err["code"] == status and err["message"] and err["param"] == param
     assert engine.load().running == 0 and engine.load().waiting == 0
 
 
-async def test_resume_continues_like_an_uninterrupted_greedy_run(engine) -> None:
-    question = "Explain in a few sentences why the sky is blue."
-    full = await collect(engine.generate(chat("full", question, max_tokens=40)))
-    full_ids = [t for d in full for t in d.token_ids]
-    assert len(full_ids) > 12
+async def test_an_empty_conversation_is_the_templates_400_not_an_engine_failure(engine) -> None:
+    (chunk,) = await collect(serve(engine, {"model": MODEL, "messages": []}, request_id="empty"))
+    assert chunk.status == 400 and "empty conversation" in json.loads(chunk.data)["error"]["message"]
 
-    split = 10
-    resumed_request = chat("resumed", question, max_tokens=40)
-    resumed_request.resume_token_ids = full_ids[:split]
-    resumed = await collect(engine.generate(resumed_request))
-    resumed_ids = [t for d in resumed for t in d.token_ids]
 
-    assert full_ids[:split] + resumed_ids == full_ids
-    assert resumed[-1].finish_reason == full[-1].finish_reason
-    # Usage covers the whole logical request, resumed tokens included.
-    assert resumed[-1].completion_tokens == full[-1].completion_tokens
-    assert resumed[-1].prompt_tokens == full[-1].prompt_tokens
+async def test_a_resumed_greedy_stream_continues_exactly_with_one_id_and_usage_for_the_whole_request(engine) -> None:
+    full = await collect(serve(engine, chat(max_tokens=40, request_id="one"), request_id="full"))
+    full_ids = [t for c in full for t in c.token_ids]
+    sent_chunks = full[:4]
+    sent_ids = [t for c in sent_chunks for t in c.token_ids]
+    sent_text = "".join(c.text for c in sent_chunks)
+    assert 2 < len(sent_ids) < 30
 
-    # Everything already produced elsewhere: nothing left to generate.
-    done_request = chat("done", question, max_tokens=8)
-    done_request.resume_token_ids = full_ids[:8]
-    done = await collect(engine.generate(done_request))
-    assert [(d.token_ids, d.finish_reason, d.completion_tokens) for d in done] == [([], "length", 8)]
+    resumed = await collect(serve(engine, chat(max_tokens=40, request_id="one"), "resumed", Resume(sent_ids, sent_text)))
+    assert sent_ids + [t for c in resumed for t in c.token_ids] == full_ids  # float32: exactly the undisturbed run
+    assert content(sent_chunks) + content(resumed) == content(full)  # not a character lost or repeated
+    assert not any("role" in ch["delta"] for e in events(resumed) for ch in e.get("choices", []))  # no second role chunk
+    assert {e["id"] for e in events(resumed)} == {"chatcmpl-one"}
+    assert events(resumed)[-1]["usage"] == events(full)[-1]["usage"]
+    last = resumed[-1]
+    assert (last.prompt_tokens, last.completion_tokens) == (full[-1].prompt_tokens, 40)
 
 
 async def test_resume_sends_the_text_held_back_for_a_stop_string_first(engine) -> None:
-    question = "Explain in a few sentences why the sky is blue."
     stop = ["never appears in the answer"]  # while streaming, vLLM holds back len - 1 characters
-    full_request = chat("full-stop", question, max_tokens=30)
-    full_request.sampling.stop = stop
-    full = await collect(engine.generate(full_request))
-    full_ids = [t for d in full for t in d.token_ids]
-    full_text = "".join(d.text for d in full)
+    full = await collect(serve(engine, chat(max_tokens=30, stop=stop), request_id="full-stop"))
+    full_ids = [t for c in full for t in c.token_ids]
     # What the client of a replica that died after 12 tokens had received.
     sent, got_ids = "", []
-    for d in full:
-        if len(got_ids) + len(d.token_ids) > 12:
+    for c in full:
+        if len(got_ids) + len(c.token_ids) > 12:
             break
-        got_ids += d.token_ids
-        sent += d.text
-    assert full_text.startswith(sent)
-    assert len(sent) + 10 < len(engine._tokenizer.decode(got_ids))  # text was held back at the split
+        got_ids += c.token_ids
+        sent += c.text
+    produced = engine._llm.get_tokenizer().decode(got_ids)
+    assert len(sent) + 10 < len(produced)  # text was held back at the split
 
-    resumed_request = chat("resumed-stop", question, max_tokens=30)
-    resumed_request.sampling.stop = stop
-    resumed_request.resume_token_ids = got_ids
-    resumed_request.resume_text = sent
-    resumed = await collect(engine.generate(resumed_request))
-    assert got_ids + [t for d in resumed for t in d.token_ids] == full_ids
-    assert sent + "".join(d.text for d in resumed) == full_text  # not a character lost or repeated
+    resumed = await collect(serve(engine, chat(max_tokens=30, stop=stop), "resumed-stop", Resume(got_ids, sent)))
+    assert content(resumed).startswith(produced[len(sent) :])  # the held-back text comes first
+    assert got_ids + [t for c in resumed for t in c.token_ids] == full_ids
+    assert sent + content(resumed) == content(full)  # not a character lost or repeated
+    assert resumed[-1].completion_tokens == 30
 
 
 async def test_the_replica_metrics_carry_vllms_own_latency_and_token_figures(engine) -> None:
@@ -236,7 +246,7 @@ async def test_the_replica_metrics_carry_vllms_own_latency_and_token_figures(eng
     metrics.watch_load(engine.load)
     engine.attach_metrics(metrics)
     try:
-        deltas = await collect(engine.generate(chat("metrics-1", "Name three colours.", max_tokens=12)))
+        chunks = await collect(serve(engine, chat("Name three colours.", max_tokens=12), request_id="metrics-1"))
         await asyncio.sleep(0.5)  # the stat logger runs on the output handler, right after the last output
         samples = {
             (s.name, s.labels.get("model"), s.labels.get("replica")): s.value
@@ -248,10 +258,10 @@ async def test_the_replica_metrics_carry_vllms_own_latency_and_token_figures(eng
         engine.metrics = None
         engine._sink.metrics = None
     key = (MODEL, "r-metrics")
-    generated = sum(len(d.token_ids) for d in deltas)
+    generated = sum(len(c.token_ids) for c in chunks)
     assert samples[("vllm:time_to_first_token_seconds_count", *key)] == 1
     assert samples[("vllm:e2e_request_latency_seconds_count", *key)] == 1
     assert samples[("vllm:inter_token_latency_seconds_count", *key)] >= 1
     assert samples[("vllm:generation_tokens_total", *key)] == generated
-    assert samples[("vllm:prompt_tokens_total", *key)] == deltas[-1].prompt_tokens
+    assert samples[("vllm:prompt_tokens_total", *key)] == chunks[-1].prompt_tokens
     assert ("vllm:kv_cache_usage_perc", *key) in samples and ("vllm:num_requests_running", *key) in samples

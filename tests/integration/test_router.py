@@ -56,7 +56,7 @@ async def test_streaming_over_sse_yields_one_chunk_per_token_then_usage(sim_flee
 async def test_openai_errors_have_openai_shape_and_status(sim_fleet):
     router = await sim_fleet.start(1)
     client = oai(router)
-    with pytest.raises(openai.NotFoundError, match="not found"):
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
         await client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError, match="temperature"):
         await client.chat.completions.create(model="sim", messages=[{"role": "user", "content": "x"}], temperature=3)
@@ -92,7 +92,7 @@ async def test_grpc_generate_streams_and_reports_usage_on_the_last_chunk(sim_fle
 @pytest.mark.parametrize(
     ("mutate", "code", "words"),
     [
-        (lambda r: setattr(r, "model", "nope"), grpc.StatusCode.NOT_FOUND, "not found"),
+        (lambda r: setattr(r, "model", "nope"), grpc.StatusCode.NOT_FOUND, "does not exist"),
         (lambda r: setattr(r.sampling, "temperature", 9.0), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
         (lambda r: setattr(r.sampling, "top_p", 0.0), grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
         (lambda r: setattr(r.sampling, "max_tokens", 0), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
@@ -152,7 +152,7 @@ async def test_a_client_cancel_aborts_the_request_on_the_replica(sim_fleet):
             break
         await asyncio.sleep(0.02)
     assert await _running(sim_fleet) == 0
-    assert sim_fleet.servicers[0].in_flight == set()
+    assert sim_fleet.servicers[0].in_flight == {}
 
 
 async def test_an_expired_deadline_aborts_the_request_on_the_replica(sim_fleet):

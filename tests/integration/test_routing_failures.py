@@ -1,6 +1,6 @@
 """Failure handling in the balancer, over real gRPC on loopback with injected faults.
 
-A failing replica (every Generate answers UNAVAILABLE), a hung one (Generate
+A failing replica (every OpenAI call answers UNAVAILABLE), a hung one (its OpenAI call
 never sends a token), and the circuit breaker that ejects a replica and probes
 it back.
 """
@@ -24,17 +24,17 @@ class FailingServicer(ReplicaServicer):
 
     broken = True
 
-    async def Generate(self, request, context):  # type: ignore[override]
+    async def OpenAI(self, request, context):  # type: ignore[override]
         if type(self).broken:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "injected failure")
-        async for chunk in super().Generate(request, context):
+        async for chunk in super().OpenAI(request, context):
             yield chunk
 
 
 class HungServicer(ReplicaServicer):
     """Accepts requests and never answers (a wedged engine)."""
 
-    async def Generate(self, request, context):  # type: ignore[override]
+    async def OpenAI(self, request, context):  # type: ignore[override]
         await asyncio.Event().wait()
         yield  # pragma: no cover
 

@@ -8,7 +8,7 @@ from cluster.proto import replica_pb2
 from cluster.router.auth import ANONYMOUS
 from cluster.router.gate import Gate, Refused
 from cluster.router.metrics import RouterMetrics
-from cluster.router.validation import validate
+from cluster.router.validation import relay_request
 
 pytestmark = pytest.mark.asyncio
 
@@ -26,11 +26,11 @@ class HeldBalancer:
     async def generate(self, req, timeout_s):
         self.started.append(req.model)
         await self.release.wait()
-        yield replica_pb2.ReplicaChunk(text="x", finish_reason="length", prompt_tokens=3, completion_tokens=1)
+        yield replica_pb2.OpenAIChunk(data=b"{}", status=200, text="x", finish_reason="length", prompt_tokens=3, completion_tokens=1)
 
 
 async def drain(gate: Gate, model: str) -> list:
-    req = validate(model=model, prompt="hi", max_tokens=1)
+    req = relay_request("completions", {"model": model, "prompt": "hi", "max_tokens": 1}, models=[model])
     return [c async for c in gate.generate(gate.anonymous, req, 10)]
 
 

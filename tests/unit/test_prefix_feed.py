@@ -6,7 +6,7 @@ from cluster.engine.base import EngineRequest, Sampling
 from cluster.engine.sim import SimEngine, SimParams
 from cluster.proto import replica_pb2
 from cluster.replica.prefix_feed import attach_prefix_feed
-from cluster.router.validation import ValidRequest
+from cluster.router.validation import relay_request
 from tests.policy_fakes import system_prompt
 
 
@@ -56,9 +56,9 @@ async def test_evicted_blocks_take_their_keys_out_of_the_feed_and_each_stream_se
 
 def test_the_router_and_the_replica_compute_the_same_routing_text():
     msgs = [ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content="hello")]
-    req = ValidRequest(model="m", request_id="a", messages=msgs)
-    assert req.routing_text == routing_text(None, [m.content for m in msgs])
-    assert ValidRequest(model="m", request_id="b", prompt="x y").routing_text == routing_text("x y", None)
+    body = {"model": "m", "messages": [{"role": m.role, "content": m.content} for m in msgs]}
+    assert relay_request("chat", body, models=["m"]).routing_text == routing_text(None, [m.content for m in msgs])
+    assert relay_request("completions", {"model": "m", "prompt": "x y"}, models=["m"]).routing_text == routing_text("x y", None)
 
 
 def test_text_keys_are_chained_and_the_same_in_every_process():

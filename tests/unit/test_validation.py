@@ -1,62 +1,67 @@
+"""What the router itself reads of a request body, and what it refuses before any replica sees it."""
+
+import json
+
 import pytest
 
-from cluster.router.validation import InvalidRequest, validate
+from cluster.router.validation import InvalidRequest, parse_body, relay_request
 
 
-def ok(**kw):
-    base = {"model": "m", "prompt": "hi"}
-    base.update(kw)
-    return validate(**base)
+def relay(body, endpoint="chat", **kw):
+    return relay_request(endpoint, body, models=["m"], **kw)
 
 
-def test_defaults_are_filled_and_a_request_id_assigned():
-    r = ok()
-    assert r.max_tokens == 256 and r.temperature == 1.0 and r.top_p == 1.0 and r.top_k == -1
-    assert len(r.request_id) == 32
+def test_the_router_reads_only_model_stream_budget_prompt_and_session_and_leaves_sampling_unset():
+    body = parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true, "user": "u1"}')
+    r = relay(body)
+    assert (r.model, r.stream, r.n, r.session_id, r.routing_text) == ("m", True, 1, "u1", "hi")
+    assert r.max_tokens == 256  # the router's budget estimate, never sent to the engine
+    sent = json.loads(r.encoded_body())
+    assert "temperature" not in sent and "max_tokens" not in sent and "top_p" not in sent
+    assert sent["request_id"] == r.request_id and len(r.request_id) == 32
+
+
+def test_the_budget_is_the_requests_own_limit_times_n():
+    assert relay({"model": "m", "messages": [], "max_completion_tokens": 9, "max_tokens": 3, "n": 2}).max_tokens == 18
+    assert relay({"model": "m", "prompt": "x", "max_tokens": 5}, "completions").max_tokens == 5
+
+
+def test_the_only_served_model_is_taken_when_the_body_names_none_as_vllm_does():
+    assert relay({"messages": []}).model == "m"
+    with pytest.raises(InvalidRequest) as err:
+        relay_request("chat", {"messages": []}, models=["a", "b"])
+    assert err.value.param == "model"
+
+
+def test_a_clients_request_id_becomes_the_response_id_for_every_replica():
+    assert relay({"model": "m", "messages": []}, request_id="abc").body["request_id"] == "abc"
+    assert relay({"model": "m", "messages": [], "request_id": "mine"}, request_id="abc").request_id == "mine"
 
 
 @pytest.mark.parametrize(
-    ("kw", "param"),
+    ("raw", "param", "why"),
     [
-        ({"temperature": -0.1}, "temperature"),
-        ({"temperature": 2.5}, "temperature"),
-        ({"temperature": float("nan")}, "temperature"),
-        ({"temperature": "hot"}, "temperature"),
-        ({"top_p": 0}, "top_p"),
-        ({"top_p": 1.01}, "top_p"),
-        ({"top_k": -5}, "top_k"),
-        ({"max_tokens": 0}, "max_tokens"),
-        ({"max_tokens": 1.5}, "max_tokens"),
-        ({"max_tokens": True}, "max_tokens"),
-        ({"seed": -1}, "seed"),
-        ({"stop": 7}, "stop"),
-        ({"stop": ["x"] * 17}, "stop"),
-        ({"stop": [""]}, "stop"),
-        ({"prompt": ""}, "prompt"),
-        ({"prompt": "a\x00b"}, "prompt"),
-        ({"prompt": "bad \ud800 surrogate"}, "prompt"),
-        ({"prompt": None, "messages": []}, "messages"),
-        ({"prompt": None, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-        ({"prompt": None, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0]"),
-        ({"messages": [{"role": "user", "content": "x"}]}, "prompt"),
-        ({"model": ""}, "model"),
-        ({"request_id": "x" * 200}, "request_id"),
+        (b"\xff\xfe{}", "body", "UTF-8"),
+        (b"{not json", "body", "not valid JSON"),
+        (b"[1, 2]", "body", "JSON object"),
+        (b'{"model": "m", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "body", "nested too deep"),
+        (b'{"model": "m", "x": ' + b"[" * 100 + b"]" * 100 + b"}", "x", "nested deeper"),
+        (b'{"model": "m", "temperature": 1e400}', "temperature", "finite"),
+        (b'{"model": "m", "top_p": ' + b"1" * 400 + b"}", "top_p", "finite"),
+        (b'{"model": "m", "temperature": NaN}', "body", "NaN"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content", "surrogate"),
+        (b'{"model": "m", "stream": "yes"}', "stream", "boolean"),
+        (b'{"model": 7}', "model", "required"),
     ],
 )
-def test_each_bad_parameter_is_rejected_with_its_name(kw, param):
+def test_a_body_that_would_break_a_parser_further_on_is_refused_naming_the_field(raw, param, why):
     with pytest.raises(InvalidRequest) as err:
-        ok(**kw)
-    assert err.value.param == param
+        relay(parse_body(raw))
+    assert err.value.param == param and why in str(err.value)
     assert str(err.value).startswith(param + ":")
 
 
-def test_chat_content_parts_are_joined_and_top_k_zero_means_disabled():
-    r = validate(model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}], top_k=0)
-    assert r.messages[0].content == "ab"
-    assert r.top_k == -1
-
-
-def test_a_single_stop_string_becomes_a_list_and_unicode_is_normalised():
-    r = ok(stop="END", prompt="cafe\u0301")
-    assert r.stop == ["END"]
-    assert r.prompt == "caf\u00e9"
+def test_an_unknown_routing_policy_header_is_refused_by_name():
+    with pytest.raises(InvalidRequest) as err:
+        relay({"model": "m", "messages": []}, routing_policy="nope")
+    assert err.value.param == "x-routing-policy"

@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from cluster.common.prefix_hash import adapter_root, chain_block_hashes
-from cluster.engine.base import Delta, Engine, EngineRequest, EngineRequestError, LoadSnapshot
+from cluster.engine.base import Chunk, Delta, Engine, EngineRequest, EngineRequestError, LoadSnapshot, OpenAICall
 from cluster.engine.kv_events import KvEventSink
+from cluster.engine.sim import openai as sim_openai
 from cluster.engine.sim.adapters import AdapterLimits, AdapterSlots
 from cluster.engine.sim.params import SimParams
 from cluster.engine.sim.scheduler import FINISHED, Scheduler, Seq
@@ -35,7 +36,12 @@ class SimEngine(Engine):
     backend = BACKEND_NAME
 
     def __init__(
-        self, params: SimParams | Mapping[str, Any] | None = None, *, model_name: str = "sim", lora: AdapterLimits | None = None
+        self,
+        params: SimParams | Mapping[str, Any] | None = None,
+        *,
+        model_name: str = "sim",
+        lora: AdapterLimits | None = None,
+        default_sampling: Mapping[str, Any] | None = None,
     ) -> None:
         if params is None:
             params = SimParams()
@@ -43,6 +49,8 @@ class SimEngine(Engine):
             params = SimParams.from_dict(params)
         self.params = params
         self.model_name = model_name
+        #: Sampling defaults for fields a request leaves unset (``models[].default_sampling``).
+        self.default_sampling = dict(default_sampling or {})
         self.max_model_len = params.max_model_len
         self.kv_capacity_tokens = params.kv_capacity_blocks * params.block_size
         #: LoRA adapters and slots; None: LoRA off (a request naming an adapter is refused).
@@ -81,7 +89,15 @@ class SimEngine(Engine):
     def num_steps(self) -> int:
         return self.scheduler.num_steps
 
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The output words of ``token_ids`` (prompt ids have no text: "" for them)."""
+        return " ".join(self._codec.id_words.get(i, "") for i in token_ids)
+
     # -- Engine interface ----------------------------------------------------
+
+    def serve(self, call: OpenAICall) -> AsyncIterator[Chunk]:
+        """One OpenAI request through the sim's small OpenAI layer (:mod:`cluster.engine.sim.openai`)."""
+        return sim_openai.serve(self, call, self.default_sampling)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[Delta]:
         seq = self._new_seq(request)
