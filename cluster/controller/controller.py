@@ -45,7 +45,7 @@ from cluster.config import ClusterConfig, ModelConfig
 from cluster.controller import adapters, adoption, launch
 from cluster.controller.discovery import ControllerCollector, Endpoints, EndpointWatch, endpoint_set, sd_targets, serve_metrics
 from cluster.controller.replica import Replica, ReplicaState
-from cluster.controller.slots import SlotAllocator, cpu_binding, node_cpus
+from cluster.controller.slots import ReplicaSlots
 from cluster.controller.state import ModelState, StateStore
 from cluster.logs import setup_logging
 from cluster.replica.placement import plan_placement
@@ -60,13 +60,7 @@ REPLICA_PREFIX = adoption.REPLICA_PREFIX
 #: receive the new set before the replica starts saying UNAVAILABLE.
 DRAIN_GRACE_S = 0.5
 
-STARTING, READY, DRAINING, STOPPED, FAILED = (
-    ReplicaState.STARTING,
-    ReplicaState.READY,
-    ReplicaState.DRAINING,
-    ReplicaState.STOPPED,
-    ReplicaState.FAILED,
-)
+STARTING, READY, DRAINING, STOPPED, FAILED = ReplicaState  # in the order the enum declares them
 
 
 class ControllerActor:
@@ -86,8 +80,7 @@ class ControllerActor:
         #: Held while an adapter is being loaded or unloaded, so the health check's re-sync does not undo it half-way.
         self._adapter_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._cpu_slots = SlotAllocator()
-        self._metrics_slots = SlotAllocator()
+        self._slots = ReplicaSlots(self.config.controller.replica_metrics_port)
         self._metrics_runner: Any = None
         self.metrics_port = 0
         self._registry = CollectorRegistry(auto_describe=True)
@@ -266,10 +259,7 @@ class ControllerActor:
             r.pg = launch.create_placement_group(r.replica_id, plan)
             await asyncio.wait_for(r.pg.ready(), timeout)
             r.node_id = launch.bundle_node(r.pg)
-            env = dict(model.env)
-            metrics_port = self._assign_metrics_port(r)
-            if model.engine == "vllm" and model.num_gpus_per_shard == 0 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
-                env["VLLM_CPU_OMP_THREADS_BIND"] = self._assign_cpu_cores(r, model)
+            env, metrics_port = self._slots.assign(r, model)
             r.actor = launch.create_replica_actor(r, model, plan, env, self.config.internal_tls.model_dump(), metrics_port)
             info = await asyncio.wait_for(r.actor.start.remote(), timeout)
             r.address = info["address"]
@@ -291,19 +281,6 @@ class ControllerActor:
             if r.state == STARTING:
                 r.state = FAILED
             self._cleanup(r)
-
-    def _assign_cpu_cores(self, r: Replica, model: ModelConfig) -> str:
-        """Give each vLLM CPU replica on a node its own cores (see cluster.controller.slots.cpu_binding)."""
-        r.cpu_slot = self._cpu_slots.take(r.node_id)
-        return cpu_binding(r.cpu_slot, model, node_cpus(r.node_id))
-
-    def _assign_metrics_port(self, r: Replica) -> int:
-        """0 (ephemeral), or ``replica_metrics_port`` + the replica's slot on its node."""
-        base = self.config.controller.replica_metrics_port
-        if base == 0:
-            return 0
-        r.metrics_slot = self._metrics_slots.take(r.node_id)
-        return base + r.metrics_slot
 
     # ---- health ------------------------------------------------------------
     async def _check_health(self) -> None:
@@ -361,9 +338,7 @@ class ControllerActor:
     def _cleanup(self, r: Replica) -> None:
         """Free the replica's Ray objects and its slots."""
         launch.remove_replica(r)
-        self._cpu_slots.release(r.node_id, r.cpu_slot)
-        self._metrics_slots.release(r.node_id, r.metrics_slot)
-        r.cpu_slot = r.metrics_slot = None
+        self._slots.release(r)
 
     def _publish(self) -> None:
         self._watch.bump()

@@ -1,8 +1,9 @@
 """Per-node slots: the small integers that give each replica on a node its own CPU cores and metrics port.
 
-One :class:`SlotAllocator` hands out the smallest free slot per node; the
-controller keeps one for CPU cores (vLLM CPU replicas) and one for metrics
-ports (when ``controller.replica_metrics_port`` is set).  Slots are not
+One :class:`SlotAllocator` hands out the smallest free slot per node;
+:class:`ReplicaSlots` keeps one for CPU cores (vLLM CPU replicas) and one for
+metrics ports (when ``controller.replica_metrics_port`` is set), and gives a
+replica both, and back.  Slots are not
 recovered after a controller restart: adopted replicas keep their cores and
 ports, new ones may be given overlapping ones.
 """
@@ -12,6 +13,9 @@ from __future__ import annotations
 import ray
 
 from cluster.config import ModelConfig
+from cluster.controller.replica import Replica
+
+CPU_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 #: The node key of a replica whose node is unknown.
 UNKNOWN_NODE = "?"
@@ -33,6 +37,32 @@ class SlotAllocator:
 
     def used(self, node: str | None) -> set[int]:
         return set(self._used.get(node or UNKNOWN_NODE, ()))
+
+
+class ReplicaSlots:
+    """The slots replicas hold on their nodes: their own CPU cores, their own metrics port."""
+
+    def __init__(self, metrics_base_port: int) -> None:
+        self.metrics_base_port = metrics_base_port
+        self.cpu = SlotAllocator()
+        self.metrics = SlotAllocator()
+
+    def assign(self, r: Replica, model: ModelConfig) -> tuple[dict[str, str], int]:
+        """The replica's environment (with its cores bound, for a vLLM CPU replica) and metrics port (0: ephemeral)."""
+        env = dict(model.env)
+        port = 0
+        if self.metrics_base_port:
+            r.metrics_slot = self.metrics.take(r.node_id)
+            port = self.metrics_base_port + r.metrics_slot
+        if model.engine == "vllm" and model.num_gpus_per_shard == 0 and CPU_BIND_ENV not in env:
+            r.cpu_slot = self.cpu.take(r.node_id)
+            env[CPU_BIND_ENV] = cpu_binding(r.cpu_slot, model, node_cpus(r.node_id))
+        return env, port
+
+    def release(self, r: Replica) -> None:
+        self.cpu.release(r.node_id, r.cpu_slot)
+        self.metrics.release(r.node_id, r.metrics_slot)
+        r.cpu_slot = r.metrics_slot = None
 
 
 def cpu_binding(slot: int, model: ModelConfig, node_cpus: int) -> str:

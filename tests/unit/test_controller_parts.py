@@ -9,7 +9,7 @@ import pytest
 from cluster.config import ModelConfig
 from cluster.controller.discovery import EndpointWatch, endpoint_set
 from cluster.controller.replica import Replica, ReplicaState
-from cluster.controller.slots import SlotAllocator, cpu_binding
+from cluster.controller.slots import ReplicaSlots, SlotAllocator, cpu_binding
 from cluster.controller.state import ModelState
 
 
@@ -29,6 +29,20 @@ def test_cpu_replicas_in_consecutive_slots_get_disjoint_cores_until_the_node_run
     bindings = [cpu_binding(slot, model, node_cpus=8) for slot in range(3)]
     assert bindings[:2] == ["0,1|2,3", "4,5|6,7"]
     assert bindings[2] == bindings[0]  # wraps round the node's 8 cores
+
+
+def test_a_vllm_cpu_replica_gets_cores_and_a_port_a_sim_one_only_a_port_and_both_come_back(monkeypatch):
+    monkeypatch.setattr("cluster.controller.slots.node_cpus", lambda node: 4)
+    slots = ReplicaSlots(metrics_base_port=9500)
+    vllm, sim = Replica("v-1", "v", node_id="n"), Replica("s-1", "s", node_id="n")
+    env, port = slots.assign(vllm, ModelConfig(name="v", engine="vllm", num_cpus_per_shard=2))
+    assert (env["VLLM_CPU_OMP_THREADS_BIND"], port) == ("0,1", 9500)
+    env, port = slots.assign(sim, ModelConfig(name="s", engine="sim", env={"X": "1"}))
+    assert (env, port, sim.cpu_slot) == ({"X": "1"}, 9501, None)
+    slots.release(vllm)
+    slots.release(vllm)  # a second cleanup frees nothing another replica holds
+    assert (slots.cpu.used("n"), slots.metrics.used("n")) == (set(), {1})
+    assert ReplicaSlots(metrics_base_port=0).assign(Replica("s-2", "s"), ModelConfig(name="s", engine="sim"))[1] == 0
 
 
 async def test_a_watcher_wakes_when_the_set_changes_and_not_before():
