@@ -30,6 +30,7 @@ from cluster.engine.base import (
     OpenAICall,
     Resume,
     error_body,
+    error_chunk,
 )
 from cluster.proto import replica_pb2, replica_pb2_grpc
 from cluster.replica.encode import sse_to_proto
@@ -129,6 +130,17 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         if isinstance(call, replica_pb2.OpenAIChunk):
             yield call
             return
+        async with contextlib.aclosing(self.serve(call)) as chunks:
+            async for c in chunks:
+                for out in encode(c, request.format, call.request_id):
+                    yield out
+
+    async def serve(self, call: OpenAICall) -> AsyncIterator[Chunk]:
+        """The engine's answer to ``call``, counted in flight (``Abort`` and ``drain`` see it) and timed for the TTFT mean.
+
+        Both of the replica's APIs serve through here: the gRPC ``OpenAI`` call
+        and its own HTTP API (cluster.replica.http_api).
+        """
         rid = call.request_id
         task = asyncio.current_task()
         if task is not None:
@@ -142,12 +154,11 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
                     if first and c.data:
                         first = False
                         self._observe_ttft(started)
-                    for out in encode(c, request.format, rid):
-                        yield out
+                    yield c
         except EngineRequestError as exc:
-            yield replica_pb2.OpenAIChunk(data=error_body(str(exc)), status=400)
+            yield error_chunk(str(exc))
         finally:
-            # Client cancel or deadline: grpc.aio cancels this coroutine and
+            # Client cancel or deadline: the caller's task is cancelled and
             # closing the engine's stream aborts the request there.
             if self.in_flight.get(rid) is task:
                 del self.in_flight[rid]

@@ -11,33 +11,27 @@ the session key (``user`` or the ``x-session-id`` header), and the request id
 the relayed body so every replica, also a resuming one, answers with the same
 response id).
 
-It refuses at once what would break a parser further on: a body that is not
-UTF-8, not JSON, nested too deep, a number too large for a float (``1e400``,
-``10**400``), a lone surrogate, or a prompt that certainly cannot fit the
-model's context: HTTP 400 / INVALID_ARGUMENT naming the field.
+It refuses at once what would break a parser further on (a body that is not
+UTF-8, not JSON, nested too deep, a number too large for a float, a lone
+surrogate: :mod:`cluster.common.openai_body`), or a prompt that certainly
+cannot fit the model's context: HTTP 400 / INVALID_ARGUMENT naming the field.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+# The body checks are shared with the replica's own HTTP API (cluster.replica.http_api).
+from cluster.common.openai_body import InvalidRequest as InvalidRequest
+from cluster.common.openai_body import check_values as check_values
+from cluster.common.openai_body import parse_body as parse_body
+
 #: Endpoints (the replica contract's names).
 CHAT, COMPLETIONS, TOKENIZE, DETOKENIZE, EMBEDDINGS = "chat", "completions", "tokenize", "detokenize", "embeddings"
 MAX_TOKENS_CAP = 1 << 20
-#: JSON nesting the router parses (Python's own limit is near 1,000 and fails with RecursionError).
-MAX_DEPTH = 64
-#: Digits of an integer the router accepts (10**308 is near the largest float).
-MAX_INT_DIGITS = 308
-
-
-class InvalidRequest(ValueError):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
 
 
 @dataclass(slots=True)
@@ -63,83 +57,6 @@ class RelayRequest:
 
     def encoded_body(self) -> bytes:
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-class _Flags:
-    big = False
-
-
-def _parse_int(s: str, flags: _Flags) -> int | float:
-    if len(s.lstrip("-")) > MAX_INT_DIGITS:
-        flags.big = True
-        return math.inf
-    return int(s)
-
-
-def _parse_float(s: str, flags: _Flags) -> float:
-    v = float(s)
-    if math.isinf(v):
-        flags.big = True
-    return v
-
-
-def _no_constant(name: str) -> float:
-    raise InvalidRequest("body", f"{name} is not valid JSON")
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """The client's JSON object; InvalidRequest naming what is wrong."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("body", f"is not valid UTF-8 (byte {exc.start})") from None
-    flags = _Flags()
-    try:
-        body = json.loads(
-            text,
-            parse_int=lambda s: _parse_int(s, flags),
-            parse_float=lambda s: _parse_float(s, flags),
-            parse_constant=_no_constant,
-        )
-    except RecursionError:
-        raise InvalidRequest("body", "JSON nested too deep") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest("body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body", "must be a JSON object")
-    check_values(body, flags.big)
-    return body
-
-
-def check_values(body: dict[str, Any], big: bool = False) -> None:
-    """Refuse nesting beyond MAX_DEPTH, numbers beyond a float, lone surrogates; names the field."""
-    stack: list[tuple[str, Any, int]] = [("", body, 0)]
-    while stack:
-        path, value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth >= MAX_DEPTH:
-                top = path.split("[", 1)[0].split(".", 1)[0]  # the field, not a 64-level path
-                raise InvalidRequest(top or "body", f"is nested deeper than {MAX_DEPTH} levels")
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for k, v in items:
-                if isinstance(k, str) and not _encodable(k):
-                    raise InvalidRequest(path or "body", "has a key that is not valid Unicode (lone surrogate)")
-                if isinstance(v, dict | list | str) or (big and isinstance(v, float)):
-                    stack.append((f"{path}.{k}" if isinstance(k, str) and path else f"{path}[{k}]" if path else str(k), v, depth + 1))
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise InvalidRequest(path, "is not a finite number (too large for a 64-bit float?)")
-        elif isinstance(value, str) and not _encodable(value):
-            raise InvalidRequest(path, "is not valid Unicode (lone surrogate)")
-
-
-def _encodable(s: str) -> bool:
-    if s.isascii():
-        return True
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _text_of(content: Any) -> str:

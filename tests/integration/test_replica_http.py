@@ -60,3 +60,32 @@ def test_a_sim_replica_serves_an_openai_api_and_the_probes_gateways_use():
     finally:
         p.send_signal(signal.SIGINT)
         assert p.wait(15) == 0
+
+
+async def test_the_replica_api_streams_sse_and_refuses_a_foreign_model_and_a_broken_body_naming_them():
+    import aiohttp
+
+    from cluster.engine.sim import SimEngine
+    from cluster.replica.http_api import start_replica_http
+    from cluster.replica.server import ReplicaServicer
+
+    engine = SimEngine({"time_scale": 0.05}, model_name="sim")
+    servicer = ReplicaServicer(engine, "r0", "sim")
+    runner, port = await start_replica_http(servicer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}  # no model: its only one
+            async with s.post(f"{url}/v1/chat/completions", json=body, headers={"x-request-id": "abc"}) as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+                events = [line for line in (await r.text()).splitlines() if line.startswith("data: ")]
+            assert events[-1] == "data: [DONE]"
+            assert '"id":"chatcmpl-abc"' in events[0].replace(" ", "")
+            async with s.post(f"{url}/v1/completions", json={"model": "other", "prompt": "x"}) as r:
+                assert r.status == 404 and (await r.json())["error"]["param"] == "model"
+            async with s.post(f"{url}/v1/completions", data=b'{"model": "sim", "prompt": "x", "max_tokens": 1e400}') as r:
+                assert r.status == 400 and (await r.json())["error"]["param"] == "max_tokens"
+            assert not servicer.in_flight  # every request ended on the replica too
+    finally:
+        await runner.cleanup()
+        await engine.shutdown()
