@@ -62,16 +62,18 @@ def start_backend(procs: Procs) -> tuple[str, str]:
 
 
 def find_binary(name: str) -> str | None:
+    """On PATH, or beside this Python (an unactivated venv)."""
     beside = Path(sys.executable).parent / name
     return shutil.which(name) or (str(beside) if beside.exists() else None)
 
 
-def start_gateway(procs: Procs, kind: str, urls: list[str]) -> tuple[str, int]:
+def start_gateway(procs: Procs, kind: str, urls: list[str], policy: str = "round_robin") -> tuple[str, int]:
+    """``vllm-router`` or ``smg`` (PyPI) over the backends' OpenAI HTTP ``urls``; returns (its URL, its pid)."""
     port, metrics_port = free_port(), free_port()
     binary = find_binary(kind) or kind
     head = [binary] if kind == "vllm-router" else [binary, "launch"]
     level = "warning" if kind == "vllm-router" else "warn"
-    cmd = [*head, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin", "--prometheus-port", str(metrics_port)]
+    cmd = [*head, "--host", "127.0.0.1", "--port", str(port), "--policy", policy, "--prometheus-port", str(metrics_port)]
     cmd += ["--log-level", level, "--worker-urls", *urls]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     procs.procs.append(p)

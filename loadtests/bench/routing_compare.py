@@ -45,21 +45,19 @@ import argparse
 import asyncio
 import json
 import re
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 
 from loadtests.arrivals import ArrivalProcess, RateProfile
+from loadtests.bench.router_overhead import find_binary, start_gateway
 from loadtests.clients import OpenAIHTTPClient
 from loadtests.clients.spread import SpreadClient
 from loadtests.lengths import LengthDist
 from loadtests.metrics import aggregate, latency_samples, percentile
-from loadtests.procs import Procs, free_port, running, start_router, wait_port
+from loadtests.procs import Procs, running, start_router
 from loadtests.runner import Runner, RunOptions, build_schedule
 from loadtests.workloads import SharedPrefixWorkload, parse_group_popularity
 
@@ -93,24 +91,8 @@ def start_http_replica(procs: Procs, engine_args: str) -> tuple[str, str]:
     return f"{m.group(1)}:{m.group(2)}", m.group(3)
 
 
-def find_binary(name: str) -> str | None:
-    """On PATH, or beside this Python (an unactivated venv)."""
-    beside = Path(sys.executable).parent / name
-    return shutil.which(name) or (str(beside) if beside.exists() else None)
-
-
 def start_foreign(procs: Procs, kind: str, policy: str, urls: list[str]) -> str:
-    port, metrics_port = free_port(), free_port()
-    binary = find_binary(kind)
-    if kind == "vllm-router":
-        cmd = [binary or kind, "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
-        cmd += ["--prometheus-port", str(metrics_port), "--log-level", "warning", "--worker-urls", *urls]
-    else:
-        cmd = [binary or kind, "launch", "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
-        cmd += ["--prometheus-port", str(metrics_port), "--log-level", "warn", "--worker-urls", *urls]
-    procs.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_port(port)
-    return f"http://127.0.0.1:{port}"
+    return start_gateway(procs, kind, urls, policy)[0]
 
 
 async def _wait_serving(url: str, timeout_s: float = 60) -> None:
