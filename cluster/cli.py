@@ -318,6 +318,10 @@ def cmd_router(args: argparse.Namespace) -> int:
             source = controller_source(get_or_create_controller(cfg))
         else:
             source = controller_source(ray.get_actor(CONTROLLER_NAME))
+    from cluster.router.workers import resolve_workers, serve_workers
+
+    if resolve_workers(cfg.router.workers) > 1:  # router.workers processes on the shared ports
+        return serve_workers(cfg, {cfg.models[0].name: eps} if args.replica else None)
     try:
         asyncio.run(serve_forever(Router(cfg.router, source, cfg.internal_tls)))
     except KeyboardInterrupt:

@@ -214,6 +214,10 @@ class RouterConfig(_Strict):
     grpc_port: int = Field(50051, ge=0, le=65535)
     #: Public OpenAI-compatible HTTP port; 0 picks a free one.
     http_port: int = Field(8000, ge=0, le=65535)
+    #: Router processes on this node sharing the public ports (SO_REUSEPORT), each with its own endpoint
+    #: watch and load streams; one metrics port for all.  null: the cores this process may use (the Helm
+    #: chart sets it from the pod's CPU limit).  `llm-cluster router` only; the router actor runs one.
+    workers: int | None = Field(None, ge=1, le=256)
     #: Routing policy: one of cluster.router.policies.POLICIES (docs/routing.md); a request may pick another with ``x-routing-policy``.
     policy: str = "power_of_two"
     #: Upper bound on one request's life in the router, seconds.

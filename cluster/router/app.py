@@ -30,7 +30,17 @@ ROUTER_NAME = "llm-cluster-router"
 
 
 class Router:
-    def __init__(self, config: RouterConfig, source: EndpointSource, internal_tls: InternalTLSConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        source: EndpointSource,
+        internal_tls: InternalTLSConfig | None = None,
+        *,
+        worker: bool = False,
+    ) -> None:
+        #: One of several router workers (cluster/router/workers.py): the public ports are shared
+        #: (SO_REUSEPORT) and the metrics port is private, on loopback, scraped by the supervisor.
+        self.worker = worker
         self.config = config
         self.replicas = ReplicaSet(source, internal_tls)
         #: This router's metrics (its own registry): served on metrics_port, read by tests.
@@ -65,11 +75,12 @@ class Router:
             InferenceServicer(self.balancer, self.config, self.gate), self.config.host, self.config.grpc_port
         )
         self._http, self.http_port = await start_http_server(
-            OpenAIServer(self.balancer, self.config, self.gate), self.config.host, self.config.http_port
+            OpenAIServer(self.balancer, self.config, self.gate), self.config.host, self.config.http_port, reuse_port=self.worker
         )
+        m_host, m_port = ("127.0.0.1", 0) if self.worker else (self.config.host, self.config.metrics_port)
         try:
             self._metrics, self.metrics_port = await start_metrics_server(
-                self.metrics.registry, self.config.host, self.config.metrics_port, before_scrape=self._refresh_gauges
+                self.metrics.registry, m_host, m_port, before_scrape=self._refresh_gauges
             )
         except OSError as exc:
             # Serving traffic matters more than being scraped: say so loudly and go on.

@@ -244,10 +244,12 @@ class OpenAIServer:
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
-async def start_http_server(server: OpenAIServer, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_http_server(server: OpenAIServer, host: str, port: int, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """``reuse_port``: share ``port`` with the other router workers on this node (SO_REUSEPORT)."""
     runner = web.AppRunner(server.app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=http_ssl_context(server.config.tls))
+    ssl = http_ssl_context(server.config.tls)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, ssl_context=ssl)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
     return runner, bound

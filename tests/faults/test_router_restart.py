@@ -27,7 +27,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 
 def spawn_router(procs: Procs, grpc_port: int, http_port: int, replicas: list[str]) -> None:
-    args = ["router", "--engine", "sim", "--set", "models.0.name=sim", "--set", "router.host=127.0.0.1"]
+    # One router process (router.workers: 1): this is about a router process's own death and restart;
+    # tests/integration/test_router_workers.py covers workers and their restarts.
+    args = ["router", "--engine", "sim", "--set", "models.0.name=sim", "--set", "router.host=127.0.0.1", "--set", "router.workers=1"]
     args += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     args += [a for r in replicas for a in ("--replica", r)]
     procs.spawn(args)

@@ -470,3 +470,26 @@ def test_the_packaged_chart_carries_the_rules_and_dashboards(tmp_path: Path) -> 
     assert rendered.returncode == 0, rendered.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
     assert "PrometheusRule" in kinds
+
+
+# ---- router workers -----------------------------------------------------------------------------
+def _router_args(docs: list[dict[str, Any]]) -> list[str]:
+    [dep] = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-router")]
+    [c] = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "router"]
+    return c["args"]
+
+
+@pytest.mark.parametrize(("cpu", "workers"), [("2", 2), ("500m", 1), ("1500m", 2), ("4", 4)])
+def test_the_router_runs_one_worker_per_core_of_its_cpu_limit(tmp_path: Path, cpu: str, workers: int) -> None:
+    out = render_with(tmp_path, {"router": {"resources": {"limits": {"cpu": cpu, "memory": "2Gi"}}}})
+    assert out.returncode == 0, out.stderr
+    args = _router_args([d for d in yaml.safe_load_all(out.stdout) if d])
+    assert f"router.workers={workers}" in args
+    # ... and the value it sets is one the router's config accepts.
+    assert load_config(overrides=[f"router.workers={workers}"]).router.workers == workers
+
+
+def test_an_explicit_router_workers_setting_wins_over_the_cpu_limit(tmp_path: Path) -> None:
+    out = render_with(tmp_path, {"cluster": {"router": {"workers": 3}}})
+    assert out.returncode == 0, out.stderr
+    assert "router.workers=3" in _router_args([d for d in yaml.safe_load_all(out.stdout) if d])

@@ -295,3 +295,13 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end -}}
+{{/* Router workers: cluster.router.workers when set, else the router pod's CPU limit rounded up (at least 1):
+     inside a container the router sees every core of the node, not its quota. */}}
+{{- define "llm-cluster.routerWorkers" -}}
+{{- $set := (.Values.cluster.router | default dict).workers -}}
+{{- if $set -}}{{ $set }}{{- else -}}
+{{- $cpu := toString (((.Values.router.resources | default dict).limits | default dict).cpu | default "1") -}}
+{{- $cores := ternary (divf (trimSuffix "m" $cpu | float64) 1000) ($cpu | float64) (hasSuffix "m" $cpu) -}}
+{{- max 1 (ceil $cores | int) -}}
+{{- end -}}
+{{- end -}}
