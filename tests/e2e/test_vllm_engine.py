@@ -66,6 +66,12 @@ async def test_unknown_engine_arg_is_rejected_before_starting(model_dir: Path) -
         await VllmEngine.create(str(model_dir), served_name=MODEL, engine_args={"no_such_arg": 1})
 
 
+async def test_vllm_takes_the_embedded_models_sampling_defaults_from_its_directory(engine) -> None:
+    """The prepared directory's generation_config.json carries the model card's recommendation, and vLLM
+    (generation_config="auto", as in `vllm serve`) reads it as its defaults for requests that set none."""
+    assert engine._llm.model_config.get_diff_sampling_param() == {"temperature": 0.2, "top_p": 0.9}
+
+
 QUESTION = "Explain in a few sentences why the sky is blue."
 
 
