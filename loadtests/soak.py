@@ -3,14 +3,16 @@
     python -m loadtests.soak --duration-s 1800            # the 30-minute run (target: < 5% growth, 0 leaks)
     python -m loadtests.soak --duration-s 60 --out soak.json
 
-The router and each sim replica run in their own process (real gRPC between
-them, the router's HTTP API in front), so each one's memory is measured alone.
-A control pipe into every child reports its RSS and what it still holds:
+The router and each sim replica are the real commands (``llm-cluster router``,
+``llm-cluster replica --engine sim``), each in its own process (real gRPC
+between them, the router's HTTP API in front), so each one's memory is
+measured alone.  What each still holds is read from its ``/metrics``:
 
-- router: the gate's admission slots and waiters, tenant in-flight counts,
-  the balancer's and the replica handles' in-flight counts (``Gate.leaks()``);
-- replica: the servicer's in-flight request ids and the engine's running and
-  waiting sequences.
+- router: ``llm_cluster_router_held_requests`` by layer (the gate's admission
+  slots and waiters, tenant in-flight counts, the balancer's and the replica
+  handles' in-flight counts);
+- replica: ``llm_cluster_replica_in_flight_requests`` (the server's in-flight
+  requests) and the engine's ``vllm:num_requests_running`` / ``_waiting``.
 
 Phases: calibrate (mean service time at low load) → warm-up (allocator and
 caches settle; the memory baseline is taken at its end) → the run, open loop
@@ -26,85 +28,93 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing as mp
 import os
+import re
 import signal
+import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.openloop import open_loop, percentile
+from loadtests.procs import Procs, free_port, start_router, wait_port
 from loadtests.workloads import RequestSpec
 
-
-# ---- children -----------------------------------------------------------------
-def _serve_control(conn: Connection, stats: Any, stop: threading.Event) -> None:
-    while not stop.is_set():
-        if not conn.poll(0.2):
-            continue
-        try:
-            cmd = conn.recv()
-        except (EOFError, OSError):  # the parent is gone: stop too, leave no orphan
-            stop.set()
-            break
-        if cmd == "stop":
-            conn.send({"stopped": True})
-            stop.set()
-            break
-        conn.send({"rss_bytes": psutil.Process().memory_info().rss, **stats()})
+# ---- the processes -----------------------------------------------------------
+REPLICA_HELD = {
+    "in_flight": "llm_cluster_replica_in_flight_requests",
+    "engine_running": "vllm:num_requests_running",
+    "engine_waiting": "vllm:num_requests_waiting",
+}
 
 
-def replica_main(conn: Connection, replica_id: str, sim: dict[str, Any]) -> None:
-    from cluster.engine.sim import SimEngine, SimParams
-    from cluster.replica.server import ReplicaServicer, start_server
-
-    async def main() -> None:
-        engine = SimEngine(SimParams.from_dict(sim), model_name="sim")
-        servicer = ReplicaServicer(engine, replica_id, "sim")
-        server, port = await start_server(servicer, "127.0.0.1", 0)
-        conn.send({"port": port, "max_model_len": engine.max_model_len})
-
-        def stats() -> dict[str, Any]:
-            load = engine.load()
-            return {"in_flight": len(servicer.in_flight), "engine_running": load.running, "engine_waiting": load.waiting}
-
-        stop = threading.Event()
-        t = threading.Thread(target=_serve_control, args=(conn, stats, stop), daemon=True)
-        t.start()
-        while not stop.is_set():  # noqa: ASYNC110 - polled from a thread-set flag
-            await asyncio.sleep(0.2)
-        await server.stop(0.5)
-        await engine.shutdown()
-
-    asyncio.run(main())
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of a /metrics page, summed over labels, by sample name (and by ``layer`` for the router's held requests)."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.name + (f":{sample.labels['layer']}" if "layer" in sample.labels else "")
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
 
 
-def router_main(conn: Connection, endpoints: list[dict[str, str]], router_cfg: dict[str, Any]) -> None:
-    from cluster.config import RouterConfig
-    from cluster.router.app import Router
-    from cluster.router.replicas import static_source
+@dataclass
+class Child:
+    """One command of the cluster, running: its process and its /metrics URL."""
 
-    async def main() -> None:
-        router = Router(RouterConfig.model_validate(router_cfg), static_source({"sim": endpoints}))
-        await router.start()
-        conn.send({"http_port": router.http_port, "grpc_port": router.grpc_port})
+    name: str
+    proc: subprocess.Popen
+    metrics_url: str
 
-        def stats() -> dict[str, Any]:
-            return {"leaks": router.gate.leaks(), "admitted": router.gate.admitted, "refused": router.gate.refused}
+    def rss(self) -> int:
+        return psutil.Process(self.proc.pid).memory_info().rss
 
-        stop = threading.Event()
-        t = threading.Thread(target=_serve_control, args=(conn, stats, stop), daemon=True)
-        t.start()
-        while not stop.is_set():  # noqa: ASYNC110 - polled from a thread-set flag
-            await asyncio.sleep(0.2)
-        await router.stop(0.5)
+    def held(self) -> dict[str, int]:
+        m = scrape(self.metrics_url)
+        if self.name == "router":
+            prefix = "llm_cluster_router_held_requests:"
+            return {k.removeprefix(prefix): int(v) for k, v in m.items() if k.startswith(prefix) and v}
+        return {k: int(m.get(name, 0)) for k, name in REPLICA_HELD.items() if m.get(name, 0)}
 
-    asyncio.run(main())
+    def stats(self) -> dict[str, Any]:
+        return {"rss_bytes": self.rss(), "held": self.held()}
+
+
+def start_replica(procs: Procs, i: int, sim: dict[str, Any]) -> tuple[Child, str]:
+    """``llm-cluster replica --engine sim`` with its metrics port; (child, gRPC address)."""
+    args = ["replica", "--engine", "sim", "--set", "models.0.name=sim", "--set", f"models.0.engine_args={json.dumps(sim)}"]
+    p = procs.spawn([*args, "--port", "0", "--metrics-port", "0"])
+    assert p.stdout is not None
+    lines = [p.stdout.readline(), p.stdout.readline()]
+    addr = re.search(r"on ([\d.]+:\d+)", lines[0])
+    murl = re.search(r"(http://[\d.]+:\d+/metrics)", lines[1])
+    if not addr or not murl:
+        raise RuntimeError(f"replica {i} did not start: {lines!r}")
+    return Child(f"replica-{i}", p, murl.group(1)), addr.group(1)
+
+
+def start_router_child(procs: Procs, replicas: list[str], slots_per_replica: int) -> tuple[Child, int]:
+    """``llm-cluster router`` over ``replicas``; (child, HTTP port)."""
+    mport = free_port()
+    _, http_port = start_router(
+        procs,
+        replicas,
+        overrides=[
+            "models.0.name=sim",
+            f"router.metrics_port={mport}",
+            f"router.admission.max_concurrent_per_replica={slots_per_replica}",
+            "router.admission.queue_timeout_s=5.0",
+        ],
+    )
+    wait_port(mport)
+    return Child("router", procs.procs[-1], f"http://127.0.0.1:{mport}/metrics"), http_port
 
 
 # ---- the run ------------------------------------------------------------------
@@ -121,35 +131,6 @@ class SoakConfig:
     growth_target: float = 0.05
 
 
-class Child:
-    def __init__(self, name: str, target: Any, *args: Any) -> None:
-        ctx = mp.get_context("spawn")
-        self.name = name
-        self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=target, args=(child_conn, *args), daemon=True, name=name)
-        self.proc.start()
-        self.lock = threading.Lock()
-
-    def first(self, timeout: float = 60) -> dict[str, Any]:
-        if not self.conn.poll(timeout):
-            raise RuntimeError(f"{self.name} did not start within {timeout} s")
-        return self.conn.recv()
-
-    def ask(self, cmd: str = "stats") -> dict[str, Any]:
-        with self.lock:
-            self.conn.send(cmd)
-            if not self.conn.poll(10):
-                raise RuntimeError(f"{self.name} did not answer")
-            return self.conn.recv()
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ask("stop")
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
 def _spec(cfg: SoakConfig):
     return lambda i: RequestSpec(
         prompt=f"soak request {i}: " + "lorem ipsum " * (8 + i % 24), prompt_tokens=30, output_tokens=cfg.output_tokens
@@ -160,21 +141,11 @@ async def run_soak(cfg: SoakConfig, progress: bool = True) -> dict[str, Any]:
     from loadtests.clients.openai_http import OpenAIHTTPClient
 
     sim = {"time_scale": cfg.time_scale, "seed": 0}
-    replicas = [Child(f"replica-{i}", replica_main, f"r{i}", {**sim, "seed": i}) for i in range(cfg.replicas)]
-    router: Child | None = None
+    procs = Procs()
     try:
-        eps = []
-        for i, r in enumerate(replicas):
-            info = r.first()
-            eps.append({"replica_id": f"r{i}", "address": f"127.0.0.1:{info['port']}", "max_model_len": str(info["max_model_len"])})
-        router_cfg = {
-            "host": "127.0.0.1",
-            "grpc_port": 0,
-            "http_port": 0,
-            "admission": {"max_concurrent_per_replica": cfg.slots_per_replica, "queue_timeout_s": 5.0},
-        }
-        router = Child("router", router_main, eps, router_cfg)
-        port = router.first()["http_port"]
+        started = [start_replica(procs, i, {**sim, "seed": i}) for i in range(cfg.replicas)]
+        replicas = [child for child, _ in started]
+        router, port = start_router_child(procs, [addr for _, addr in started], cfg.slots_per_replica)
         children = [router, *replicas]
         client = OpenAIHTTPClient(f"http://127.0.0.1:{port}", api="completions")
         await client.open()
@@ -187,7 +158,7 @@ async def run_soak(cfg: SoakConfig, progress: bool = True) -> dict[str, Any]:
             rate = cfg.load * slots / max(service_s, 1e-3)
             warmup = cfg.warmup_s if cfg.warmup_s is not None else min(120.0, max(10.0, cfg.duration_s * 0.1))
             await open_loop(client, "sim", rate=rate, duration_s=warmup, spec=spec, seed=2)
-            base = {c.name: c.ask()["rss_bytes"] for c in children}
+            base = {c.name: c.rss() for c in children}
             timeline: list[dict[str, Any]] = []
             stop_sampling = asyncio.Event()
 
@@ -201,7 +172,7 @@ async def run_soak(cfg: SoakConfig, progress: bool = True) -> dict[str, Any]:
                             await asyncio.wait_for(stop_sampling.wait(), cfg.sample_every_s)
                         el = time.monotonic() - t0
                         bar.update(min(int(el), int(cfg.duration_s)) - bar.n)
-                        stats = await asyncio.to_thread(lambda: {c.name: c.ask()["rss_bytes"] for c in children})
+                        stats = await asyncio.to_thread(lambda: {c.name: c.rss() for c in children})
                         timeline.append({"t_s": round(el, 1), **{k: round(v / 2**20, 1) for k, v in stats.items()}})
 
             sampling = asyncio.create_task(sampler())
@@ -211,12 +182,9 @@ async def run_soak(cfg: SoakConfig, progress: bool = True) -> dict[str, Any]:
         finally:
             await client.close()
         await asyncio.sleep(1.0)  # let cancellations and channel closes settle
-        final = {c.name: c.ask() for c in children}
+        final = await asyncio.to_thread(lambda: {c.name: c.stats() for c in children})
     finally:
-        if router is not None:
-            router.stop()
-        for r in replicas:
-            r.stop()
+        procs.stop()
 
     ok = [r for r in results if r.ok]
     errors: dict[str, int] = {}
@@ -229,12 +197,7 @@ async def run_soak(cfg: SoakConfig, progress: bool = True) -> dict[str, Any]:
         else:
             errors[r.error or "?"] = errors.get(r.error or "?", 0) + 1
     growth = {name: (final[name]["rss_bytes"] - base[name]) / base[name] for name in base}
-    leaks: dict[str, Any] = {"router": final["router"]["leaks"]}
-    for r in replicas:
-        f = final[r.name]
-        held = {k: f[k] for k in ("in_flight", "engine_running", "engine_waiting") if f[k]}
-        if held:
-            leaks[r.name] = held
+    leaks: dict[str, Any] = {name: f["held"] for name, f in final.items() if f["held"]}
     leaked = sum(sum(v.values()) for v in leaks.values())
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     report = {

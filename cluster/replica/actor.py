@@ -88,7 +88,8 @@ class ReplicaActor:
         metrics = ReplicaMetrics(self.model.name, self.replica_id)
         metrics.watch_load(self.engine.load)
         self.engine.attach_metrics(metrics)
-        self.servicer = ReplicaServicer(self.engine, self.replica_id, self.model.name)
+        self.servicer = servicer = ReplicaServicer(self.engine, self.replica_id, self.model.name)
+        metrics.watch_in_flight(lambda: len(servicer.in_flight))
         host = ray.util.get_node_ip_address()
         self.server, port = await start_server(self.servicer, host="0.0.0.0", port=0, tls=self.tls)
         self.address = f"{host}:{port}"

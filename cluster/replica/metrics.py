@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -89,6 +89,11 @@ class ReplicaMetrics:
     def watch_load(self, load: Callable[[], LoadSnapshot]) -> None:
         """Export the engine's load gauges and prefix-cache counters, read at scrape time."""
         self.registry.register(_LoadCollector(self.labels, load))
+
+    def watch_in_flight(self, in_flight: Callable[[], int]) -> None:
+        """Export the requests the replica server holds (``llm_cluster_replica_in_flight_requests``), read at scrape time."""
+        g = Gauge("llm_cluster_replica_in_flight_requests", "Requests the replica server is serving now.", LABELS, registry=self.registry)
+        g.labels(*self.labels).set_function(in_flight)
 
     def observe_ttft(self, seconds: float) -> None:
         self._ttft.observe(seconds)

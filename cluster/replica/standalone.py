@@ -43,6 +43,7 @@ async def run_standalone(
     if metrics_port is not None:
         metrics = ReplicaMetrics(model.name, servicer.replica_id)
         metrics.watch_load(engine.load)
+        metrics.watch_in_flight(lambda: len(servicer.in_flight))
         engine.attach_metrics(metrics)
         _, mport = await start_metrics_server(metrics.registry, host, metrics_port)
         print(f"replica metrics on http://{host}:{mport}/metrics", flush=True)

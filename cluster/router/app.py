@@ -90,6 +90,8 @@ class Router:
 
     def _refresh_gauges(self) -> None:
         self.metrics.refresh_replica_gauges(self.replicas.by_model | {m: [] for m in self.replicas.models - set(self.replicas.by_model)})
+        for layer, n in self.gate.held().items():
+            self.metrics.held.labels(layer).set(n)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._grpc is not None:

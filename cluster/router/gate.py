@@ -155,13 +155,16 @@ class Gate:
             queue.release()
             self.limiter.release(grant, used if used is not None else est_prompt + sent)
 
-    def leaks(self) -> dict[str, int]:
-        """What is still held; all zero when no request is in flight."""
-        out = {
+    def held(self) -> dict[str, int]:
+        """Requests each layer holds now (exported as ``llm_cluster_router_held_requests``); all zero when idle."""
+        return {
             "admission_in_flight": sum(q.in_flight for q in self.queues.values()),
             "admission_waiting": sum(q.depth() for q in self.queues.values()),
             "limiter_in_flight": self.limiter.total_in_flight(),
             "balancer_in_flight": self.balancer.in_flight,
             "replica_handles_in_flight": sum(h.in_flight for h in self.balancer.replicas.by_id.values()),
         }
-        return {k: v for k, v in out.items() if v}
+
+    def leaks(self) -> dict[str, int]:
+        """What is still held; empty when no request is in flight."""
+        return {k: v for k, v in self.held().items() if v}

@@ -77,6 +77,9 @@ class RouterMetrics:
             ["tenant", "reason"],
         )
         self.tenant_in_flight = gauge("tenant_in_flight_requests", "Admitted requests in flight, by tenant.", ["tenant"])
+        self.held = gauge(
+            "held_requests", "Requests each layer of the router holds now (admission, limiter, balancer, replica handles).", ["layer"]
+        )
         self.waiting_for_replica = gauge(
             "waiting_for_replica",
             "Requests held because their model has no ready replica (demand the autoscaler must see at zero replicas).",
