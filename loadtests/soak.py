@@ -108,6 +108,7 @@ def start_router_child(procs: Procs, replicas: list[str], slots_per_replica: int
         replicas,
         overrides=[
             "models.0.name=sim",
+            "router.workers=1",  # one router process: its memory measured alone, its admission slots as computed
             f"router.metrics_port={mport}",
             f"router.admission.max_concurrent_per_replica={slots_per_replica}",
             "router.admission.queue_timeout_s=5.0",
