@@ -139,54 +139,63 @@ def _spec(cfg: SoakConfig):
 
 
 async def run_soak(cfg: SoakConfig, progress: bool = True) -> dict[str, Any]:
-    from loadtests.clients.openai_http import OpenAIHTTPClient
-
     sim = {"time_scale": cfg.time_scale, "seed": 0}
     procs = Procs()
     try:
         started = [start_replica(procs, i, {**sim, "seed": i}) for i in range(cfg.replicas)]
-        replicas = [child for child, _ in started]
         router, port = start_router_child(procs, [addr for _, addr in started], cfg.slots_per_replica)
-        children = [router, *replicas]
-        client = OpenAIHTTPClient(f"http://127.0.0.1:{port}", api="completions")
-        await client.open()
-        spec = _spec(cfg)
-        try:
-            # Calibrate: mean service time at low load.
-            cal = await open_loop(client, "sim", rate=2.0, duration_s=4.0, spec=spec, seed=1)
-            service_s = sum(r.e2e_s or 0 for r in cal if r.ok) / max(1, sum(r.ok for r in cal))
-            slots = cfg.replicas * cfg.slots_per_replica
-            rate = cfg.load * slots / max(service_s, 1e-3)
-            warmup = cfg.warmup_s if cfg.warmup_s is not None else min(120.0, max(10.0, cfg.duration_s * 0.1))
-            await open_loop(client, "sim", rate=rate, duration_s=warmup, spec=spec, seed=2)
-            base = {c.name: c.rss() for c in children}
-            timeline: list[dict[str, Any]] = []
-            stop_sampling = asyncio.Event()
-
-            async def sampler() -> None:
-                from tqdm import tqdm
-
-                t0 = time.monotonic()
-                with tqdm(total=int(cfg.duration_s), unit="s", desc="soak", disable=not progress) as bar:
-                    while not stop_sampling.is_set():
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop_sampling.wait(), cfg.sample_every_s)
-                        el = time.monotonic() - t0
-                        bar.update(min(int(el), int(cfg.duration_s)) - bar.n)
-                        stats = await asyncio.to_thread(lambda: {c.name: c.rss() for c in children})
-                        timeline.append({"t_s": round(el, 1), **{k: round(v / 2**20, 1) for k, v in stats.items()}})
-
-            sampling = asyncio.create_task(sampler())
-            results = await open_loop(client, "sim", rate=rate, duration_s=cfg.duration_s, spec=spec, timeout_s=60, seed=3)
-            stop_sampling.set()
-            await sampling
-        finally:
-            await client.close()
+        children = [router, *(child for child, _ in started)]
+        run = await _drive(cfg, children, port, progress)
         await asyncio.sleep(1.0)  # let cancellations and channel closes settle
         final = await asyncio.to_thread(lambda: {c.name: c.stats() for c in children})
     finally:
         procs.stop()
+    return _report(cfg, run, final)
 
+
+async def _drive(cfg: SoakConfig, children: list[Child], port: int, progress: bool) -> dict[str, Any]:
+    """Calibrate, warm up (then the memory baseline), and the measured run with RSS sampled along."""
+    from loadtests.clients.openai_http import OpenAIHTTPClient
+
+    client = OpenAIHTTPClient(f"http://127.0.0.1:{port}", api="completions")
+    await client.open()
+    spec = _spec(cfg)
+    try:
+        # Calibrate: mean service time at low load.
+        cal = await open_loop(client, "sim", rate=2.0, duration_s=4.0, spec=spec, seed=1)
+        service_s = sum(r.e2e_s or 0 for r in cal if r.ok) / max(1, sum(r.ok for r in cal))
+        slots = cfg.replicas * cfg.slots_per_replica
+        rate = cfg.load * slots / max(service_s, 1e-3)
+        warmup = cfg.warmup_s if cfg.warmup_s is not None else min(120.0, max(10.0, cfg.duration_s * 0.1))
+        await open_loop(client, "sim", rate=rate, duration_s=warmup, spec=spec, seed=2)
+        base = {c.name: c.rss() for c in children}
+        timeline: list[dict[str, Any]] = []
+        stop_sampling = asyncio.Event()
+        sampling = asyncio.create_task(_sample_rss(cfg, children, timeline, stop_sampling, progress))
+        results = await open_loop(client, "sim", rate=rate, duration_s=cfg.duration_s, spec=spec, timeout_s=60, seed=3)
+        stop_sampling.set()
+        await sampling
+    finally:
+        await client.close()
+    return {"results": results, "base": base, "timeline": timeline, "service_s": service_s, "rate": rate, "warmup": warmup, "slots": slots}
+
+
+async def _sample_rss(cfg: SoakConfig, children: list[Child], timeline: list[dict[str, Any]], stop: asyncio.Event, progress: bool) -> None:
+    from tqdm import tqdm
+
+    t0 = time.monotonic()
+    with tqdm(total=int(cfg.duration_s), unit="s", desc="soak", disable=not progress) as bar:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), cfg.sample_every_s)
+            el = time.monotonic() - t0
+            bar.update(min(int(el), int(cfg.duration_s)) - bar.n)
+            stats = await asyncio.to_thread(lambda: {c.name: c.rss() for c in children})
+            timeline.append({"t_s": round(el, 1), **{k: round(v / 2**20, 1) for k, v in stats.items()}})
+
+
+def _report(cfg: SoakConfig, run: dict[str, Any], final: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    results, base = run["results"], run["base"]
     ok = [r for r in results if r.ok]
     errors: dict[str, int] = {}
     refused = 0
@@ -203,11 +212,11 @@ async def run_soak(cfg: SoakConfig, progress: bool = True) -> dict[str, Any]:
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     report = {
         "duration_s": cfg.duration_s,
-        "warmup_s": warmup,
+        "warmup_s": run["warmup"],
         "replicas": cfg.replicas,
-        "slots": slots,
-        "service_s": round(service_s, 3),
-        "offered_rps": round(rate, 2),
+        "slots": run["slots"],
+        "service_s": round(run["service_s"], 3),
+        "offered_rps": round(run["rate"], 2),
         "load": cfg.load,
         "sent": len(results),
         "completed": len(ok),
@@ -218,9 +227,9 @@ async def run_soak(cfg: SoakConfig, progress: bool = True) -> dict[str, Any]:
         "rss_baseline_mib": {k: round(v / 2**20, 1) for k, v in base.items()},
         "rss_final_mib": {k: round(v["rss_bytes"] / 2**20, 1) for k, v in final.items()},
         "rss_growth": {k: round(v, 4) for k, v in growth.items()},
-        "leaks": {k: v for k, v in leaks.items() if v},
+        "leaks": leaks,
         "leaked_entries": leaked,
-        "timeline_mib": timeline,
+        "timeline_mib": run["timeline"],
     }
     report["pass"] = leaked == 0 and all(g < cfg.growth_target for g in growth.values()) and not errors
     return report
