@@ -70,6 +70,7 @@ from cluster.router.circuit import CircuitBreaker
 from cluster.router.metrics import RouterMetrics
 from cluster.router.policies import RouteRequest, RoutingPolicy, make_policy
 from cluster.router.replicas import ReplicaHandle, ReplicaSet
+from cluster.router.stall import StallWatch
 from cluster.router.validation import RelayRequest
 
 log = logging.getLogger(__name__)
@@ -311,30 +312,37 @@ class Balancer:
                 self.breaker.failure(replica)
                 raise _Failed(f"http_{chunk.status}", f"{replica.replica_id}: {chunk.data.decode(errors='replace')[:300]}")
             self.breaker.success(replica)
-            while True:
-                if chunk.data or chunk.finish_reason:
-                    relay.sent_ids.extend(chunk.token_ids)
-                    relay.sent_text.append(chunk.text)
-                    relay.resumable = relay.resumable and chunk.resumable
-                    now = time.monotonic()
-                    if relay.last is None:
-                        self.metrics.ttft.labels(model).observe(now - relay.arrived)
-                    else:
-                        itl.observe(now - relay.last)
-                    relay.last = now
-                    relay.sent = True
-                    yield chunk
-                try:
-                    # Armed only while waiting on the replica, never while the
-                    # caller holds the chunk (a slow client).
-                    async with asyncio.timeout(self.stall_timeout_s):
-                        chunk = await stream.__anext__()
-                except StopAsyncIteration:
-                    self.metrics.e2e.labels(model).observe(time.monotonic() - relay.arrived)
-                    return
-                except TimeoutError:
-                    self.breaker.failure(replica)
-                    raise _Failed("stall", f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream") from None
+            try:
+                # One watchdog per stream (cluster/router/stall.py), counting only the
+                # time spent waiting on the replica, never while the caller holds a chunk.
+                async with asyncio.timeout(None) as tm:
+                    watch = StallWatch(tm, self.stall_timeout_s)
+                    try:
+                        while True:
+                            if chunk.data or chunk.finish_reason:
+                                relay.sent_ids.extend(chunk.token_ids)
+                                relay.sent_text.append(chunk.text)
+                                relay.resumable = relay.resumable and chunk.resumable
+                                now = time.monotonic()
+                                if relay.last is None:
+                                    self.metrics.ttft.labels(model).observe(now - relay.arrived)
+                                else:
+                                    itl.observe(now - relay.last)
+                                relay.last = now
+                                relay.sent = True
+                                yield chunk
+                            watch.waiting()
+                            try:
+                                chunk = await stream.__anext__()
+                            except StopAsyncIteration:
+                                self.metrics.e2e.labels(model).observe(time.monotonic() - relay.arrived)
+                                return
+                            watch.got()
+                    finally:
+                        watch.close()
+            except TimeoutError:
+                self.breaker.failure(replica)
+                raise _Failed("stall", f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream") from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -249,8 +249,12 @@ async def _supervise(sup: Supervisor, host: str, metrics_port: int, grpc_port: i
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, metrics_port, reuse_address=True)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else metrics_port  # type: ignore[union-attr]
+        bound = 0
+        try:
+            await site.start()
+            bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else metrics_port  # type: ignore[union-attr]
+        except OSError as exc:  # serving traffic matters more than being scraped, as for one router process
+            log.error("router metrics port unavailable; no /metrics", extra={"port": metrics_port, "err": str(exc)})
         log.info("router serving", extra={"grpc_port": grpc_port, "http_port": http_port, "metrics_port": bound, "workers": sup.n})
         print(f"router serving grpc :{grpc_port} http :{http_port} metrics :{bound} with {sup.n} workers", flush=True)
         watcher = loop.create_task(sup.watch())

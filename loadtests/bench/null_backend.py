@@ -3,10 +3,11 @@
     python -m loadtests.bench.null_backend [--grpc-port 0] [--http-port 0]
 
 Prints ``null backend grpc 127.0.0.1:P http http://127.0.0.1:Q`` once serving.
-Every request streams ``max_tokens`` one-token chunks as fast as the
-transport takes them (pre-encoded on the HTTP side), then the finish chunk
-with usage: no model, no tokenizer, so what a benchmark measures in front of
-it is the router's own work.  ``Replica/StreamLoad`` reports an idle replica.
+Every request streams ``max_tokens`` one-token chunks, pre-encoded, back to
+back or ``--token-interval-ms`` apart (an engine step: then every token is
+its own network write, as with a real engine), then the finish chunk with
+usage: no model, no tokenizer, so what a benchmark measures in front of it is
+the router's own work.  ``Replica/StreamLoad`` reports an idle replica.
 """
 
 from __future__ import annotations
@@ -26,19 +27,25 @@ MODEL = "smollm2-135m-instruct"
 
 
 class NullReplica(replica_pb2_grpc.ReplicaServicer):
+    """``Replica/OpenAI``: the router's relay contract, answered with pre-encoded SSE chunks."""
+
+    def __init__(self, interval_s: float = 0.0) -> None:
+        self.interval_s = interval_s
+
     async def OpenAI(self, request, context):  # type: ignore[override]
-        body = json.loads(request.body)
-        n = max(int(body.get("max_tokens") or 16), 1)
+        body = json.loads(request.body or b"{}")
         kind = "chat" if request.endpoint == replica_pb2.CHAT else "completions"
-        if request.format == replica_pb2.PROTO:
-            token, last = PROTO_TOKEN, PROTO_LAST
-        else:
-            token, last = TOKEN[kind], LAST[kind] + b"data: [DONE]\n\n"
-        yield replica_pb2.OpenAIChunk(data=token, status=200, token_ids=[0], text=" x", resumable=True)
-        for i in range(1, n - 1):
-            yield replica_pb2.OpenAIChunk(data=token, token_ids=[i], text=" x", resumable=True)
+        n = _max_tokens(body)
+        if not body.get("stream"):
+            yield replica_pb2.OpenAIChunk(data=json.dumps(_whole(kind, n)).encode(), status=200, finish_reason="length")
+            return
+        token, last, tail = TOKEN[kind], LAST[kind], _tail(n)
+        for i in range(n - 1):
+            yield replica_pb2.OpenAIChunk(data=token, status=200 if i == 0 else 0, token_ids=[i], text=" x", resumable=True)
+            if self.interval_s:
+                await asyncio.sleep(self.interval_s)
         yield replica_pb2.OpenAIChunk(
-            data=last, token_ids=[n - 1], text=" x", finish_reason="length", prompt_tokens=4, completion_tokens=n, resumable=True
+            data=last + tail, token_ids=[n - 1], text=" x", resumable=True, finish_reason="length", prompt_tokens=4, completion_tokens=n
         )
 
     async def StreamLoad(self, request, context):  # type: ignore[override]
@@ -71,33 +78,49 @@ PROTO_LAST = inference_pb2.GenerateChunk(
 LAST = {k: _chunk(k, " x", "length") for k in ("chat", "completions")}
 
 
-async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
+def _max_tokens(body: dict) -> int:
+    return max(int(body.get("max_tokens") or body.get("max_completion_tokens") or 16), 1)
+
+
+def _usage(n: int) -> dict:
+    return {"prompt_tokens": 4, "completion_tokens": n, "total_tokens": n + 4}
+
+
+def _whole(kind: str, n: int) -> dict:
+    choice: dict = {"index": 0, "finish_reason": "length"}
+    choice |= {"message": {"role": "assistant", "content": " x" * n}} if kind == "chat" else {"text": " x" * n}
+    return {"id": "c", "object": "chat.completion", "model": MODEL, "choices": [choice], "usage": _usage(n)}
+
+
+def _tail(n: int) -> bytes:
+    tail = {"id": "c", "object": "chat.completion.chunk", "model": MODEL, "choices": [], "usage": _usage(n)}
+    return b"data: " + json.dumps(tail).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+async def _generate(request: web.Request, kind: str, interval_s: float) -> web.StreamResponse:
     body = await request.json()
-    n = max(int(body.get("max_tokens") or body.get("max_completion_tokens") or 16), 1)
-    usage = {"prompt_tokens": 4, "completion_tokens": n, "total_tokens": n + 4}
+    n = _max_tokens(body)
     if not body.get("stream"):
-        choice = {"index": 0, "finish_reason": "length"}
-        choice |= {"message": {"role": "assistant", "content": " x" * n}} if kind == "chat" else {"text": " x" * n}
-        return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL, "choices": [choice], "usage": usage})
+        return web.json_response(_whole(kind, n))
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     token = TOKEN[kind]
     for _ in range(n - 1):
         await resp.write(token)
-    await resp.write(LAST[kind])
-    tail = {"id": "c", "object": "chat.completion.chunk", "model": MODEL, "choices": [], "usage": usage}
-    await resp.write(b"data: " + json.dumps(tail).encode() + b"\n\ndata: [DONE]\n\n")
+        if interval_s:
+            await asyncio.sleep(interval_s)
+    await resp.write(LAST[kind] + _tail(n))
     await resp.write_eof()
     return resp
 
 
-def http_app() -> web.Application:
+def http_app(interval_s: float = 0.0) -> web.Application:
     app = web.Application()
     ok = lambda _r: web.json_response({"status": "ok"})  # noqa: E731
     models = {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "null", "max_model_len": 4096}]}
     info = {"model_path": MODEL, "served_model_name": MODEL, "tokenizer_path": MODEL, "is_generation": True, "max_model_len": 4096}
-    app.router.add_post("/v1/chat/completions", lambda r: _generate(r, "chat"))
-    app.router.add_post("/v1/completions", lambda r: _generate(r, "completions"))
+    app.router.add_post("/v1/chat/completions", lambda r: _generate(r, "chat", interval_s))
+    app.router.add_post("/v1/completions", lambda r: _generate(r, "completions", interval_s))
     for path in ("/health", "/health_generate", "/healthz", "/readiness", "/liveness"):
         app.router.add_get(path, ok)
     app.router.add_get("/v1/models", lambda _r: web.json_response(models))
@@ -106,12 +129,12 @@ def http_app() -> web.Application:
     return app
 
 
-async def serve(grpc_port: int, http_port: int) -> None:
+async def serve(grpc_port: int, http_port: int, interval_s: float = 0.0) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    replica_pb2_grpc.add_ReplicaServicer_to_server(NullReplica(), server)
+    replica_pb2_grpc.add_ReplicaServicer_to_server(NullReplica(interval_s), server)
     gport = server.add_insecure_port(f"127.0.0.1:{grpc_port}")
     await server.start()
-    runner = web.AppRunner(http_app(), access_log=None)
+    runner = web.AppRunner(http_app(interval_s), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", http_port)
     await site.start()
@@ -124,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grpc-port", type=int, default=0)
     p.add_argument("--http-port", type=int, default=0)
+    p.add_argument("--token-interval-ms", type=float, default=0.0, help="pause between tokens (0: back to back)")
     a = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(a.grpc_port, a.http_port))
+        asyncio.run(serve(a.grpc_port, a.http_port, a.token_interval_ms / 1000))
     return 0
 
 

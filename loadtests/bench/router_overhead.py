@@ -9,7 +9,10 @@ measured is the router.  Systems: ``direct`` (the client spreads requests
 round robin over the backends' own HTTP: the baseline), ``ours`` (`llm-cluster
 router`, HTTP front, round robin), ``vllm-router`` and ``smg`` (PyPI, ``pip
 install -e '.[bench]'``; HTTP to HTTP, round robin; skipped with a note when
-missing).  Each system gets a closed loop of ``--streams`` concurrent OpenAI
+missing).  The backends pause ``--token-interval-ms`` (1) between tokens, as
+an engine's steps do, so each token is its own network write for every
+system; 0 sends them back to back, where TCP coalesces them for the HTTP
+gateways.  Each system gets a closed loop of ``--streams`` concurrent OpenAI
 chat streams for ``--duration`` s with 16 output tokens, then with 256, in
 ``--rounds`` interleaved rounds.
 
@@ -50,8 +53,8 @@ LENGTHS = (16, 256)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def start_backend(procs: Procs) -> tuple[str, str]:
-    cmd = [sys.executable, "-m", "loadtests.bench.null_backend"]
+def start_backend(procs: Procs, interval_ms: float) -> tuple[str, str]:
+    cmd = [sys.executable, "-m", "loadtests.bench.null_backend", "--token-interval-ms", str(interval_ms)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     procs.procs.append(p)
     assert p.stdout is not None
@@ -212,7 +215,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     runs = {(s, n): Run() for s in systems for n in LENGTHS}
     notes: dict[str, str] = {}
     with running() as procs:
-        backends = [start_backend(procs) for _ in range(args.replicas)]
+        backends = [start_backend(procs, args.token_interval_ms) for _ in range(args.replicas)]
         grpc_addrs, http_urls = [g for g, _ in backends], [h for _, h in backends]
         fronts: dict[str, tuple[list[str], int | None]] = {"direct": (http_urls, None)}
         for s in systems:
@@ -247,7 +250,10 @@ def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str
         f"{'system':<12} {'CPU/16-tok':>11} {'CPU/256-tok':>12} {'CPU/token':>10} {'CPU/request':>12} {'req/s':>7} "
         f"{'TTFT p50':>9} {'p99':>8} {'added p50':>10} {'p99':>8} {'tok/req':>8} {'err':>4}"
     )
-    print(f"{args.replicas} null backends, {args.streams} concurrent streams, {args.duration:g} s per run, {args.rounds} rounds\n")
+    print(
+        f"{args.replicas} null backends ({args.token_interval_ms:g} ms between tokens), {args.streams} concurrent streams, "
+        f"{args.duration:g} s per run, {args.rounds} rounds\n"
+    )
     print(hdr + "\n" + "-" * len(hdr))
     out: dict = {}
     d = runs.get(("direct", short))
@@ -297,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=16, help="concurrent streams (closed loop)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--token-interval-ms", type=float, default=1.0, help="backend pause between tokens (0: back to back, coalesced by TCP)")
     p.add_argument("--ours-set", action="append", default=[], metavar="PATH=VALUE", help="config override for our router")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--profile", metavar="FILE", help="py-spy our router during its last 256-token run; raw stacks to FILE")
