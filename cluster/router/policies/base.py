@@ -104,6 +104,8 @@ class RouteRequest:
     #: The prompt text (chat: the messages' contents, concatenated) for prefix policies.
     prompt: str = ""
     session_id: str | None = None
+    #: The LoRA adapter the request is for (``model`` is then its base model); None: the base model itself.
+    adapter: str | None = None
     #: 0 for the first attempt; retries pass the candidates minus those already tried.
     attempt: int = 0
     #: Set by the policy: the decision's outcome label for the routing-decisions
