@@ -26,6 +26,10 @@ class TenantLimits(Strict):
     tokens_per_minute: int | None = Field(None, gt=0)
     #: Requests in flight at once; null: unlimited.
     max_concurrent: int | None = Field(None, gt=0)
+    #: Models and LoRA adapters (by the name in ``model``) this tenant may call; null: all.  Others get 403.
+    models: list[str] | None = None
+    #: May load and unload LoRA adapters (``POST /v1/load_lora_adapter``, ``/v1/unload_lora_adapter``).
+    admin: bool = False
 
 
 class AuthConfig(Strict):

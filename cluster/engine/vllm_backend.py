@@ -302,6 +302,12 @@ class VllmEngine(Engine):
         finally:
             self._inflight.pop(key, None)
 
+    async def load_adapter(self, name: str, path: str) -> None:
+        await self._openai.load_adapter(name, path)
+
+    async def unload_adapter(self, name: str) -> bool:
+        return await self._openai.unload_adapter(name)
+
     # -- load & lifecycle -------------------------------------------------
 
     @property
@@ -335,6 +341,9 @@ class VllmEngine(Engine):
             kv_cache_usage=view.kv_cache_usage,
             prefix_cache_queries=view.prefix_cache_queries,
             prefix_cache_hits=view.prefix_cache_hits,
+            # vLLM does not report which adapters occupy its slots: every loaded one may be active.
+            active_adapters=self._openai.adapters(),
+            loaded_adapters=self._openai.adapters(),
         )
 
     async def shutdown(self) -> None:

@@ -26,15 +26,16 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import State
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 
-from cluster.engine.base import CHAT, COMPLETIONS, DETOKENIZE, TOKENIZE, Chunk, OpenAICall, error_chunk
+from cluster.engine.base import CHAT, COMPLETIONS, DETOKENIZE, EMBEDDINGS, TOKENIZE, Chunk, EngineRequestError, OpenAICall, error_chunk
 from cluster.engine.vllm_args import serve_namespace
 from cluster.engine.vllm_tap import Tap, TappedClient, reset_tap, set_tap
 
@@ -45,6 +46,7 @@ _REQUESTS: dict[str, Any] = {
     COMPLETIONS: CompletionRequest,
     TOKENIZE: TypeAdapter(TokenizeRequest),
     DETOKENIZE: DetokenizeRequest,
+    EMBEDDINGS: TypeAdapter(EmbeddingRequest),
 }
 
 
@@ -109,13 +111,35 @@ class VllmOpenAI:
             COMPLETIONS: getattr(s, "openai_serving_completion", None) and s.openai_serving_completion.create_completion,
             TOKENIZE: s.serving_tokenization.create_tokenize,
             DETOKENIZE: s.serving_tokenization.create_detokenize,
+            EMBEDDINGS: getattr(s, "serving_embedding", None),
         }.get(endpoint)
+
+    # -- LoRA adapters, through vLLM's own model registry (what /v1/load_lora_adapter calls) --
+    async def load_adapter(self, name: str, path: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        res = await self.state.openai_serving_models.load_lora_adapter(LoadLoRAAdapterRequest(lora_name=name, lora_path=path))
+        if isinstance(res, ErrorResponse):
+            raise EngineRequestError(res.error.message)
+
+    async def unload_adapter(self, name: str) -> bool:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        res = await self.state.openai_serving_models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
+        return not isinstance(res, ErrorResponse)
+
+    def adapters(self) -> tuple[str, ...]:
+        return tuple(getattr(self.state.openai_serving_models, "lora_requests", {}) or ())
 
     async def serve(self, call: OpenAICall) -> AsyncIterator[Chunk]:
         model = _REQUESTS.get(call.endpoint)
         handler = self._handler(call.endpoint)
         if model is None or handler is None:
-            yield error_chunk(f"this model does not serve the {call.endpoint} endpoint", 404, "NotFoundError")
+            if call.endpoint in (CHAT, COMPLETIONS) and getattr(self.state, "serving_embedding", None) is not None:
+                msg = f"model {call.body.get('model')!r} is an embedding model: it serves POST /v1/embeddings, not {call.endpoint}"
+                yield error_chunk(msg, 400, "BadRequestError", "model")
+            else:
+                yield error_chunk(f"this model does not serve the {call.endpoint} endpoint", 404, "NotFoundError")
             return
         try:
             req = model.validate_python(call.body) if isinstance(model, TypeAdapter) else model.model_validate(call.body)
@@ -133,6 +157,8 @@ class VllmOpenAI:
             reset_tap(token)
         if isinstance(result, ErrorResponse):
             yield _error(result)
+        elif isinstance(result, Response):  # the pooling layer answers with a response (embeddings)
+            yield _response_chunk(result)
         elif isinstance(result, AsyncGenerator):
             async for chunk in self._stream(result, tap, call.endpoint == CHAT, _resumable(req, self.state)):
                 yield chunk
@@ -177,6 +203,19 @@ class VllmOpenAI:
                 yield Chunk(data=held, status=status, resumable=False)
         finally:
             await gen.aclose()
+
+
+def _response_chunk(resp: Response) -> Chunk:
+    """A starlette response's bytes (vLLM's pooling routes), with the prompt tokens of its usage."""
+    body = getattr(resp, "body", None)
+    if body is None:  # a StreamingResponse: encoding_format "bytes"
+        msg = "encoding_format 'bytes' is not served through the cluster: use 'float' or 'base64'"
+        return error_chunk(msg, 400, param="encoding_format")
+    prompt_tokens = 0
+    if resp.status_code < 300:
+        usage = json.loads(body).get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    return Chunk(data=bytes(body), status=resp.status_code, prompt_tokens=prompt_tokens, resumable=False, finish_reason="stop")
 
 
 def _whole_request_usage(data: bytes, resumed: int) -> bytes:

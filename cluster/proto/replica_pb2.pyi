@@ -94,7 +94,7 @@ class LoadStreamRequest(_message.Message):
     def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("replica_id", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "timestamp", "draining", "recent_ttft_s", "kv_capacity_tokens", "prefix_stored", "prefix_removed", "prefix_reset", "prefix_block_bytes")
+    __slots__ = ("replica_id", "running", "waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "timestamp", "draining", "recent_ttft_s", "kv_capacity_tokens", "prefix_stored", "prefix_removed", "prefix_reset", "prefix_block_bytes", "active_adapters", "loaded_adapters", "adapter_swaps")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,9 @@ class LoadReport(_message.Message):
     PREFIX_REMOVED_FIELD_NUMBER: _ClassVar[int]
     PREFIX_RESET_FIELD_NUMBER: _ClassVar[int]
     PREFIX_BLOCK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_SWAPS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     running: int
     waiting: int
@@ -123,7 +126,10 @@ class LoadReport(_message.Message):
     prefix_removed: _containers.RepeatedScalarFieldContainer[int]
     prefix_reset: bool
     prefix_block_bytes: int
-    def __init__(self, replica_id: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., timestamp: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_ttft_s: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., prefix_stored: _Optional[_Iterable[int]] = ..., prefix_removed: _Optional[_Iterable[int]] = ..., prefix_reset: _Optional[bool] = ..., prefix_block_bytes: _Optional[int] = ...) -> None: ...
+    active_adapters: _containers.RepeatedScalarFieldContainer[str]
+    loaded_adapters: _containers.RepeatedScalarFieldContainer[str]
+    adapter_swaps: int
+    def __init__(self, replica_id: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., timestamp: _Optional[float] = ..., draining: _Optional[bool] = ..., recent_ttft_s: _Optional[float] = ..., kv_capacity_tokens: _Optional[int] = ..., prefix_stored: _Optional[_Iterable[int]] = ..., prefix_removed: _Optional[_Iterable[int]] = ..., prefix_reset: _Optional[bool] = ..., prefix_block_bytes: _Optional[int] = ..., active_adapters: _Optional[_Iterable[str]] = ..., loaded_adapters: _Optional[_Iterable[str]] = ..., adapter_swaps: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

@@ -184,6 +184,9 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             draining=self.draining,
             recent_ttft_s=self.recent_ttft_s,
             kv_capacity_tokens=getattr(self.engine, "kv_capacity_tokens", 0) or 0,
+            active_adapters=snap.active_adapters,
+            loaded_adapters=snap.loaded_adapters,
+            adapter_swaps=snap.adapter_swaps,
         )
 
     async def StreamLoad(

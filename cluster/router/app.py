@@ -20,6 +20,7 @@ from cluster.router.circuit import CircuitBreaker
 from cluster.router.gate import Gate
 from cluster.router.grpc_server import InferenceServicer, start_grpc_server
 from cluster.router.http_server import OpenAIServer, start_http_server
+from cluster.router.lora import AdapterAdmin, ControllerAdmin
 from cluster.router.metrics import RouterMetrics
 from cluster.router.policies import make_policy
 from cluster.router.replicas import EndpointSource, ReplicaSet, controller_source
@@ -37,11 +38,14 @@ class Router:
         internal_tls: InternalTLSConfig | None = None,
         *,
         worker: bool = False,
+        admin: AdapterAdmin | None = None,
     ) -> None:
         #: One of several router workers (cluster/router/workers.py): the public ports are shared
         #: (SO_REUSEPORT) and the metrics port is private, on loopback, scraped by the supervisor.
         self.worker = worker
         self.config = config
+        #: Where the LoRA admin routes go (the controller); None: a fixed replica list, no runtime loads.
+        self.admin = admin
         self.replicas = ReplicaSet(source, internal_tls)
         #: This router's metrics (its own registry): served on metrics_port, read by tests.
         self.metrics = RouterMetrics()
@@ -75,7 +79,10 @@ class Router:
             InferenceServicer(self.balancer, self.config, self.gate), self.config.host, self.config.grpc_port
         )
         self._http, self.http_port = await start_http_server(
-            OpenAIServer(self.balancer, self.config, self.gate), self.config.host, self.config.http_port, reuse_port=self.worker
+            OpenAIServer(self.balancer, self.config, self.gate, self.admin),
+            self.config.host,
+            self.config.http_port,
+            reuse_port=self.worker,
         )
         m_host, m_port = ("127.0.0.1", 0) if self.worker else (self.config.host, self.config.metrics_port)
         try:
@@ -119,7 +126,9 @@ class RouterActor:
             from cluster.controller import CONTROLLER_NAME
 
             controller = ray.get_actor(CONTROLLER_NAME)
-            self.router = Router(self.config.router, controller_source(controller), self.config.internal_tls)
+            self.router = Router(
+                self.config.router, controller_source(controller), self.config.internal_tls, admin=ControllerAdmin(controller)
+            )
             await self.router.start()
         return {"grpc_port": self.router.grpc_port, "http_port": self.router.http_port, "metrics_port": self.router.metrics_port}
 

@@ -211,7 +211,9 @@ class Balancer:
         rreq = replica_pb2.OpenAIRequest(
             request_id=req.request_id, endpoint=_ENDPOINTS[req.endpoint], body=req.encoded_body(), format=req.format
         )
-        route = RouteRequest(model=req.model, request_id=req.request_id, prompt=req.routing_text, session_id=req.session_id)
+        route = RouteRequest(
+            model=req.model, request_id=req.request_id, prompt=req.routing_text, session_id=req.session_id, adapter=req.adapter
+        )
         policy = self.policy_for(req.routing_policy)
         tried: list[ReplicaHandle] = []
         relay = _Relay()

@@ -25,6 +25,7 @@ from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
 from cluster.router.grpc_body import openai_body
+from cluster.router.lora import check_allowed, resolve_adapter
 from cluster.router.metrics import request_done
 from cluster.router.validation import InvalidRequest, check_context, relay_request
 from cluster.tls import server_credentials
@@ -121,10 +122,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 default_max_tokens=self.config.default_max_tokens,
                 fmt=replica_pb2.PROTO,
             )
+            reps = self.balancer.replicas
+            resolve_adapter(req, reps.models, reps.adapters)
             if self.balancer.known_model(req.model):
-                check_context(req, self.balancer.replicas.max_model_len(req.model))
+                check_context(req, reps.max_model_len(req.model))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            check_allowed(tenant, req.adapter or req.model)
+        except RouterError as exc:
+            await _abort(context, exc)
         remaining = context.time_remaining()
         timeout = min(remaining, self.config.request_timeout_s) if remaining is not None else self.config.request_timeout_s
         code = "CANCELLED"  # unless the stream ends or fails below: the client went away
@@ -157,6 +164,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     parent=next((h.parent for h in reps.by_model.get(m, ()) if h.parent), ""),
                 )
                 for m in sorted(reps.models)
+            ]
+            + [
+                inference_pb2.ModelInfo(name=a, ready_replicas=len(reps.by_model.get(b, ())), root=a, parent=b)
+                for a, b in sorted(reps.adapters.items())
             ]
         )
 

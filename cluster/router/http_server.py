@@ -33,12 +33,14 @@ from cluster.proto import replica_pb2
 from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
+from cluster.router.lora import AdapterAdmin, admin_body, check_admin, check_allowed, resolve_adapter
 from cluster.router.metrics import request_done
 from cluster.router.openapi import openapi_schema
 from cluster.router.validation import (
     CHAT,
     COMPLETIONS,
     DETOKENIZE,
+    EMBEDDINGS,
     TOKENIZE,
     InvalidRequest,
     RelayRequest,
@@ -57,6 +59,7 @@ _HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
     grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
 }
 
 
@@ -106,8 +109,9 @@ def _model_card(model: str, root: str, parent: str, max_model_len: int, created:
 
 
 class OpenAIServer:
-    def __init__(self, balancer: Balancer, config: RouterConfig, gate: Gate | None = None) -> None:
+    def __init__(self, balancer: Balancer, config: RouterConfig, gate: Gate | None = None, admin: AdapterAdmin | None = None) -> None:
         self.balancer = balancer
+        self.admin = admin
         self.config = config
         self.gate = gate or Gate(config, balancer)
         self.app = web.Application(client_max_size=config.max_body_bytes, middlewares=[self._errors])
@@ -118,6 +122,9 @@ class OpenAIServer:
                 web.post("/v1/completions", self.completions),
                 web.post("/tokenize", self.tokenize),
                 web.post("/detokenize", self.detokenize),
+                web.post("/v1/embeddings", self.embeddings),
+                web.post("/v1/load_lora_adapter", self.load_lora_adapter),
+                web.post("/v1/unload_lora_adapter", self.unload_lora_adapter),
                 web.get("/healthz", self.healthz),
                 # vLLM's server answers GET /health; tools built for it (guidellm, gateways) probe that path.
                 web.get("/health", self.healthz),
@@ -165,6 +172,8 @@ class OpenAIServer:
             root = next((h.root for h in handles if h.root), "")
             parent = next((h.parent for h in handles if h.parent), "")
             data.append(_model_card(m, root, parent, reps.max_model_len(m), now))
+        for adapter, base in sorted(reps.adapters.items()):
+            data.append(_model_card(adapter, adapter, base, reps.max_model_len(base), now))
         return web.json_response({"object": "list", "data": data})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -179,6 +188,38 @@ class OpenAIServer:
     async def detokenize(self, request: web.Request) -> web.StreamResponse:
         return await self._relay(request, DETOKENIZE)
 
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._relay(request, EMBEDDINGS)
+
+    async def load_lora_adapter(self, request: web.Request) -> web.Response:
+        return await self._admin(request, load=True)
+
+    async def unload_lora_adapter(self, request: web.Request) -> web.Response:
+        return await self._admin(request, load=False)
+
+    async def _admin(self, request: web.Request, load: bool) -> web.Response:
+        """vLLM's runtime LoRA routes, answered by the controller (it owns every model's adapter set)."""
+        try:
+            tenant = self.gate.authenticate(bearer(request.headers.get("Authorization")))
+            check_admin(tenant, self.gate.keys is not None)
+        except RouterError as exc:
+            return _router_error(exc)
+        if self.admin is None:
+            msg = "runtime LoRA loading needs the cluster's controller (this router has a fixed replica list)"
+            return error_response(404, msg, "NotFoundError")
+        try:
+            name, path, model = admin_body(await request.read(), load)
+        except ValueError as exc:
+            field = str(exc).split(":", 1)[0]
+            return error_response(400, str(exc), param=field)
+        res = await (self.admin.load(name, path, model) if load else self.admin.unload(name))
+        if not res.get("ok"):
+            status = int(res.get("status") or 400)
+            return error_response(status, str(res.get("message")), "NotFoundError" if status == 404 else "BadRequestError")
+        # Answer once this router's endpoint set shows the change, so the caller's next request sees it.
+        await self.balancer.replicas.wait_until(lambda: (name in self.balancer.replicas.adapters) == load, 5.0)
+        return web.Response(text=str(res.get("message")), status=200)
+
     # ---- shared path --------------------------------------------------------
     async def _read(self, request: web.Request, endpoint: str) -> RelayRequest:
         body = parse_body(await request.read())
@@ -191,8 +232,10 @@ class OpenAIServer:
             routing_policy=request.headers.get("x-routing-policy"),
             default_max_tokens=self.config.default_max_tokens,
         )
+        reps = self.balancer.replicas
+        resolve_adapter(req, reps.models, reps.adapters)
         if self.balancer.known_model(req.model):
-            check_context(req, self.balancer.replicas.max_model_len(req.model))
+            check_context(req, reps.max_model_len(req.model))
         return req
 
     async def _relay(self, request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -205,6 +248,10 @@ class OpenAIServer:
             req = await self._read(request, endpoint)
         except InvalidRequest as exc:
             return error_response(400, str(exc), param=exc.param)
+        try:
+            check_allowed(tenant, req.adapter or req.model)
+        except RouterError as exc:
+            return _router_error(exc)
         if not self.balancer.known_model(req.model):
             msg = f"The model `{req.model}` does not exist; see GET /v1/models"
             resp: web.StreamResponse = error_response(404, msg, "NotFoundError", "model")

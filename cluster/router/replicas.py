@@ -9,6 +9,7 @@ the channel of a replica that left (its in-flight streams finish first).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -119,6 +120,8 @@ class ReplicaSet:
         self._task: asyncio.Task | None = None
         self._bg: set[asyncio.Task] = set()
         self.models: set[str] = set()
+        #: LoRA adapter -> its base model, from the endpoint set (the controller's adapter set).
+        self.adapters: dict[str, str] = {}
         self.groups: dict[str, ModelLoad] = {}
         #: The prefix keys the replicas publish (one picture for every policy of this router).
         self.published = PublishedPrefixes()
@@ -147,6 +150,19 @@ class ReplicaSet:
             await h.channel.close()
         for t in self._bg:
             t.cancel()
+
+    async def wait_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait (bounded) until ``done()`` holds after an endpoint-set update; its last value."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not done():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
 
     async def wait_for_replicas(self, model: str, timeout_s: float) -> list[ReplicaHandle]:
         deadline = time.monotonic() + timeout_s
@@ -179,9 +195,11 @@ class ReplicaSet:
     def apply(self, version: int, endpoints: Endpoints) -> None:
         seen: set[str] = set()
         by_model: dict[str, list[ReplicaHandle]] = {}
+        adapters: dict[str, str] = {}
         for model, eps in endpoints.items():
             handles = []
             for ep in eps:
+                adapters.update((a, model) for a in ep.get("adapters", "").split(",") if a)
                 rid = ep["replica_id"]
                 seen.add(rid)
                 h = self.by_id.get(rid)
@@ -208,6 +226,7 @@ class ReplicaSet:
             del self.groups[model]
         self.by_model = by_model
         self.models = set(endpoints)
+        self.adapters = adapters
         self.version = version
         self._changed.set()
         for cb in self.on_change:

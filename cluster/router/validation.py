@@ -54,6 +54,8 @@ class RelayRequest:
     routing_policy: str | None = None
     #: The replica encodes for this client: replica_pb2.SSE (HTTP) or PROTO (gRPC).
     format: int = 0
+    #: The LoRA adapter named in the body's ``model`` (``model`` is then its base model); None: a model itself.
+    adapter: str | None = None
 
     def encoded_body(self) -> bytes:
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -86,8 +86,10 @@ def _die_with_parent() -> None:
 
 async def _worker(cfg: Any, endpoints: dict | None, conn: Connection) -> None:
     from cluster.router.app import Router
+    from cluster.router.lora import ControllerAdmin
     from cluster.router.replicas import controller_source, static_source
 
+    admin = None  # the LoRA admin routes need the controller
     if endpoints is not None:
         source = static_source(endpoints)
     else:
@@ -97,8 +99,9 @@ async def _worker(cfg: Any, endpoints: dict | None, conn: Connection) -> None:
         from cluster.ray_connect import init_ray
 
         init_ray(cfg.ray.address, cfg.ray.namespace, cfg.ray.node_ip_address)
-        source = controller_source(ray.get_actor(CONTROLLER_NAME))
-    router = Router(cfg.router, source, cfg.internal_tls, worker=True)
+        controller = ray.get_actor(CONTROLLER_NAME)
+        source, admin = controller_source(controller), ControllerAdmin(controller)
+    router = Router(cfg.router, source, cfg.internal_tls, worker=True, admin=admin)
     await router.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

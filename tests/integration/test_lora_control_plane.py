@@ -1,20 +1,30 @@
 """The controller owns each model's LoRA adapters: on a real local Ray cluster with sim replicas.
 
 Loads reach every replica of the base model, including one that starts later; a refused load leaves
-nothing half-loaded; the set survives a controller restart; routers see it in the endpoint set.
+nothing half-loaded; the set survives a controller restart; routers see it in the endpoint set, route
+``model: <adapter>`` to the base model's replicas (lora_aware keeps it on the ones holding it), list it in
+``GET /v1/models``, and let only admin keys load and unload adapters and allowed tenants call them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
+import httpx
 import pytest
 import pytest_asyncio
 import ray
 
-from cluster.controller import CONTROLLER_NAME
-from tests.conftest import local_ray, start_deployment
+from cluster.config import load_config
+from cluster.controller import CONTROLLER_NAME, get_or_create_controller
+from cluster.router.app import Router
+from cluster.router.auth import new_key
+from cluster.router.lora import ControllerAdmin
+from cluster.router.replicas import controller_source
+from tests.conftest import local_ray, start_deployment, wait_for
+from tests.integration.test_security import write_keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
 
@@ -30,6 +40,7 @@ OVERRIDES = [
     "router.metrics_port=0",
     "controller.metrics_port=0",
     "controller.health_check_interval_s=0.3",
+    "router.policy=lora_aware",
 ]
 
 
@@ -129,3 +140,67 @@ async def wait_for_ready(controller, n: int, timeout_s: float = 60) -> None:
     while (await controller.replica_counts.remote("base"))["ready"] < n:
         assert loop.time() < deadline, f"{n} ready replicas not reached in {timeout_s} s"
         await asyncio.sleep(0.2)
+
+
+ADMIN, TENANT, LIMITED = new_key(), new_key(), new_key()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def authed_router(cluster, tmp_path_factory):
+    """A second router with auth on, whose admin routes go to the controller."""
+    keys = write_keys(
+        tmp_path_factory.mktemp("keys") / "keys.yaml",
+        {ADMIN: "ops", TENANT: "team", LIMITED: "narrow"},
+        {"ops": {"admin": True}, "team": {}, "narrow": {"models": ["base"]}},
+    )
+    cfg = load_config(overrides=[*OVERRIDES, f"router.auth={{enabled: true, key_file: {keys}}}"])
+    controller = get_or_create_controller(cfg)
+    r = Router(cfg.router, controller_source(controller, timeout_s=5), admin=ControllerAdmin(controller))
+    await r.start()
+    await wait_for(lambda: len(r.replicas.by_model.get("base", [])) >= 2, 30, "replicas")
+    yield r
+    await r.stop(0.5)
+
+
+def client(router, key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+async def chat(c: httpx.AsyncClient, model: str) -> httpx.Response:
+    return await c.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+
+
+async def test_only_an_admin_key_loads_adapters_and_the_router_serves_them_at_once(authed_router):
+    async with client(authed_router, TENANT) as c:
+        r = await c.post("/v1/load_lora_adapter", json={"lora_name": "ops-made", "lora_path": "sim://ops-made"})
+        assert r.status_code == 403 and "admin" in r.json()["error"]["message"]
+    async with client(authed_router, ADMIN) as c:
+        r = await c.post("/v1/load_lora_adapter", json={"lora_name": "ops-made", "lora_path": "sim://ops-made"})
+        assert r.status_code == 200 and "ops-made" in r.text
+        assert (await chat(c, "ops-made")).status_code == 200
+        cards = {m["id"]: m for m in (await c.get("/v1/models")).json()["data"]}
+        assert cards["ops-made"]["parent"] == "base" and cards["base"]["parent"] is None
+        r = await c.post("/v1/load_lora_adapter", json={"lora_name": "x"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "lora_path"
+        assert (await c.post("/v1/unload_lora_adapter", json={"lora_name": "ops-made"})).status_code == 200
+        r = await chat(c, "ops-made")
+        assert r.status_code == 404 and "ops-made" in r.json()["error"]["message"]
+
+
+async def test_a_tenants_allow_list_refuses_other_models_and_adapters_with_403(authed_router):
+    async with client(authed_router, LIMITED) as c:
+        assert (await chat(c, "base")).status_code == 200
+        r = await chat(c, "static-a")
+        assert r.status_code == 403 and "static-a" in r.json()["error"]["message"]
+    async with client(authed_router, TENANT) as c:
+        assert (await chat(c, "static-a")).status_code == 200
+
+
+async def test_lora_aware_routing_keeps_an_adapter_on_the_replica_holding_it(authed_router):
+    router = authed_router
+    before = {rid: h.routed for rid, h in router.replicas.by_id.items()}
+    async with client(router, TENANT) as c:
+        for _ in range(8):
+            assert (await chat(c, "static-a")).status_code == 200
+    sent = Counter({rid: h.routed - before.get(rid, 0) for rid, h in router.replicas.by_id.items()})
+    assert sorted(sent.values()) == [0, 8], sent

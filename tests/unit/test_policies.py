@@ -52,7 +52,7 @@ def test_unknown_policy_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown policy 'fastest'") as err:
         make_policy("fastest")
     assert all(name in str(err.value) for name in POLICIES)
-    assert set(POLICIES) == {"round_robin", "power_of_two", "prefix_aware", "session_affinity", "least_kv", "weighted"}
+    assert set(POLICIES) == {"round_robin", "power_of_two", "prefix_aware", "session_affinity", "least_kv", "weighted", "lora_aware"}
 
 
 def test_every_registered_policy_builds_itself_from_default_options_and_carries_its_name():
