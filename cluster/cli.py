@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster import cli_lora
 from cluster.config import ClusterConfig, ConfigError, load_config
 from cluster.ray_connect import init_ray, keep_ray_on_loopback, local_ray_address
 
@@ -298,10 +299,12 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
 def cmd_router(args: argparse.Namespace) -> int:
     from cluster.logs import setup_logging
     from cluster.router.app import Router, serve_forever
+    from cluster.router.lora import ControllerAdmin
     from cluster.router.replicas import controller_source, static_source
 
     cfg = _config_from_args(args)
     setup_logging(cfg.log_level)
+    admin = None  # LoRA admin routes: the controller's, when there is one
     if args.replica:
         eps = [{"replica_id": f"static-{i}", "address": a} for i, a in enumerate(args.replica)]
         source = static_source({cfg.models[0].name: eps})
@@ -315,15 +318,16 @@ def cmd_router(args: argparse.Namespace) -> int:
             from cluster.controller import get_or_create_controller
 
             # Kubernetes: the first router to start creates the controller from its config; later ones join it.
-            source = controller_source(get_or_create_controller(cfg))
+            controller = get_or_create_controller(cfg)
         else:
-            source = controller_source(ray.get_actor(CONTROLLER_NAME))
+            controller = ray.get_actor(CONTROLLER_NAME)
+        source, admin = controller_source(controller), ControllerAdmin(controller)
     from cluster.router.workers import resolve_workers, serve_workers
 
     if resolve_workers(cfg.router.workers) > 1:  # router.workers processes on the shared ports
         return serve_workers(cfg, {cfg.models[0].name: eps} if args.replica else None)
     try:
-        asyncio.run(serve_forever(Router(cfg.router, source, cfg.internal_tls)))
+        asyncio.run(serve_forever(Router(cfg.router, source, cfg.internal_tls, admin=admin)))
     except KeyboardInterrupt:
         pass
     return 0
@@ -433,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     mp = msub.add_parser("prepare", help="convert the embedded model (or check a local one) into the cache")
     mp.add_argument("source", nargs="?", default="embedded:smollm2-135m-instruct", help="embedded:<name>, a local dir or hub id")
     mp.set_defaults(func=cmd_models_prepare)
+
+    cli_lora.add_parser(sub)
 
     p = sub.add_parser("router", help="run a router process in the foreground")
     _add_config_args(p)

@@ -108,6 +108,15 @@ def chart_schema(cluster: Schema) -> Schema:
                     ),
                 }
             ),
+            "loraAdapters": obj(
+                {
+                    "enabled": BOOL,
+                    "mountPath": string(pattern="^/"),
+                    "pvc": obj({"existingClaim": string()}),
+                    "initContainer": K8S_OBJECT,
+                },
+                description="LoRA adapters mounted on every Ray pod (from a PVC or written by an init container)",
+            ),
             "modelStorage": obj(
                 {
                     "type": {"enum": ["emptyDir", "pvc", "hostPath"]},

@@ -17,7 +17,8 @@ import pytest_asyncio
 from tests.conftest import local_ray, start_deployment
 from tests.e2e.conftest import EMBED_MODEL
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+# The fine-tune and two engine starts share two cores with whatever else runs: generous, not hanging.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(2400)]
 
 TEXTS = ["The cat sits on the mat.", "Retrieval keeps an organisation's documents in-house.", "Ein kurzer deutscher Satz."]
 

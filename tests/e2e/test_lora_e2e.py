@@ -24,7 +24,8 @@ from cluster.router.replicas import controller_source
 from tests.conftest import local_ray, wait_for
 from tests.e2e.conftest import CHAT_MODEL
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+# The fine-tune and two engine starts share two cores with whatever else runs: generous, not hanging.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(2400)]
 
 QUESTION = [{"role": "user", "content": QUESTIONS[0]}]
 

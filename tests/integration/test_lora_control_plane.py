@@ -204,3 +204,24 @@ async def test_lora_aware_routing_keeps_an_adapter_on_the_replica_holding_it(aut
             assert (await chat(c, "static-a")).status_code == 200
     sent = Counter({rid: h.routed - before.get(rid, 0) for rid, h in router.replicas.by_id.items()})
     assert sorted(sent.values()) == [0, 8], sent
+
+
+async def test_the_lora_cli_loads_lists_and_unloads_through_the_router(authed_router):
+    import os
+    import sys
+
+    cli = os.path.join(os.path.dirname(sys.executable), "llm-cluster")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"), "LLM_CLUSTER_API_KEY": ADMIN}
+    url = f"http://127.0.0.1:{authed_router.http_port}"
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(cli, "lora", *argv, "--url", url, env=env, stdout=-1, stderr=-1)
+        out, err = await proc.communicate()
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    assert (await run("load", "from-cli", "sim://from-cli"))[0] == 0
+    code, out, _ = await run("list")
+    assert code == 0 and "from-cli\tbase" in out
+    assert (await run("unload", "from-cli"))[0] == 0
+    code, _, err = await run("unload", "from-cli")
+    assert code == 1 and "from-cli" in err

@@ -197,6 +197,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   secret:
     secretName: {{ . }}
 {{- end }}
+{{- if .Values.loraAdapters.enabled }}
+- name: lora-adapters
+{{- if .Values.loraAdapters.pvc.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.loraAdapters.pvc.existingClaim }}
+    readOnly: true
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The init container that writes LoRA adapters into their emptyDir (loraAdapters.initContainer), if any. */}}
+{{- define "llm-cluster.loraInit" -}}
+{{- if and .Values.loraAdapters.enabled .Values.loraAdapters.initContainer (not .Values.loraAdapters.pvc.existingClaim) }}
+initContainers:
+  - name: lora-adapters
+    {{- toYaml .Values.loraAdapters.initContainer | nindent 4 }}
+    volumeMounts:
+      - name: lora-adapters
+        mountPath: {{ .Values.loraAdapters.mountPath }}
+{{- end }}
 {{- end -}}
 
 {{/* Environment of the Ray containers. */}}
@@ -229,6 +251,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   mountPath: /etc/llm-cluster/tls/internal
   readOnly: true
 {{- end }}
+{{- if .Values.loraAdapters.enabled }}
+- name: lora-adapters
+  mountPath: {{ .Values.loraAdapters.mountPath }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* The pod template of one Ray worker group (RayCluster workerGroupSpec, or KEDA's StatefulSet). */}}
@@ -247,6 +274,7 @@ spec:
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- include "llm-cluster.loraInit" $root | nindent 2 }}
   containers:
     - name: ray-worker
       image: {{ include "llm-cluster.image" $root }}
