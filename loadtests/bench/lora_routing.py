@@ -91,7 +91,8 @@ async def run(policy_name: str, n_replicas: int, args: argparse.Namespace) -> di
         first = True
         try:
             sampling = Sampling(max_tokens=args.max_tokens, temperature=1.0)
-            async for _ in engines[rep.replica_id].generate(EngineRequest(request_id=str(k), sampling=sampling, prompt=prompt, lora=adapter)):
+            ereq = EngineRequest(request_id=str(k), sampling=sampling, prompt=prompt, lora=adapter)
+            async for _ in engines[rep.replica_id].generate(ereq):
                 if first:
                     ttfts.append((time.monotonic() - t0) / args.time_scale)
                     first = False

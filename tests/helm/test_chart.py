@@ -472,7 +472,6 @@ def test_the_packaged_chart_carries_the_rules_and_dashboards(tmp_path: Path) -> 
     assert "PrometheusRule" in kinds
 
 
-<<<<<<< HEAD
 # ---- router workers -----------------------------------------------------------------------------
 def _router_args(docs: list[dict[str, Any]]) -> list[str]:
     [dep] = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-router")]
@@ -494,7 +493,8 @@ def test_an_explicit_router_workers_setting_wins_over_the_cpu_limit(tmp_path: Pa
     out = render_with(tmp_path, {"cluster": {"router": {"workers": 3}}})
     assert out.returncode == 0, out.stderr
     assert "router.workers=3" in _router_args([d for d in yaml.safe_load_all(out.stdout) if d])
-=======
+
+
 def test_lora_adapters_reach_every_ray_pod_from_an_init_container_or_a_pvc(tmp_path: Path) -> None:
     case = CHART / "examples" / "multi-model.yaml"
     (ray,) = of_kind(render(case), "RayCluster")
@@ -510,4 +510,3 @@ def test_lora_adapters_reach_every_ray_pod_from_an_init_container_or_a_pvc(tmp_p
     head = ray["spec"]["headGroupSpec"]["template"]["spec"]
     assert "initContainers" not in head
     assert {"name": "lora-adapters", "persistentVolumeClaim": {"claimName": "adapters", "readOnly": True}} in head["volumes"]
->>>>>>> 9ae0394 (lora: llm-cluster lora load|unload|list (cluster/cli_lora.py, one registration line in cli.py; router --create-controller gets the admin routes), examples/multi-model.yaml, Helm adapters from a PVC or an init container, docs/lora-embeddings.md, e2e tests for the fine-tuned adapter and the embeddings)
