@@ -4,50 +4,55 @@
 # source: llm_cluster/v1/replica.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
-_runtime_version.ValidateProtobufRuntimeVersion(_runtime_version.Domain.PUBLIC, 7, 35, 1, "", "llm_cluster/v1/replica.proto")
+_runtime_version.ValidateProtobufRuntimeVersion(
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'llm_cluster/v1/replica.proto'
+)
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x1cllm_cluster/v1/replica.proto\x12\x0ellm_cluster.v1")\n\x06Resume\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t"\xad\x01\n\rOpenAIRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x08\x65ndpoint\x18\x02 \x01(\x0e\x32\x18.llm_cluster.v1.Endpoint\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12&\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x16.llm_cluster.v1.Format\x12&\n\x06resume\x18\x05 \x01(\x0b\x32\x16.llm_cluster.v1.Resume"\xd9\x01\n\x0bOpenAIChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06status\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x11\n\tresumable\x18\x05 \x01(\x08\x12\x11\n\ttool_call\x18\x06 \x01(\x08\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\x12\x15\n\rprompt_tokens\x18\x08 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\n \x01(\r""\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08"(\n\x11LoadStreamRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r"\x95\x03\n\nLoadReport\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x04 \x01(\x02\x12\x1c\n\x14prefix_cache_queries\x18\x05 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x06 \x01(\x04\x12\x11\n\ttimestamp\x18\x07 \x01(\x01\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x15\n\rrecent_ttft_s\x18\t \x01(\x01\x12\x1a\n\x12kv_capacity_tokens\x18\n \x01(\x04\x12\x15\n\rprefix_stored\x18\x0b \x03(\x06\x12\x16\n\x0eprefix_removed\x18\x0c \x03(\x06\x12\x14\n\x0cprefix_reset\x18\r \x01(\x08\x12\x1a\n\x12prefix_block_bytes\x18\x0e \x01(\r\x12\x17\n\x0f\x61\x63tive_adapters\x18\x0f \x03(\t\x12\x17\n\x0floaded_adapters\x18\x10 \x03(\t\x12\x15\n\radapter_swaps\x18\x11 \x01(\x04"\x0f\n\rHealthRequest"w\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\x0c\n\x04root\x18\x05 \x01(\t\x12\x0e\n\x06parent\x18\x06 \x01(\t*m\n\x08\x45ndpoint\x12\x18\n\x14\x45NDPOINT_UNSPECIFIED\x10\x00\x12\x08\n\x04\x43HAT\x10\x01\x12\x0f\n\x0b\x43OMPLETIONS\x10\x02\x12\x0c\n\x08TOKENIZE\x10\x03\x12\x0e\n\nDETOKENIZE\x10\x04\x12\x0e\n\nEMBEDDINGS\x10\x05*\x1c\n\x06\x46ormat\x12\x07\n\x03SSE\x10\x00\x12\t\n\x05PROTO\x10\x01\x32\xaf\x02\n\x07Replica\x12\x46\n\x06OpenAI\x12\x1d.llm_cluster.v1.OpenAIRequest\x1a\x1b.llm_cluster.v1.OpenAIChunk0\x01\x12\x44\n\x05\x41\x62ort\x12\x1c.llm_cluster.v1.AbortRequest\x1a\x1d.llm_cluster.v1.AbortResponse\x12M\n\nStreamLoad\x12!.llm_cluster.v1.LoadStreamRequest\x1a\x1a.llm_cluster.v1.LoadReport0\x01\x12G\n\x06Health\x12\x1d.llm_cluster.v1.HealthRequest\x1a\x1e.llm_cluster.v1.HealthResponseb\x06proto3'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cllm_cluster/v1/replica.proto\x12\x0ellm_cluster.v1\")\n\x06Resume\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xad\x01\n\rOpenAIRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x08\x65ndpoint\x18\x02 \x01(\x0e\x32\x18.llm_cluster.v1.Endpoint\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12&\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x16.llm_cluster.v1.Format\x12&\n\x06resume\x18\x05 \x01(\x0b\x32\x16.llm_cluster.v1.Resume\"\xd9\x01\n\x0bOpenAIChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06status\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x11\n\tresumable\x18\x05 \x01(\x08\x12\x11\n\ttool_call\x18\x06 \x01(\x08\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\x12\x15\n\rprompt_tokens\x18\x08 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\n \x01(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"(\n\x11LoadStreamRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"\x95\x03\n\nLoadReport\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x04 \x01(\x02\x12\x1c\n\x14prefix_cache_queries\x18\x05 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x06 \x01(\x04\x12\x11\n\ttimestamp\x18\x07 \x01(\x01\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x15\n\rrecent_ttft_s\x18\t \x01(\x01\x12\x1a\n\x12kv_capacity_tokens\x18\n \x01(\x04\x12\x15\n\rprefix_stored\x18\x0b \x03(\x06\x12\x16\n\x0eprefix_removed\x18\x0c \x03(\x06\x12\x14\n\x0cprefix_reset\x18\r \x01(\x08\x12\x1a\n\x12prefix_block_bytes\x18\x0e \x01(\r\x12\x17\n\x0f\x61\x63tive_adapters\x18\x0f \x03(\t\x12\x17\n\x0floaded_adapters\x18\x10 \x03(\t\x12\x15\n\radapter_swaps\x18\x11 \x01(\x04\"\x0f\n\rHealthRequest\"w\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\x0c\n\x04root\x18\x05 \x01(\t\x12\x0e\n\x06parent\x18\x06 \x01(\t*m\n\x08\x45ndpoint\x12\x18\n\x14\x45NDPOINT_UNSPECIFIED\x10\x00\x12\x08\n\x04\x43HAT\x10\x01\x12\x0f\n\x0b\x43OMPLETIONS\x10\x02\x12\x0c\n\x08TOKENIZE\x10\x03\x12\x0e\n\nDETOKENIZE\x10\x04\x12\x0e\n\nEMBEDDINGS\x10\x05*\x1c\n\x06\x46ormat\x12\x07\n\x03SSE\x10\x00\x12\t\n\x05PROTO\x10\x01\x32\xaf\x02\n\x07Replica\x12\x46\n\x06OpenAI\x12\x1d.llm_cluster.v1.OpenAIRequest\x1a\x1b.llm_cluster.v1.OpenAIChunk0\x01\x12\x44\n\x05\x41\x62ort\x12\x1c.llm_cluster.v1.AbortRequest\x1a\x1d.llm_cluster.v1.AbortResponse\x12M\n\nStreamLoad\x12!.llm_cluster.v1.LoadStreamRequest\x1a\x1a.llm_cluster.v1.LoadReport0\x01\x12G\n\x06Health\x12\x1d.llm_cluster.v1.HealthRequest\x1a\x1e.llm_cluster.v1.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "llm_cluster.v1.replica_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llm_cluster.v1.replica_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_ENDPOINT"]._serialized_start = 1143
-    _globals["_ENDPOINT"]._serialized_end = 1252
-    _globals["_FORMAT"]._serialized_start = 1254
-    _globals["_FORMAT"]._serialized_end = 1282
-    _globals["_RESUME"]._serialized_start = 48
-    _globals["_RESUME"]._serialized_end = 89
-    _globals["_OPENAIREQUEST"]._serialized_start = 92
-    _globals["_OPENAIREQUEST"]._serialized_end = 265
-    _globals["_OPENAICHUNK"]._serialized_start = 268
-    _globals["_OPENAICHUNK"]._serialized_end = 485
-    _globals["_ABORTREQUEST"]._serialized_start = 487
-    _globals["_ABORTREQUEST"]._serialized_end = 521
-    _globals["_ABORTRESPONSE"]._serialized_start = 523
-    _globals["_ABORTRESPONSE"]._serialized_end = 553
-    _globals["_LOADSTREAMREQUEST"]._serialized_start = 555
-    _globals["_LOADSTREAMREQUEST"]._serialized_end = 595
-    _globals["_LOADREPORT"]._serialized_start = 598
-    _globals["_LOADREPORT"]._serialized_end = 1003
-    _globals["_HEALTHREQUEST"]._serialized_start = 1005
-    _globals["_HEALTHREQUEST"]._serialized_end = 1020
-    _globals["_HEALTHRESPONSE"]._serialized_start = 1022
-    _globals["_HEALTHRESPONSE"]._serialized_end = 1141
-    _globals["_REPLICA"]._serialized_start = 1285
-    _globals["_REPLICA"]._serialized_end = 1588
+  DESCRIPTOR._loaded_options = None
+  _globals['_ENDPOINT']._serialized_start=1143
+  _globals['_ENDPOINT']._serialized_end=1252
+  _globals['_FORMAT']._serialized_start=1254
+  _globals['_FORMAT']._serialized_end=1282
+  _globals['_RESUME']._serialized_start=48
+  _globals['_RESUME']._serialized_end=89
+  _globals['_OPENAIREQUEST']._serialized_start=92
+  _globals['_OPENAIREQUEST']._serialized_end=265
+  _globals['_OPENAICHUNK']._serialized_start=268
+  _globals['_OPENAICHUNK']._serialized_end=485
+  _globals['_ABORTREQUEST']._serialized_start=487
+  _globals['_ABORTREQUEST']._serialized_end=521
+  _globals['_ABORTRESPONSE']._serialized_start=523
+  _globals['_ABORTRESPONSE']._serialized_end=553
+  _globals['_LOADSTREAMREQUEST']._serialized_start=555
+  _globals['_LOADSTREAMREQUEST']._serialized_end=595
+  _globals['_LOADREPORT']._serialized_start=598
+  _globals['_LOADREPORT']._serialized_end=1003
+  _globals['_HEALTHREQUEST']._serialized_start=1005
+  _globals['_HEALTHREQUEST']._serialized_end=1020
+  _globals['_HEALTHRESPONSE']._serialized_start=1022
+  _globals['_HEALTHRESPONSE']._serialized_end=1141
+  _globals['_REPLICA']._serialized_start=1285
+  _globals['_REPLICA']._serialized_end=1588
 # @@protoc_insertion_point(module_scope)
