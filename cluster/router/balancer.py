@@ -42,7 +42,8 @@ sends that difference first.
 
 A stream that gets no token for ``stall_timeout_s`` after its first one (hung
 engine, frozen process, a partition that drops packets without a reset) is
-treated like a failed replica and migrated.
+treated like a failed replica and migrated; one watchdog per stream
+(``cluster/router/stall.py``) watches for it, not a timer per token.
 
 Failure modes: a stall timeout shorter than the engine's real pauses would
 migrate healthy streams (each costs a prefill of prompt + tokens so far);
