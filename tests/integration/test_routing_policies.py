@@ -32,7 +32,8 @@ async def _cached_fraction(router, sessions: int = 7, turns: int = 3) -> float:
                 for s in range(sessions)
             )
         )
-        cached += sum(r.usage.prompt_tokens_details.cached_tokens for r in rs)
+        # No details at all when nothing was cached (as vLLM answers).
+        cached += sum(r.usage.prompt_tokens_details.cached_tokens if r.usage.prompt_tokens_details else 0 for r in rs)
         total += sum(r.usage.prompt_tokens for r in rs)
     return cached / total
 
