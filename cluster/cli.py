@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from cluster import cli_lora
 from cluster.config import ClusterConfig, ConfigError, load_config
-from cluster.ray_connect import init_ray, keep_ray_on_loopback, local_ray_address
+from cluster.ray_connect import ENV_MARKER, NoCluster, find_controller, join, local_ray_address, stop_local_processes
 
-RAY_MARKER = "llm-cluster-started-ray"
-ENV_MARKER = "LLM_CLUSTER_OWNED"
+__all__ = ["ENV_MARKER", "build_parser", "main"]
 
 
 # ---- config ---------------------------------------------------------------------
@@ -65,39 +62,6 @@ def _config_from_args(args: argparse.Namespace) -> ClusterConfig:
     return load_config(args.config, overrides)
 
 
-# ---- Ray bootstrap ---------------------------------------------------------------------
-def _marker_path() -> Path:
-    from cluster.models.prepare import default_cache_dir
-
-    return default_cache_dir() / RAY_MARKER
-
-
-def _connect_ray(cfg: ClusterConfig, start: bool) -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    keep_ray_on_loopback(cfg.ray.address, cfg.ray.node_ip_address)
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or ("auto" if local_ray_address() else None)
-    if address is None:
-        if not start:
-            raise SystemExit("no running cluster found (start one with `llm-cluster up`)")
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--disable-usage-stats", "--include-dashboard=false"]
-        cmd.append(f"--node-ip-address={cfg.ray.node_ip_address}")
-        if cfg.ray.num_cpus is not None:
-            cmd.append(f"--num-cpus={cfg.ray.num_cpus}")
-        env = os.environ | {ENV_MARKER: "1"}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            raise SystemExit(f"ray start failed:\n{out.stderr[-2000:]}")
-        marker = _marker_path()
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(time.time()))
-        address = "auto"
-    ray.init(address=address, namespace=cfg.ray.namespace, logging_level="WARNING", log_to_driver=False)
-
-
 # ---- commands ---------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
@@ -106,13 +70,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     for m in cfg.models:
         if m.engine == "vllm":
             resolve_model_source(m.source)  # converts the embedded model once, with a progress bar
-    _connect_ray(cfg, start=True)
+    try:
+        controller = find_controller(cfg, create=True, start=True)
+    except NoCluster as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     import ray
 
-    from cluster.controller import get_or_create_controller
     from cluster.router.app import ROUTER_NAME, RouterActor
 
-    controller = get_or_create_controller(cfg)
     router = (
         ray.remote(RouterActor)
         .options(name=ROUTER_NAME, lifetime="detached", num_cpus=0, max_concurrency=100, get_if_exists=True)
@@ -120,11 +86,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     ports = ray.get(router.start.remote())
     _wait_ready(controller, cfg, args.wait_timeout)
-    print(f"llm-cluster is serving: gRPC localhost:{ports['grpc_port']}  HTTP http://localhost:{ports['http_port']}/v1")
+    print(f"llm-cluster is serving: gRPC localhost:{ports['grpc_port']}  HTTP http://localhost:{ports['http_port']}/v1", flush=True)
     if args.detach:
         print("detached; stop it with `llm-cluster down`")
         return 0
-    print("press Ctrl-C to stop")
+    print("press Ctrl-C to stop", flush=True)
     stop = False
 
     def _on_signal(*_: Any) -> None:
@@ -134,7 +100,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     while not stop:
-        time.sleep(0.5)
+        time.sleep(1.0)
+        if local_ray_address() is None:  # `llm-cluster down` from another shell stopped it
+            print("the cluster was stopped", flush=True)
+            return 0
     print("\nstopping...")
     return cmd_down(args)
 
@@ -160,72 +129,45 @@ def _wait_ready(controller: Any, cfg: ClusterConfig, timeout_s: float) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     try:
-        init_ray(None, "llm-cluster")
-    except (ConnectionError, RuntimeError, ValueError):
+        join(load_config(args.config).ray)
+    except NoCluster:
         print("no running cluster found")
     else:
         from cluster.controller import CONTROLLER_NAME
         from cluster.router.app import ROUTER_NAME
 
+        deadline = time.monotonic() + 20.0  # then whatever is left is killed below
         for name, method in ((ROUTER_NAME, "stop"), (CONTROLLER_NAME, "shutdown")):
             try:
                 h = ray.get_actor(name)
-                ray.get(getattr(h, method).remote(), timeout=60)
+                ray.get(getattr(h, method).remote(), timeout=max(1.0, deadline - time.monotonic()))
                 ray.kill(h, no_restart=True)
-            except Exception as exc:  # already gone, or dead
-                print(f"{name}: {type(exc).__name__}", file=sys.stderr) if not isinstance(exc, ValueError) else None
+            except ValueError:  # already gone
+                pass
+            except Exception as exc:  # dead, or too slow: killed with the rest
+                print(f"{name}: {type(exc).__name__}", file=sys.stderr)
         ray.shutdown()
-    marker = _marker_path()
-    # The Ray head `up` started, its workers and their engine processes all carry ENV_MARKER in their
-    # environment: stopping exactly those leaves any other Ray cluster on this machine alone (`ray stop`
+    # The Ray head `up` started, its workers and their engine processes all carry ENV_MARKER=owner_tag() in
+    # their environment: stopping exactly those leaves any other Ray cluster on this machine alone (`ray stop`
     # would end every one of them).
-    killed = _reap_leftovers(grace_s=5.0 if marker.exists() else 0.0)
-    marker.unlink(missing_ok=True)
+    killed = stop_local_processes(grace_s=5.0)
     if getattr(args, "force", False):
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
     print("llm-cluster stopped" + (f" ({killed} leftover processes killed)" if killed else ""))
     return 0
 
 
-def _reap_leftovers(grace_s: float = 0.0) -> int:
-    """End processes that carry our marker in their environment: SIGTERM, then SIGKILL after ``grace_s``."""
-    import psutil
-
-    me = os.getpid()
-    ours = []
-    for p in psutil.process_iter(["pid"]):
-        if p.pid == me:
-            continue
-        try:
-            if p.environ().get(ENV_MARKER) == "1":
-                ours.append(p)
-        except (psutil.Error, OSError):
-            continue
-    for p in ours:
-        with contextlib.suppress(psutil.Error):
-            p.terminate() if grace_s > 0 else p.kill()
-    _, alive = psutil.wait_procs(ours, timeout=grace_s or 1.0)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    return len(ours)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     try:
-        init_ray(None, "llm-cluster")
-        from cluster.controller import CONTROLLER_NAME
-
-        st = ray.get(ray.get_actor(CONTROLLER_NAME).status.remote(), timeout=30)
-    except (ConnectionError, RuntimeError, ValueError):
-        print("no running cluster found", file=sys.stderr)
+        controller = find_controller(load_config(args.config))
+        st = ray.get(controller.status.remote(), timeout=30)
+    except NoCluster as exc:
+        print(exc, file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(st, indent=2))
@@ -309,18 +251,13 @@ def cmd_router(args: argparse.Namespace) -> int:
         eps = [{"replica_id": f"static-{i}", "address": a} for i, a in enumerate(args.replica)]
         source = static_source({cfg.models[0].name: eps})
     else:
-        import ray
-
-        from cluster.controller import CONTROLLER_NAME
-
-        _connect_ray(cfg, start=False)
-        if args.create_controller:
-            from cluster.controller import get_or_create_controller
-
-            # Kubernetes: the first router to start creates the controller from its config; later ones join it.
-            controller = get_or_create_controller(cfg)
-        else:
-            controller = ray.get_actor(CONTROLLER_NAME)
+        try:
+            # --create-controller (Kubernetes): the first router to start creates the controller from its
+            # config; later ones join it.
+            controller = find_controller(cfg, create=args.create_controller)
+        except NoCluster as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         source, admin = controller_source(controller), ControllerAdmin(controller)
     from cluster.router.workers import resolve_workers, serve_workers
 
@@ -362,12 +299,9 @@ def cmd_autoscaler(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     setup_logging(cfg.log_level)
     a = cfg.autoscaler
-    needs_ray = a.actuator.kind == "ray" or (a.source.kind == "scrape" and not a.source.scrape_targets)
-    if needs_ray:
-        _connect_ray(cfg, start=False)
     try:
-        scaler = build_autoscaler(cfg, dry_run=args.dry_run)
-    except ActuatorError as exc:
+        scaler = build_autoscaler(cfg, dry_run=args.dry_run)  # joins Ray where the actuator or source needs it
+    except (ActuatorError, NoCluster) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -407,10 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("down", help="stop the router, replicas, controller and the Ray head `up` started")
     p.add_argument("--force", action="store_true", help="also stop every other Ray process on this machine (`ray stop --force`)")
+    p.add_argument("--config", "-c", help="the YAML config the cluster was started with (for its ray section)")
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("status", help="replicas, their state and load")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--config", "-c", help="the YAML config the cluster was started with (for its ray section)")
     p.set_defaults(func=cmd_status)
 
     for name, chat in (("chat", True), ("generate", False)):

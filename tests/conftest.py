@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -14,14 +13,10 @@ import pytest_asyncio
 
 from cluster.config import InternalTLSConfig, RouterConfig
 from cluster.engine.sim import SimEngine, SimParams
+from cluster.ray_connect import prepare_env
 from cluster.replica.server import ReplicaServicer, start_server
 from cluster.router.app import Router
 from cluster.router.replicas import static_source
-
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Every Ray node a test starts (ray.init, ray.cluster_utils.Cluster, `llm-cluster up`) uses the loopback address,
-# so no test traffic leaves 127.0.0.0/8 (Ray would otherwise pick the machine's outward-facing address).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def free_port() -> int:
@@ -113,6 +108,9 @@ async def sim_fleet():
 def local_ray(namespace: str, num_cpus: int = 2, address: str = "local") -> Iterator[None]:
     """A Ray cluster of the test's own (``address="local"``: even when another Ray runs on this machine),
     or ``address`` of a ``ray.cluster_utils.Cluster``; the controller is shut down before Ray."""
+    # What every command does before it touches Ray: a local cluster stays on 127.0.0.1, so no test traffic
+    # leaves 127.0.0.0/8 (set here, where the test starts Ray, not for the CLI's subprocesses).
+    prepare_env()
     import ray
 
     from cluster.controller import CONTROLLER_NAME
@@ -171,6 +169,7 @@ def start_ray_cluster(head_args: dict, worker_args: list[dict]):
     """A multi-node ``ray.cluster_utils.Cluster`` (head + workers), started again if a node misses Ray's own
     start-up deadline (seen on the 2-core CI machine right after another test's cluster shut down).  Returns
     (cluster, worker nodes); the caller shuts the cluster down."""
+    prepare_env()  # its nodes on 127.0.0.1, as in local_ray
     from ray.cluster_utils import Cluster
 
     for attempt in range(3):

@@ -37,13 +37,9 @@ def make_source(cfg: ClusterConfig, controller: Any | None = None) -> MetricsSou
     discover = None
     if not s.scrape_targets:
         if controller is None:
-            import ray
+            from cluster.ray_connect import find_controller
 
-            from cluster.controller import CONTROLLER_NAME
-            from cluster.ray_connect import init_ray
-
-            init_ray(cfg.ray.address, cfg.ray.namespace, cfg.ray.node_ip_address)
-            controller = ray.get_actor(CONTROLLER_NAME)
+            controller = find_controller(cfg)
         discover = controller_discovery(controller)
     return ScrapeSource(s.scrape_targets, discover=discover, router_url=s.router_metrics_url, ttft_quantile=q, timeout_s=s.timeout_s)
 

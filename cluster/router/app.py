@@ -121,11 +121,9 @@ class RouterActor:
 
     async def start(self) -> dict[str, int]:
         if self.router is None:
-            import ray
+            from cluster.ray_connect import find_controller
 
-            from cluster.controller import CONTROLLER_NAME
-
-            controller = ray.get_actor(CONTROLLER_NAME)
+            controller = find_controller(self.config)  # in an actor: Ray is joined already
             self.router = Router(
                 self.config.router, controller_source(controller), self.config.internal_tls, admin=ControllerAdmin(controller)
             )

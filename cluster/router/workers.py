@@ -93,13 +93,9 @@ async def _worker(cfg: Any, endpoints: dict | None, conn: Connection) -> None:
     if endpoints is not None:
         source = static_source(endpoints)
     else:
-        import ray
+        from cluster.ray_connect import find_controller
 
-        from cluster.controller import CONTROLLER_NAME
-        from cluster.ray_connect import init_ray
-
-        init_ray(cfg.ray.address, cfg.ray.namespace, cfg.ray.node_ip_address)
-        controller = ray.get_actor(CONTROLLER_NAME)
+        controller = find_controller(cfg)
         source, admin = controller_source(controller), ControllerAdmin(controller)
     router = Router(cfg.router, source, cfg.internal_tls, worker=True, admin=admin)
     await router.start()

@@ -14,19 +14,13 @@ def make_actuator(cfg: ClusterConfig, model: str) -> Actuator:
     """The actuator ``autoscaler.actuator.kind`` names; Ray is joined / Kubernetes configured here."""
     kind = cfg.autoscaler.actuator.kind
     if kind == "ray":
-        import ray
-
         from cluster.autoscaler.actuators.ray import RayActuator
-        from cluster.controller import CONTROLLER_NAME
-        from cluster.ray_connect import init_ray
+        from cluster.ray_connect import NoCluster, find_controller
 
-        init_ray(cfg.ray.address, cfg.ray.namespace, cfg.ray.node_ip_address)
         try:
-            controller = ray.get_actor(CONTROLLER_NAME)
-        except ValueError:
-            raise ActuatorError(
-                f"no controller actor {CONTROLLER_NAME!r} in Ray namespace {cfg.ray.namespace!r}; is the cluster up?"
-            ) from None
+            controller = find_controller(cfg)
+        except NoCluster as exc:
+            raise ActuatorError(str(exc)) from None
         return RayActuator(controller, model)
     from cluster.autoscaler.actuators.kubernetes import KubernetesActuator, KubernetesTarget  # "helm" helper's module
 
