@@ -18,8 +18,11 @@ streams, and the node's ports, are never interrupted.  SIGTERM / SIGINT stop
 all workers the same graceful way.
 
 Failure modes: connections queued in a stopping worker's accept queue when it
-closes its socket are reset (SO_REUSEPORT keeps one queue per socket);
-sessions and per-router counts (in-flight, circuit breaker) are per worker.
+closes its socket are reset (SO_REUSEPORT keeps one queue per socket); a
+gRPC connection opened while a worker is starting was seen closed once
+("Stream removed") on this machine (streams already open are not affected;
+cause not found yet); sessions and per-router counts (in-flight, circuit
+breaker) are per worker.
 """
 
 from __future__ import annotations
