@@ -8,8 +8,12 @@ is reached over loopback with the official `openai` client and with gRPC.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
+from pathlib import Path
 
+import aiohttp
 import grpc
 import openai
 import pytest
@@ -43,7 +47,7 @@ async def router(ray_cluster):
             "router.metrics_port=0",
             "controller.metrics_port=0",
             "controller.health_check_interval_s=1",
-            "models.0.engine_args={max_model_len: 2048}",
+            "models.0.engine_args={max_model_len: 2048, enforce_eager: true}",  # eager: starts faster than compiled
         ],
         ready=1,
         timeout_s=600,
@@ -67,6 +71,29 @@ async def test_a_chat_question_gets_an_answer_with_usage_through_the_cluster(rou
     assert resp.choices[0].message.content.strip()
     assert resp.id.startswith("chatcmpl-") and resp.choices[0].finish_reason in ("stop", "length")
     assert resp.usage.prompt_tokens > 5 and 0 < resp.usage.completion_tokens <= 32
+
+
+def readme_request() -> dict:
+    """The body of the README's quick-start `curl` request, read from the README itself."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    match = re.search(r"curl -s localhost:8000/v1/chat/completions .*?-d '(\{.*?\})'", readme, re.S)
+    assert match, "README.md has no quick-start curl request"
+    return json.loads(match.group(1))
+
+
+async def test_the_readmes_request_as_written_answers_paris_every_time(router):
+    """No temperature in the request: the model's own defaults apply (its generation_config.json, the model
+    card's temperature 0.2 and top_p 0.9, as vLLM applies them), so the newcomer's first answer is right."""
+    body = readme_request()
+    assert "temperature" not in body and "top_p" not in body
+    url = f"http://127.0.0.1:{router.http_port}/v1/chat/completions"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        answers = []
+        for _ in range(5):
+            async with session.post(url, json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                answers.append((await resp.json())["choices"][0]["message"]["content"])
+    assert all("Paris" in a for a in answers), answers
 
 
 async def test_streaming_over_the_openai_client_arrives_in_pieces_and_equals_the_whole_answer(router):
