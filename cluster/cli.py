@@ -18,53 +18,17 @@ import sys
 import time
 from typing import Any
 
-from cluster import cli_lora
+from cluster import cli_autoscaler, cli_lora
+from cluster.cli_config import add_config_args, config_from_args
 from cluster.config import ClusterConfig, ConfigError, load_config
 from cluster.ray_connect import ENV_MARKER, NoCluster, find_controller, join, local_ray_address, stop_local_processes
 
 __all__ = ["ENV_MARKER", "build_parser", "main"]
 
 
-# ---- config ---------------------------------------------------------------------
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE", help="override a config field, repeatable")
-    p.add_argument("--engine", choices=["vllm", "sim"], help="engine backend of every model (models.N.engine)")
-    p.add_argument("--replicas", type=int, help="replicas of every model (models.N.replicas)")
-    p.add_argument("--model", help="serve this model source instead of the embedded default (models.0.source)")
-    p.add_argument("--policy", help="routing policy (router.policy)")
-    p.add_argument("--grpc-port", type=int, help="router gRPC port (router.grpc_port, default 50051)")
-    p.add_argument("--http-port", type=int, help="router HTTP port (router.http_port, default 8000)")
-    p.add_argument("--ray-address", help="join this Ray cluster instead of starting one (ray.address)")
-
-
-def _config_from_args(args: argparse.Namespace) -> ClusterConfig:
-    overrides = list(args.overrides)
-    base = load_config(args.config, overrides)
-    n_models = len(base.models)
-    for i in range(n_models):
-        if args.engine:
-            overrides.append(f"models.{i}.engine={args.engine}")
-        if args.replicas is not None:
-            overrides.append(f"models.{i}.replicas={args.replicas}")
-    if args.model:
-        overrides.append(f"models.0.source={args.model}")
-        if args.model.rstrip("/").split("/")[-1] and not args.model.startswith("embedded:"):
-            overrides.append(f"models.0.name={args.model.rstrip('/').split('/')[-1]}")
-    for flag, path in (
-        ("policy", "router.policy"),
-        ("grpc_port", "router.grpc_port"),
-        ("http_port", "router.http_port"),
-        ("ray_address", "ray.address"),
-    ):
-        if getattr(args, flag, None) is not None:
-            overrides.append(f"{path}={getattr(args, flag)}")
-    return load_config(args.config, overrides)
-
-
 # ---- commands ---------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     from cluster.models.prepare import resolve_model_source
 
     for m in cfg.models:
@@ -244,7 +208,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     from cluster.router.lora import ControllerAdmin
     from cluster.router.replicas import controller_source, static_source
 
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     setup_logging(cfg.log_level)
     admin = None  # LoRA admin routes: the controller's, when there is one
     if args.replica:
@@ -275,66 +239,26 @@ def cmd_replica(args: argparse.Namespace) -> int:
 
     # --http-port here is the replica's own OpenAI endpoint, not a router port.
     http_port, args.http_port = args.http_port, None
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     return asyncio.run(run_standalone(cfg.models[0], args.port, args.host, cfg.internal_tls, http_port, args.metrics_port))
-
-
-def cmd_autoscaler(args: argparse.Namespace) -> int:
-    from cluster.autoscaler.actuators import ActuatorError
-    from cluster.autoscaler.build import build_autoscaler, target_model
-    from cluster.logs import setup_logging
-    from cluster.metrics_server import start_metrics_server
-
-    overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"autoscaler.model={args.model}")
-    if args.prometheus:
-        overrides += ["autoscaler.source.kind=prometheus", f"autoscaler.source.prometheus_url={args.prometheus}"]
-    if args.scrape:
-        overrides.append("autoscaler.source.kind=scrape")
-    if args.metrics_port is not None:
-        overrides.append(f"autoscaler.metrics_port={args.metrics_port}")
-    args.overrides = overrides
-    args.model = None  # here --model names the model to scale, not a model source
-    cfg = _config_from_args(args)
-    setup_logging(cfg.log_level)
-    a = cfg.autoscaler
-    try:
-        scaler = build_autoscaler(cfg, dry_run=args.dry_run)  # joins Ray where the actuator or source needs it
-    except (ActuatorError, NoCluster) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-    async def main() -> None:
-        runner, port = await start_metrics_server(scaler.metrics.registry, "0.0.0.0", a.metrics_port)
-        print(
-            f"autoscaling {target_model(cfg)} ({a.source.kind} -> {a.policy.metric} target {a.policy.target:g}/replica -> "
-            f"{a.actuator.kind}{', dry run' if args.dry_run else ''}); metrics on :{port}/metrics",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await scaler.run(stop, once=args.once)
-            if args.once and scaler.decisions:
-                d = scaler.decisions[-1]
-                print(json.dumps({"action": d.action, "current": d.current, "desired": d.desired, "reason": d.reason, "detail": d.detail}))
-        finally:
-            await scaler.close()
-            await runner.cleanup()
-
-    asyncio.run(main())
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_lifecycle_commands(sub)
+    _add_client_commands(sub)
+    _add_tool_commands(sub)
+    cli_lora.add_parser(sub)
+    _add_foreground_commands(sub)
+    cli_autoscaler.add_parser(sub)
+    return parser
 
+
+def _add_lifecycle_commands(sub: Any) -> None:
+    """up, down, status: a cluster's life."""
     p = sub.add_parser("up", help="start (or join) Ray, the controller, replicas and the router")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--detach", "-d", action="store_true", help="return once serving; stop later with `llm-cluster down`")
     p.add_argument("--wait-timeout", type=float, default=900, help="seconds to wait for replicas to become ready")
     p.set_defaults(func=cmd_up)
@@ -349,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="the YAML config the cluster was started with (for its ray section)")
     p.set_defaults(func=cmd_status)
 
+
+def _add_client_commands(sub: Any) -> None:
+    """chat, generate: gRPC clients of a router."""
     for name, chat in (("chat", True), ("generate", False)):
         p = sub.add_parser(name, help=f"{'chat with' if chat else 'complete a prompt on'} a model over gRPC, streaming")
         p.add_argument("text", help="the user message" if chat else "the prompt")
@@ -361,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ca-file", default=None, help="use TLS, trusting this CA certificate (router.tls)")
         p.set_defaults(func=lambda a, chat=chat: cmd_generate(a, chat))
 
+
+def _add_tool_commands(sub: Any) -> None:
+    """keys, models: utilities that need no cluster."""
     p = sub.add_parser("keys", help="API keys for router.auth")
     ksub = p.add_subparsers(dest="keys_command", required=True)
     kp = ksub.add_parser("new", help="make a new API key for a tenant; prints the key and its hash line for the key file")
@@ -374,10 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("source", nargs="?", default="embedded:smollm2-135m-instruct", help="embedded:<name>, a local dir or hub id")
     mp.set_defaults(func=cmd_models_prepare)
 
-    cli_lora.add_parser(sub)
 
+def _add_foreground_commands(sub: Any) -> None:
+    """router, replica: one process of the cluster in the foreground."""
     p = sub.add_parser("router", help="run a router process in the foreground")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument(
         "--replica", action="append", default=[], metavar="HOST:PORT", help="route to these replicas instead of the controller's set"
     )
@@ -389,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("replica", help="run one replica outside Ray, in the foreground (experiments, foreign routers)")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="gRPC port (0: pick one, printed)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve vllm:* metrics on this port (0: pick one, printed)")
@@ -398,25 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
         "so foreign gateways (vllm-router, smg) can route to it"
     )
     p.set_defaults(func=cmd_replica)
-
-    p = sub.add_parser(
-        "autoscaler",
-        help="scale a model's replicas from its metrics (Prometheus or direct scrape) on Ray or Kubernetes",
-        description="Run the autoscaler loop (metrics source -> target-tracking policy -> actuator) in the foreground. "
-        "Configured by the `autoscaler` section of the cluster config; see docs/autoscaling.md.",
-    )
-    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE", help="override a config field, repeatable")
-    p.add_argument("--ray-address", help="the Ray cluster whose controller to scale (ray.address)")
-    p.add_argument("--model", help="the model to scale (autoscaler.model; default: the first model)")
-    p.set_defaults(engine=None, replicas=None, policy=None, grpc_port=None, http_port=None)
-    p.add_argument("--prometheus", metavar="URL", help="read metrics from this Prometheus (autoscaler.source.prometheus_url)")
-    p.add_argument("--scrape", action="store_true", help="scrape the replicas directly instead of asking Prometheus")
-    p.add_argument("--metrics-port", type=int, help="the autoscaler's own /metrics port (autoscaler.metrics_port, default 9402)")
-    p.add_argument("--once", action="store_true", help="decide once, print the decision as JSON, and exit")
-    p.add_argument("--dry-run", action="store_true", help="log decisions without changing the replica count")
-    p.set_defaults(func=cmd_autoscaler)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
