@@ -141,9 +141,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     cols = ("replica_id", "model", "state", "address", "in_flight", "running", "waiting", "kv_cache_usage", "age_s")
     rows = [[_cell(r.get(c)) for c in cols] for r in st["replicas"]]
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
     for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

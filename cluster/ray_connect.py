@@ -14,6 +14,7 @@ own ``ray.init(address="auto")`` gets wrong for us is handled here, once:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -161,6 +162,12 @@ def join(ray_cfg: RayConfig, *, start: bool = False) -> None:
         start_head(ray_cfg)
     elif address is not None and "://" not in address and not _answers(address, timeout_s=3.0):
         raise NoCluster(f"no Ray cluster answers at {address} (ray.address)")
+    if address is None:
+        # Two warnings ray.init("auto") prints on every local join, neither one the user can act on: "multiple
+        # active Ray instances" (other clusters on a shared machine; the one this machine's record names, probed
+        # above, is joined) and "token authentication is enabled" (Ray's default).
+        for name in ("ray._private.services", "ray._private.authentication.authentication_token_setup"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     ray.init(address=address or "auto", namespace=ray_cfg.namespace, logging_level="WARNING", log_to_driver=False)
 
 

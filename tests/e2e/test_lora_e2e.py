@@ -48,7 +48,7 @@ async def router(ray_cluster):
             "controller.metrics_port=0",
             "controller.health_check_interval_s=1",
             "models.0.replicas=2",
-            "models.0.engine_args={max_model_len: 1024}",
+            "models.0.engine_args={max_model_len: 1024, enforce_eager: true}",
             "models.0.lora={max_loras: 2, max_lora_rank: 16}",
         ]
     )

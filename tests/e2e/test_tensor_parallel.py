@@ -33,7 +33,7 @@ OVERRIDES = [
     "router.http_port=0",
     "controller.health_check_interval_s=1",
     "models.0.tensor_parallel_size=3",
-    "models.0.engine_args={max_model_len: 512, dtype: float32}",
+    "models.0.engine_args={max_model_len: 512, dtype: float32, enforce_eager: true}",
 ]
 
 

@@ -51,7 +51,9 @@ async def engine(model_dir: Path) -> AsyncIterator[object]:
     started = time.monotonic()
     # float32: a resumed greedy run then equals the undisturbed one token for
     # token (in bf16 the prefill of the relayed tokens may part from their decode).
-    eng = await VllmEngine.create(str(model_dir), served_name=MODEL, engine_args={"dtype": "float32", "max_model_len": 2048})
+    eng = await VllmEngine.create(
+        str(model_dir), served_name=MODEL, engine_args={"dtype": "float32", "max_model_len": 2048, "enforce_eager": True}
+    )
     print(f"\nvLLM engine started in {time.monotonic() - started:.1f} s")
     try:
         yield eng
