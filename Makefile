@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ENGINE_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 TORCH_CPU := torch==2.13.0+cpu
 
-.PHONY: install serve test test-fast lint proto clean down helm helm-schema prometheus-bin
+.PHONY: install serve test test-fast lint proto clean down helm helm-schema openapi prometheus-bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 install: $(STAMP)
@@ -58,6 +58,9 @@ helm: $(STAMP)
 # values.schema.json's `cluster` part comes from cluster/config.py: rerun after changing the config model.
 helm-schema: install
 	$(PY) tools/gen_helm_schema.py
+
+openapi: install
+	$(PY) tools/gen_openapi.py
 
 # prometheus + promtool (Debian package) for the rules tests and the Prometheus-backed autoscaling
 # test; the tests start their own server on loopback, so Debian's service is stopped and disabled.

@@ -190,6 +190,24 @@ def _build_engine_args(
     return AsyncEngineArgs(**kwargs)
 
 
+def merge_engine_args(
+    engine_args: dict[str, Any] | None, serve_args: dict[str, Any] | None, default_sampling: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The engine arguments a model's config implies, as `vllm serve` would take them.
+
+    ``serve_args`` flags the engine reads too (the reasoning parser) join them;
+    ``default_sampling`` becomes ``override_generation_config`` (over the one in
+    ``engine_args``, if any), exactly what ``--override-generation-config`` does.
+    """
+    merged = dict(engine_args or {})
+    for key in SHARED_WITH_ENGINE:
+        if key in (serve_args or {}):
+            merged[key] = serve_args[key]  # type: ignore[index]
+    if default_sampling:
+        merged["override_generation_config"] = {**(merged.get("override_generation_config") or {}), **default_sampling}
+    return merged
+
+
 class VllmEngine(Engine):
     """One model replica served by vLLM's ``AsyncLLM``; build it with :meth:`create`."""
 
@@ -231,12 +249,7 @@ class VllmEngine(Engine):
         from vllm.platforms import current_platform
 
         serve_args = dict(serve_args or {})
-        merged = dict(engine_args or {})
-        for key in SHARED_WITH_ENGINE:
-            if key in serve_args:
-                merged[key] = serve_args[key]
-        if default_sampling:
-            merged["override_generation_config"] = {**(merged.get("override_generation_config") or {}), **default_sampling}
+        merged = merge_engine_args(engine_args, serve_args, default_sampling)
         on_cpu = current_platform.is_cpu()
         args = _build_engine_args(
             model,

@@ -19,6 +19,7 @@ together), and whatever follows the finishing output (usage chunk,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -149,12 +150,19 @@ class VllmOpenAI:
         tap = Tap(resume=call.resume)
         token = set_tap(tap)
         try:
-            result = await handler(req, None)
+            task = asyncio.ensure_future(handler(req, None))  # the task copies the context: it sees the tap
+        finally:
+            reset_tap(token)
+        try:
+            async for note in _progress(task, tap):
+                yield note
+            result = task.result()
         except Exception as exc:  # vLLM's app maps these by type (4xx for the request's faults)
             yield _error(exc)
             return
         finally:
-            reset_tap(token)
+            if not task.done():
+                task.cancel()
         if isinstance(result, ErrorResponse):
             yield _error(result)
         elif isinstance(result, Response):  # the pooling layer answers with a response (embeddings)
@@ -216,6 +224,19 @@ def _response_chunk(resp: Response) -> Chunk:
         usage = json.loads(body).get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
     return Chunk(data=bytes(body), status=resp.status_code, prompt_tokens=prompt_tokens, resumable=False, finish_reason="stop")
+
+
+async def _progress(task: asyncio.Future[Any], tap: Tap) -> AsyncIterator[Chunk]:
+    """Empty chunks while a non-streamed answer is being generated (the router's first-token and stall timers)."""
+    while not task.done():
+        waiter = asyncio.ensure_future(tap.progress.wait())
+        try:
+            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if tap.progress.is_set() and not task.done():
+            tap.progress.clear()
+            yield Chunk(data=b"")
 
 
 def _whole_request_usage(data: bytes, resumed: int) -> bytes:

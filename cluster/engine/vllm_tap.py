@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,10 @@ from vllm.outputs import RequestOutput
 from cluster.engine.base import Resume
 
 log = logging.getLogger(__name__)
+
+#: How often a non-streamed request tells the router it is still being generated
+#: (the router's stall timeout is tens of seconds; the first output is told at once).
+PROGRESS_INTERVAL_S = 1.0
 
 _TAP: contextvars.ContextVar[Tap | None] = contextvars.ContextVar("llm_cluster_vllm_tap", default=None)
 
@@ -47,8 +52,9 @@ class Tap:
     prompt_tokens: int = 0  # the original prompt (resumed tokens excluded)
     generated: int = 0  # by this engine, resumed tokens excluded
     cached_prompt_tokens: int = 0
-    #: Set at every output (a non-streamed request's progress).
+    #: Set at the first output and then at most every PROGRESS_INTERVAL_S (a non-streamed request's progress).
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    _noted: float = 0.0
 
     @property
     def resumed(self) -> int:
@@ -77,7 +83,10 @@ class Tap:
         if out.prompt_token_ids is not None:
             self.prompt_tokens = len(out.prompt_token_ids) - self.resumed
         self.cached_prompt_tokens = min(out.num_cached_tokens or 0, self.prompt_tokens)
-        self.progress.set()
+        now = time.monotonic()
+        if now - self._noted >= PROGRESS_INTERVAL_S:
+            self._noted = now
+            self.progress.set()
 
 
 def set_tap(tap: Tap) -> contextvars.Token[Tap | None]:

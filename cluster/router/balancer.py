@@ -115,6 +115,7 @@ class _Relay:
     #: Bytes reached the client (from then on a failure is migrated or fatal, never retried).
     sent: bool = False
     resumable: bool = True
+    stream: bool = False
     arrived: float = field(default_factory=time.monotonic)
     last: float | None = None
 
@@ -217,7 +218,7 @@ class Balancer:
         )
         policy = self.policy_for(req.routing_policy)
         tried: list[ReplicaHandle] = []
-        relay = _Relay()
+        relay = _Relay(stream=req.stream)
         retries = migrations = 0
         self.in_flight += 1
         in_flight = self.metrics.in_flight.labels(req.model)
@@ -288,13 +289,21 @@ class Balancer:
             why = f"replica failed mid-stream after {self.max_migrations} migrations; last: {failure}"
             raise RouterError(grpc.StatusCode.UNAVAILABLE, why)
 
+    def _observe(self, relay: _Relay, model: str) -> None:
+        """Client-side latencies on the router's clock: TTFT at the first chunk, then the gaps of a stream."""
+        now = time.monotonic()
+        if relay.last is None:
+            self.metrics.ttft.labels(model).observe(now - relay.arrived)
+        elif relay.stream:
+            self.metrics.itl.labels(model).observe(now - relay.last)
+        relay.last = now
+
     async def _attempt(
         self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None, relay: _Relay, model: str
     ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
         """Relay one replica's stream; raises :class:`_Failed` when the replica (not the request) failed."""
         replica.begin()
         call = replica.stub.OpenAI(rreq, timeout=left)
-        itl = self.metrics.itl.labels(model)
         try:
             stream = call.__aiter__()
             # A replica that sends nothing (hung engine, stuck queue) is given
@@ -311,10 +320,8 @@ class Balancer:
                 self.breaker.failure(replica)
                 why = f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s"
                 raise _Failed("first_token_timeout", why) from None
-            if chunk.status >= 500 and not relay.sent:
-                self.breaker.failure(replica)
-                raise _Failed(f"http_{chunk.status}", f"{replica.replica_id}: {chunk.data.decode(errors='replace')[:300]}")
-            self.breaker.success(replica)
+            if chunk.status < 500:
+                self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
             try:
                 # One watchdog per stream (cluster/router/stall.py), counting only the
                 # time spent waiting on the replica, never while the caller holds a chunk.
@@ -322,16 +329,15 @@ class Balancer:
                     watch = StallWatch(tm, self.stall_timeout_s)
                     try:
                         while True:
-                            if chunk.data or chunk.finish_reason:
+                            if chunk.status >= 500 and not relay.sent:
+                                self.breaker.failure(replica)
+                                why = f"{replica.replica_id}: {chunk.data.decode(errors='replace')[:300]}"
+                                raise _Failed(f"http_{chunk.status}", why)
+                            self._observe(relay, model)
+                            if chunk.data or chunk.finish_reason:  # else a progress note of a non-streamed request
                                 relay.sent_ids.extend(chunk.token_ids)
                                 relay.sent_text.append(chunk.text)
                                 relay.resumable = relay.resumable and chunk.resumable
-                                now = time.monotonic()
-                                if relay.last is None:
-                                    self.metrics.ttft.labels(model).observe(now - relay.arrived)
-                                else:
-                                    itl.observe(now - relay.last)
-                                relay.last = now
                                 relay.sent = True
                                 yield chunk
                             watch.waiting()

@@ -266,6 +266,8 @@ class OpenAIServer:
         try:
             async with contextlib.aclosing(stream) as s:
                 async for c in s:
+                    if not c.data:  # a chunk with a finish reason but no bytes: nothing to write
+                        continue
                     if resp is None:
                         if not c.data.startswith(b"data:"):  # a whole JSON body (answer or error)
                             async for _ in s:  # the stream's end (nothing more comes): its metrics are taken there

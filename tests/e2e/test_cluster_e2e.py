@@ -48,6 +48,7 @@ async def router(ray_cluster):
             "controller.metrics_port=0",
             "controller.health_check_interval_s=1",
             "models.0.engine_args={max_model_len: 2048, enforce_eager: true}",  # eager: starts faster than compiled
+            "models.0.serve_args={enable_auto_tool_choice: true, tool_call_parser: hermes}",
         ],
         ready=1,
         timeout_s=600,
@@ -143,3 +144,41 @@ async def test_bad_inputs_get_clear_errors_not_server_errors(router):
     # the replica is still fine afterwards
     ok = await client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=8)
     assert ok.choices[0].message.content
+
+
+async def test_grpc_carries_tools_and_streams_the_tool_call_back(router):
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        }
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as ch:
+        req = build_request("What is the weather in Paris?", model=MODEL, chat=True, max_tokens=40, temperature=0.0)
+        req.tools_json = json.dumps(tools)
+        req.tool_choice = "get_weather"  # a named function: vLLM's guided decoding makes the call
+        chunks = [c async for c in inference_pb2_grpc.InferenceStub(ch).Generate(req)]
+    calls = [tc for c in chunks for tc in c.tool_calls]
+    assert calls[0].name == "get_weather" and calls[0].id
+    assert isinstance(json.loads("".join(tc.arguments for tc in calls)), dict)
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+async def test_models_tokenize_and_detokenize_answer_as_vllm_lists_and_counts_them(router):
+    base = f"http://127.0.0.1:{router.http_port}"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{base}/v1/models") as r:
+            (card,) = (await r.json())["data"]
+        assert card["id"] == MODEL and card["max_model_len"] == 2048 and card["root"].endswith(MODEL) and card["parent"] is None
+        async with s.post(f"{base}/tokenize", json={"model": MODEL, "prompt": "hello world"}) as r:
+            tok = await r.json()
+        assert r.status == 200 and tok["count"] == len(tok["tokens"]) > 0 and tok["max_model_len"] == 2048
+        async with s.post(f"{base}/detokenize", json={"model": MODEL, "tokens": tok["tokens"]}) as r:
+            assert (await r.json())["prompt"] == "hello world"
+
+
+async def test_a_chat_template_error_is_a_400_and_not_retried(router):
+    before = sum(h.routed for h in router.replicas.by_id.values())
+    with pytest.raises(openai.BadRequestError):
+        await oai(router).chat.completions.create(model=MODEL, messages=[])
+    assert sum(h.routed for h in router.replicas.by_id.values()) == before + 1

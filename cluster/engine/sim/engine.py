@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -196,8 +197,9 @@ class SimEngine(Engine):
             raise EngineRequestError(f"prompt is {len(ids)} tokens, longer than max_model_len {p.max_model_len}")
         resumed = len(request.resume_token_ids)
         rng = random.Random(self._seed_for(request, ids[: len(ids) - resumed]))
+        vocab = _vocab(request.sampling.top_k, request.sampling.top_p)
         for _ in range(resumed):  # continue the stream where the earlier replica stopped
-            rng.choice(WORDS)
+            rng.choice(vocab)
         seq = Seq(
             request_id=request.request_id,
             token_ids=ids,
@@ -208,6 +210,7 @@ class SimEngine(Engine):
             out=asyncio.Queue(),
             leading_space=resumed > 0,
             lora=request.lora,
+            vocab=vocab,
         )
         if resumed and request.resume_text is not None:
             self._resume_text(seq, request.resume_token_ids, request.resume_text)
@@ -306,7 +309,7 @@ class SimEngine(Engine):
             self._emit_token(seq)
 
     def _emit_token(self, seq: Seq) -> None:
-        word = seq.rng.choice(WORDS)
+        word = seq.rng.choice(seq.vocab)
         token_id = self._codec.word_ids[word]
         prev_len = len(seq.text)
         seq.text += f" {word}" if seq.leading_space else word
@@ -323,6 +326,21 @@ class SimEngine(Engine):
         else:
             self.scheduler.retire(seq)
             seq.out.put_nowait(self._final_delta(seq, finish, text, [token_id]))
+
+
+def _vocab(top_k: int, top_p: float) -> tuple[str, ...]:
+    """The words a request may draw: WORDS is the sim's probability order (uniform), cut by top_k and top_p.
+
+    top_k keeps the k first words; top_p the fewest first words whose uniform
+    mass reaches top_p (always one at least).  So top_k=1 or a tiny top_p is
+    deterministic, as with a real model.
+    """
+    n = len(WORDS)
+    if top_k > 0:
+        n = min(n, top_k)
+    if top_p < 1.0:
+        n = min(n, max(1, math.ceil(top_p * len(WORDS) - 1e-9)))
+    return WORDS[:n]
 
 
 def _check_stop(seq: Seq, prev_len: int) -> str | None:

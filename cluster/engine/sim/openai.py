@@ -46,6 +46,8 @@ HONOURED = {
     DETOKENIZE: {"model", "tokens"},
 }
 MAX_STOP = 16
+#: How often a non-streamed request tells the router it is still being generated.
+PROGRESS_INTERVAL_S = 1.0
 MAX_SEED = (1 << 63) - 1
 
 
@@ -198,7 +200,8 @@ async def serve(engine: SimEngine, call: OpenAICall, defaults: dict[str, Any]) -
             async for chunk in _sse(stream, head, chat, call, bool(so.get("include_usage"))):
                 yield chunk
         else:
-            yield await _whole(stream, head, chat, call)
+            async for chunk in _whole(stream, head, chat, call):
+                yield chunk
     except Bad as exc:
         yield error_chunk(str(exc), 400, param=exc.param)
     except EngineRequestError as exc:
@@ -236,12 +239,17 @@ async def _sse(stream: AsyncIterator[Any], head: dict[str, Any], chat: bool, cal
         yield chunk
 
 
-async def _whole(stream: AsyncIterator[Any], head: dict[str, Any], chat: bool, call: OpenAICall) -> Chunk:
+async def _whole(stream: AsyncIterator[Any], head: dict[str, Any], chat: bool, call: OpenAICall) -> AsyncIterator[Chunk]:
+    """The whole answer in one chunk, after empty progress chunks (the first token, then one a second)."""
     parts: list[str] = []
     last = None
+    noted = 0.0
     async for d in stream:
         parts.append(d.text)
         last = d
+        if d.finish_reason is None and time.monotonic() - noted >= PROGRESS_INTERVAL_S:
+            noted = time.monotonic()
+            yield Chunk(data=b"")
     assert last is not None and last.finish_reason is not None
     prompt, completion = _whole_usage(call, last.prompt_tokens, last.completion_tokens)
     cached = min(last.cached_prompt_tokens, prompt)
@@ -253,7 +261,7 @@ async def _whole(stream: AsyncIterator[Any], head: dict[str, Any], chat: bool, c
         choice, obj = {"index": 0, "text": text, "logprobs": None}, "text_completion"
     choice["finish_reason"] = last.finish_reason
     body = {**head, "object": obj, "choices": [choice], "usage": _usage(prompt, completion, cached)}
-    return Chunk(
+    yield Chunk(
         data=_dump(body),
         status=200,
         resumable=False,

@@ -34,6 +34,7 @@ from cluster.engine.base import Delta
 from cluster.engine.sim.adapters import AdapterSlots
 from cluster.engine.sim.block_pool import Block, BlockPool
 from cluster.engine.sim.params import SimParams
+from cluster.engine.sim.tokenizer import WORDS
 
 WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
 
@@ -58,6 +59,7 @@ class Seq:
     num_registered: int = 0  # leading blocks whose hash is in the pool
     cached_prompt_tokens: int | None = None  # set at first admission
     lora: str | None = None  # the adapter it runs with
+    vocab: tuple[str, ...] = WORDS  # the words it draws from (top_k / top_p)
 
     @property
     def num_tokens(self) -> int:
