@@ -147,6 +147,9 @@ class VllmOpenAI:
         except ValidationError as exc:
             yield await _validation_error(exc)
             return
+        except Exception as exc:  # a model validator's own error (VLLMValidationError...): mapped as vLLM's app maps it
+            yield _error(exc)
+            return
         tap = Tap(resume=call.resume)
         token = set_tap(tap)
         try:

@@ -100,7 +100,7 @@ def _model_card(model: str, root: str, parent: str, max_model_len: int, created:
         "id": model,
         "object": "model",
         "created": created,
-        "owned_by": "llm-cluster",
+        "owned_by": "vllm",
         "root": root or model,
         "parent": parent or None,
         "max_model_len": max_model_len or None,

@@ -207,6 +207,13 @@ async def test_an_empty_conversation_is_the_templates_400_not_an_engine_failure(
     assert chunk.status == 400 and "empty conversation" in json.loads(chunk.data)["error"]["message"]
 
 
+async def test_a_request_models_own_validator_error_is_vllms_400_not_an_exception(engine) -> None:
+    # ChatCompletionRequest's validator raises VLLMValidationError, which pydantic does not wrap.
+    (chunk,) = await collect(serve(engine, chat(stream=False, tool_choice="required"), request_id="no-tools"))
+    err = json.loads(chunk.data)["error"]
+    assert chunk.status == err["code"] == 400 and err["param"] == "tool_choice" and "tools" in err["message"]
+
+
 async def test_a_resumed_greedy_stream_continues_exactly_with_one_id_and_usage_for_the_whole_request(engine) -> None:
     full = await collect(serve(engine, chat(max_tokens=40, request_id="one"), request_id="full"))
     full_ids = [t for c in full for t in c.token_ids]
