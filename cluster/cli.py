@@ -168,6 +168,8 @@ def cmd_generate(args: argparse.Namespace, chat: bool) -> int:
                 seed=args.seed,
                 api_key=args.api_key or os.environ.get("LLM_CLUSTER_API_KEY"),
                 ca_file=args.ca_file,
+                tools_json=Path(args.tools).read_text() if getattr(args, "tools", None) else None,
+                tool_choice=getattr(args, "tool_choice", None),
             )
         )
     except KeyboardInterrupt:
@@ -286,6 +288,9 @@ def _add_client_commands(sub: Any) -> None:
         p.add_argument("--seed", type=int, default=None)
         p.add_argument("--api-key", default=None, help="API key (default: $LLM_CLUSTER_API_KEY); needed when router.auth is on")
         p.add_argument("--ca-file", default=None, help="use TLS, trusting this CA certificate (router.tls)")
+        if chat:
+            p.add_argument("--tools", default=None, help="JSON file of OpenAI tools the model may call (shown as [tool call] lines)")
+            p.add_argument("--tool-choice", default=None, help="none, auto, required, or a function name (default: the model's)")
         p.set_defaults(func=lambda a, chat=chat: cmd_generate(a, chat))
 
 

@@ -18,8 +18,12 @@ def build_request(
     max_tokens: int | None = None,
     temperature: float | None = None,
     seed: int | None = None,
+    tools_json: str | None = None,
+    tool_choice: str | None = None,
 ) -> inference_pb2.GenerateRequest:
-    req = inference_pb2.GenerateRequest(model=model)
+    """A GenerateRequest; ``tools_json``: a JSON array of OpenAI tool definitions the model may call (chat),
+    ``tool_choice``: none, auto, required, or a function's name."""
+    req = inference_pb2.GenerateRequest(model=model, tools_json=tools_json or "", tool_choice=tool_choice or "")
     if chat:
         req.chat.messages.add(role="user", content=text)
     else:
@@ -55,6 +59,8 @@ async def stream_generate(
     seed: int | None = None,
     api_key: str | None = None,
     ca_file: str | None = None,
+    tools_json: str | None = None,
+    tool_choice: str | None = None,
 ) -> int:
     """Stream one generation to stdout; returns a process exit code.
 
@@ -76,7 +82,16 @@ async def stream_generate(
                     print("error: the router serves no model yet", file=sys.stderr)
                     return 1
                 model = models[0].name
-            req = build_request(text, model=model, chat=chat, max_tokens=max_tokens, temperature=temperature, seed=seed)
+            req = build_request(
+                text,
+                model=model,
+                chat=chat,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                tools_json=tools_json,
+                tool_choice=tool_choice,
+            )
             usage = None
             calls: set[int] = set()
             async for chunk in stub.Generate(req, metadata=metadata):

@@ -182,3 +182,17 @@ async def test_a_chat_template_error_is_a_400_and_not_retried(router):
     with pytest.raises(openai.BadRequestError):
         await oai(router).chat.completions.create(model=MODEL, messages=[])
     assert sum(h.routed for h in router.replicas.by_id.values()) == before + 1
+
+
+async def test_the_chat_command_shows_a_tool_call(router, tmp_path, capsys):
+    from cluster.client import stream_generate
+
+    tools = tmp_path / "tools.json"
+    params = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tools.write_text(json.dumps([{"type": "function", "function": {"name": "get_weather", "parameters": params}}]))
+    target = f"127.0.0.1:{router.grpc_port}"
+    kw = {"model": MODEL, "chat": True, "max_tokens": 40, "temperature": 0.0}
+    code = await stream_generate(target, "What is the weather in Paris?", tools_json=tools.read_text(), tool_choice="required", **kw)
+    out = capsys.readouterr().out
+    assert code == 0 and "[tool call] get_weather(" in out, out
+    assert json.loads(out.split("get_weather(", 1)[1].rsplit(")", 1)[0])["city"]
