@@ -175,6 +175,10 @@ async def test_a_full_admission_queue_refuses_with_429_instead_of_waiting(sim_fl
         (b'{"model": ["sim"], "messages": []}', "model"),
         (b"[1, 2]", "body"),
         (b'{"model": "sim", "messages": [{"role": "user", "content": "x"}]', "body"),
+        (b'{"model": "sim", "messages": [{"role": "user", "content": "x"}], "temperature": 1e400}', "temperature"),
+        (b'{"model": "sim", "messages": [{"role": "user", "content": "x"}], "top_p": 1' + b"0" * 400 + b"}", "top_p"),
+        (b'{"model": "sim", "messages": ' + b"[" * 3000 + b"]" * 3000 + b"}", "body"),
+        (b'{"model": "sim", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "body"),
     ],
 )
 async def test_odd_input_gets_a_400_naming_the_problem(sim_fleet, payload, param):
