@@ -282,7 +282,7 @@ class Balancer:
 
     def _may_migrate(self, req: RelayRequest, relay: _Relay, migrations: int, failure: str) -> None:
         """Raise the error that ends the stream when it cannot be resumed elsewhere."""
-        if not relay.resumable or not req.stream:
+        if not relay.resumable or not req.stream or not relay.sent_ids:  # no token ids: nothing exact to resume from
             why = "this stream cannot be resumed exactly on another replica (a tool call or parser at work, n > 1, structured output...)"
             raise RouterError(grpc.StatusCode.UNAVAILABLE, f"replica failed mid-stream; {why}; last: {failure}")
         if migrations > self.max_migrations:
