@@ -152,6 +152,8 @@ class ReplicaHTTP:
 async def _respond(request: web.Request, chunks: AsyncIterator[Chunk]) -> web.StreamResponse:
     """The first chunk decides: a whole JSON body (an answer or an error), or SSE events written as they come."""
     first = await anext(chunks, None)
+    while first is not None and not first.data:  # progress notes of a non-streamed answer: nothing to write
+        first = await anext(chunks, None)
     if first is None:
         return _error(502, "the engine ended the request without an answer", "InternalServerError")
     if not first.data.startswith(b"data:"):

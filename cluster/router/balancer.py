@@ -62,6 +62,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -289,13 +290,13 @@ class Balancer:
             why = f"replica failed mid-stream after {self.max_migrations} migrations; last: {failure}"
             raise RouterError(grpc.StatusCode.UNAVAILABLE, why)
 
-    def _observe(self, relay: _Relay, model: str) -> None:
+    def _observe(self, relay: _Relay, model: str, itl: Any) -> None:
         """Client-side latencies on the router's clock: TTFT at the first chunk, then the gaps of a stream."""
         now = time.monotonic()
         if relay.last is None:
             self.metrics.ttft.labels(model).observe(now - relay.arrived)
         elif relay.stream:
-            self.metrics.itl.labels(model).observe(now - relay.last)
+            itl.observe(now - relay.last)
         relay.last = now
 
     async def _attempt(
@@ -304,6 +305,7 @@ class Balancer:
         """Relay one replica's stream; raises :class:`_Failed` when the replica (not the request) failed."""
         replica.begin()
         call = replica.stub.OpenAI(rreq, timeout=left)
+        itl = self.metrics.itl.labels(model)  # once per attempt, not per chunk
         try:
             stream = call.__aiter__()
             # A replica that sends nothing (hung engine, stuck queue) is given
@@ -333,7 +335,7 @@ class Balancer:
                                 self.breaker.failure(replica)
                                 why = f"{replica.replica_id}: {chunk.data.decode(errors='replace')[:300]}"
                                 raise _Failed(f"http_{chunk.status}", why)
-                            self._observe(relay, model)
+                            self._observe(relay, model, itl)
                             if chunk.data or chunk.finish_reason:  # else a progress note of a non-streamed request
                                 relay.sent_ids.extend(chunk.token_ids)
                                 relay.sent_text.append(chunk.text)
