@@ -92,4 +92,3 @@ async def test_a_non_streamed_answer_longer_than_the_first_token_timeout_is_not_
     assert asyncio.get_running_loop().time() - started > 1.5
     assert resp.usage.completion_tokens == 70 and resp.choices[0].finish_reason == "length"
     assert _routed(router) == 1 and router.metrics.value("retries_total", {"model": "sim", "reason": "first_token_timeout"}) == 0
-
