@@ -1,10 +1,11 @@
 """Write the request schemas of the router's OpenAPI document from vLLM's own pydantic request models.
 
-The router relays chat, completions, tokenize and detokenize bodies to replicas that validate them with vLLM's
-models (``ChatCompletionRequest``, ``CompletionRequest``, ``TokenizeRequest``, ``DetokenizeRequest``), so those
-models' JSON schemas are what ``GET /openapi.json`` publishes.  The router itself never imports vLLM: the
-schemas are generated here into ``cluster/router/openapi_vllm.json`` (committed; ``make openapi``), and
-``tests/unit/test_openapi.py`` fails when they are stale against the installed vLLM.
+The router relays chat, completions, tokenize, detokenize and embeddings bodies to replicas that validate
+them with vLLM's models (``ChatCompletionRequest``, ``CompletionRequest``, ``TokenizeRequest``,
+``DetokenizeRequest``, ``EmbeddingRequest``; the LoRA admin routes take vLLM's
+``(Un)LoadLoRAAdapterRequest``), so those models' JSON schemas are what ``GET /openapi.json`` publishes.
+The router never imports vLLM: the schemas are generated here into ``cluster/router/openapi_vllm.json``
+(committed; ``make openapi``), and ``tests/unit/test_openapi.py`` fails when they are stale.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ def schemas() -> dict[str, Any]:
     from pydantic.json_schema import models_json_schema
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+    from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
     from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 
-    models = [(m, "validation") for m in (ChatCompletionRequest, CompletionRequest, DetokenizeRequest)]
-    _, top = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
+    classes = (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest)
+    _, top = models_json_schema([(m, "validation") for m in classes], ref_template=REF)  # type: ignore[arg-type]
     defs = dict(top["$defs"])
-    tokenize = TypeAdapter(TokenizeRequest).json_schema(ref_template=REF)
-    defs |= tokenize.pop("$defs", {})
-    defs["TokenizeRequest"] = tokenize
+    for name, union in (("TokenizeRequest", TokenizeRequest), ("EmbeddingRequest", EmbeddingRequest)):
+        schema = TypeAdapter(union).json_schema(ref_template=REF)
+        defs |= schema.pop("$defs", {})
+        defs[name] = schema
     return {"vllm_version": vllm.__version__, "schemas": dict(sorted(defs.items()))}
 
 
