@@ -136,6 +136,10 @@ def test_up_sim_detached_serves_quickly_and_down_leaves_nothing_behind(ray_tmpdi
         assert served_after < budget(30), f"first answer {served_after:.1f} s after `up`"
         chat = cli(ray_tmpdir, "chat", "hello", "--target", f"127.0.0.1:{grpc_port}", "--max-tokens", "3")
         assert chat.returncode == 0 and chat.stdout.strip()
+        # The autoscaler joins the same cluster from a plain shell (its Ray actuator and replica discovery).
+        scale = cli(ray_tmpdir, "autoscaler", "--scrape", "--once", "--dry-run", "--metrics-port", "0")
+        assert scale.returncode == 0, scale.stderr[-2000:]
+        assert json.loads(scale.stdout.strip().splitlines()[-1])["current"] == 4
         assert_status_then_down(ray_tmpdir, replicas=4)
     finally:
         cli(ray_tmpdir, "down")
