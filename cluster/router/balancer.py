@@ -238,7 +238,8 @@ class Balancer:
                     rreq.resume.token_ids[:] = relay.sent_ids
                     rreq.resume.text = "".join(relay.sent_text)
                 try:
-                    async for chunk in self._attempt(replica, rreq, left, relay, req.model):
+                    # Latency metrics by the name the client asked for: an adapter's apart from its base model's.
+                    async for chunk in self._attempt(replica, rreq, left, relay, req.adapter or req.model):
                         yield chunk
                     return
                 except _Failed as failed:

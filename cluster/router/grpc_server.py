@@ -147,7 +147,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             code = exc.code.name
             await _abort(context, exc)
         finally:
-            request_done(self.balancer, req.model, "grpc", code)
+            request_done(self.balancer, req.adapter or req.model, "grpc", code)
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -257,7 +257,7 @@ class OpenAIServer:
             resp: web.StreamResponse = error_response(404, msg, "NotFoundError", "model")
         else:
             resp = await self._write(request, self.gate.generate(tenant, req, self.config.request_timeout_s))
-        request_done(self.balancer, req.model, "http", str(resp.status))
+        request_done(self.balancer, req.adapter or req.model, "http", str(resp.status))
         return resp
 
     async def _write(self, request: web.Request, stream: AsyncIterator[replica_pb2.OpenAIChunk]) -> web.StreamResponse:

@@ -106,5 +106,7 @@ class RouterMetrics:
 def request_done(balancer: object, model: str, api: str, code: str) -> None:
     """Count one finished request; unknown model names share one label value (bounded cardinality)."""
     known = getattr(balancer, "known_model", None)
+    adapters = getattr(getattr(balancer, "replicas", None), "adapters", {})
     m: RouterMetrics = balancer.metrics  # type: ignore[attr-defined]
-    m.requests.labels(model if known is not None and known(model) else "unknown", api, code).inc()
+    ok = (known is not None and known(model)) or model in adapters  # a LoRA adapter counts under its own name
+    m.requests.labels(model if ok else "unknown", api, code).inc()

@@ -227,3 +227,13 @@ async def test_the_lora_cli_loads_lists_and_unloads_through_the_router(authed_ro
     assert (await run("unload", "from-cli"))[0] == 0
     code, _, err = await run("unload", "from-cli")
     assert code == 1 and "from-cli" in err
+
+
+async def test_router_metrics_count_and_time_an_adapters_requests_under_its_own_name(authed_router):
+    from prometheus_client import generate_latest
+
+    async with client(authed_router, TENANT) as c:
+        assert (await chat(c, "static-a")).status_code == 200
+    text = generate_latest(authed_router.metrics.registry).decode()
+    assert 'llm_cluster_router_requests_total{api="http",code="200",model="static-a"}' in text
+    assert 'llm_cluster_router_time_to_first_token_seconds_count{model="static-a"}' in text
