@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ellm_cluster/v1/inference.proto\x12\x0ellm_cluster.v1\"F\n\x08ToolCall\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"~\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12,\n\ntool_calls\x18\x05 \x03(\x0b\x32\x18.llm_cluster.v1.ToolCall\"=\n\x0c\x43hatMessages\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.llm_cluster.v1.ChatMessage\"\xb9\x05\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\x05min_p\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\n \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0b \x01(\rH\t\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\r\x12\x17\n\nignore_eos\x18\r \x01(\x08H\n\x88\x01\x01\x12\x41\n\nlogit_bias\x18\x0e \x03(\x0b\x32-.llm_cluster.v1.SamplingParams.LogitBiasEntry\x12\x0e\n\x01n\x18\x0f \x01(\rH\x0b\x88\x01\x01\x12\"\n\x15max_completion_tokens\x18\x10 \x01(\rH\x0c\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eosB\x04\n\x02_nB\x18\n\x16_max_completion_tokens\"\xb0\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12,\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1c.llm_cluster.v1.ChatMessagesH\x00\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.llm_cluster.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\ntools_json\x18\x06 \x01(\t\x12\x13\n\x0btool_choice\x18\x07 \x01(\t\x12 \n\x13parallel_tool_calls\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12\x1c\n\x14response_format_json\x18\t \x01(\t\x12\x15\n\x08logprobs\x18\n \x01(\x08H\x02\x88\x01\x01\x12\x19\n\x0ctop_logprobs\x18\x0b \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04\x65\x63ho\x18\x0c \x01(\x08H\x04\x88\x01\x01\x12\x12\n\nextra_json\x18\r \x01(\tB\x07\n\x05inputB\x16\n\x14_parallel_tool_callsB\x0b\n\t_logprobsB\x0f\n\r_top_logprobsB\x07\n\x05_echo\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"`\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x30\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1a.llm_cluster.v1.TopLogprob\"\x81\x02\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12$\n\x05usage\x18\x05 \x01(\x0b\x32\x15.llm_cluster.v1.Usage\x12\r\n\x05index\x18\x06 \x01(\r\x12,\n\ntool_calls\x18\x07 \x03(\x0b\x32\x18.llm_cluster.v1.ToolCall\x12.\n\x08logprobs\x18\x08 \x03(\x0b\x32\x1c.llm_cluster.v1.TokenLogprob\x12\x11\n\treasoning\x18\t \x01(\t\"\x13\n\x11ListModelsRequest\"f\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eready_replicas\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x0c\n\x04root\x18\x04 \x01(\t\x12\x0e\n\x06parent\x18\x05 \x01(\t\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.llm_cluster.v1.ModelInfo2\xae\x01\n\tInference\x12L\n\x08Generate\x12\x1f.llm_cluster.v1.GenerateRequest\x1a\x1d.llm_cluster.v1.GenerateChunk0\x01\x12S\n\nListModels\x12!.llm_cluster.v1.ListModelsRequest\x1a\".llm_cluster.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ellm_cluster/v1/inference.proto\x12\x0ellm_cluster.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\x81\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12+\n\ttoken_ids\x18\x03 \x03(\x0b\x32\x18.llm_cluster.v1.TokenIds\x12\x17\n\ndimensions\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_dimensions\"*\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\"^\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x19.llm_cluster.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\"F\n\x08ToolCall\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"~\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12,\n\ntool_calls\x18\x05 \x03(\x0b\x32\x18.llm_cluster.v1.ToolCall\"=\n\x0c\x43hatMessages\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.llm_cluster.v1.ChatMessage\"\xb9\x05\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\x05min_p\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\n \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0b \x01(\rH\t\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\r\x12\x17\n\nignore_eos\x18\r \x01(\x08H\n\x88\x01\x01\x12\x41\n\nlogit_bias\x18\x0e \x03(\x0b\x32-.llm_cluster.v1.SamplingParams.LogitBiasEntry\x12\x0e\n\x01n\x18\x0f \x01(\rH\x0b\x88\x01\x01\x12\"\n\x15max_completion_tokens\x18\x10 \x01(\rH\x0c\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eosB\x04\n\x02_nB\x18\n\x16_max_completion_tokens\"\xb0\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12,\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1c.llm_cluster.v1.ChatMessagesH\x00\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.llm_cluster.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\ntools_json\x18\x06 \x01(\t\x12\x13\n\x0btool_choice\x18\x07 \x01(\t\x12 \n\x13parallel_tool_calls\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12\x1c\n\x14response_format_json\x18\t \x01(\t\x12\x15\n\x08logprobs\x18\n \x01(\x08H\x02\x88\x01\x01\x12\x19\n\x0ctop_logprobs\x18\x0b \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04\x65\x63ho\x18\x0c \x01(\x08H\x04\x88\x01\x01\x12\x12\n\nextra_json\x18\r \x01(\tB\x07\n\x05inputB\x16\n\x14_parallel_tool_callsB\x0b\n\t_logprobsB\x0f\n\r_top_logprobsB\x07\n\x05_echo\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"`\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x30\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1a.llm_cluster.v1.TopLogprob\"\x81\x02\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12$\n\x05usage\x18\x05 \x01(\x0b\x32\x15.llm_cluster.v1.Usage\x12\r\n\x05index\x18\x06 \x01(\r\x12,\n\ntool_calls\x18\x07 \x03(\x0b\x32\x18.llm_cluster.v1.ToolCall\x12.\n\x08logprobs\x18\x08 \x03(\x0b\x32\x1c.llm_cluster.v1.TokenLogprob\x12\x11\n\treasoning\x18\t \x01(\t\"\x13\n\x11ListModelsRequest\"f\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eready_replicas\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x0c\n\x04root\x18\x04 \x01(\t\x12\x0e\n\x06parent\x18\x05 \x01(\t\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.llm_cluster.v1.ModelInfo2\xf4\x01\n\tInference\x12L\n\x08Generate\x12\x1f.llm_cluster.v1.GenerateRequest\x1a\x1d.llm_cluster.v1.GenerateChunk0\x01\x12S\n\nListModels\x12!.llm_cluster.v1.ListModelsRequest\x1a\".llm_cluster.v1.ListModelsResponse\x12\x44\n\x05\x45mbed\x12\x1c.llm_cluster.v1.EmbedRequest\x1a\x1d.llm_cluster.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_TOOLCALL']._serialized_start=50
-  _globals['_TOOLCALL']._serialized_end=120
-  _globals['_CHATMESSAGE']._serialized_start=122
-  _globals['_CHATMESSAGE']._serialized_end=248
-  _globals['_CHATMESSAGES']._serialized_start=250
-  _globals['_CHATMESSAGES']._serialized_end=311
-  _globals['_SAMPLINGPARAMS']._serialized_start=314
-  _globals['_SAMPLINGPARAMS']._serialized_end=1011
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=765
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=813
-  _globals['_GENERATEREQUEST']._serialized_start=1014
-  _globals['_GENERATEREQUEST']._serialized_end=1446
-  _globals['_USAGE']._serialized_start=1448
-  _globals['_USAGE']._serialized_end=1535
-  _globals['_TOPLOGPROB']._serialized_start=1537
-  _globals['_TOPLOGPROB']._serialized_end=1581
-  _globals['_TOKENLOGPROB']._serialized_start=1583
-  _globals['_TOKENLOGPROB']._serialized_end=1679
-  _globals['_GENERATECHUNK']._serialized_start=1682
-  _globals['_GENERATECHUNK']._serialized_end=1939
-  _globals['_LISTMODELSREQUEST']._serialized_start=1941
-  _globals['_LISTMODELSREQUEST']._serialized_end=1960
-  _globals['_MODELINFO']._serialized_start=1962
-  _globals['_MODELINFO']._serialized_end=2064
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2066
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2129
-  _globals['_INFERENCE']._serialized_start=2132
-  _globals['_INFERENCE']._serialized_end=2306
+  _globals['_TOKENIDS']._serialized_start=50
+  _globals['_TOKENIDS']._serialized_end=73
+  _globals['_EMBEDREQUEST']._serialized_start=76
+  _globals['_EMBEDREQUEST']._serialized_end=205
+  _globals['_EMBEDDING']._serialized_start=207
+  _globals['_EMBEDDING']._serialized_end=249
+  _globals['_EMBEDRESPONSE']._serialized_start=251
+  _globals['_EMBEDRESPONSE']._serialized_end=345
+  _globals['_TOOLCALL']._serialized_start=347
+  _globals['_TOOLCALL']._serialized_end=417
+  _globals['_CHATMESSAGE']._serialized_start=419
+  _globals['_CHATMESSAGE']._serialized_end=545
+  _globals['_CHATMESSAGES']._serialized_start=547
+  _globals['_CHATMESSAGES']._serialized_end=608
+  _globals['_SAMPLINGPARAMS']._serialized_start=611
+  _globals['_SAMPLINGPARAMS']._serialized_end=1308
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=1062
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=1110
+  _globals['_GENERATEREQUEST']._serialized_start=1311
+  _globals['_GENERATEREQUEST']._serialized_end=1743
+  _globals['_USAGE']._serialized_start=1745
+  _globals['_USAGE']._serialized_end=1832
+  _globals['_TOPLOGPROB']._serialized_start=1834
+  _globals['_TOPLOGPROB']._serialized_end=1878
+  _globals['_TOKENLOGPROB']._serialized_start=1880
+  _globals['_TOKENLOGPROB']._serialized_end=1976
+  _globals['_GENERATECHUNK']._serialized_start=1979
+  _globals['_GENERATECHUNK']._serialized_end=2236
+  _globals['_LISTMODELSREQUEST']._serialized_start=2238
+  _globals['_LISTMODELSREQUEST']._serialized_end=2257
+  _globals['_MODELINFO']._serialized_start=2259
+  _globals['_MODELINFO']._serialized_end=2361
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2363
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2426
+  _globals['_INFERENCE']._serialized_start=2429
+  _globals['_INFERENCE']._serialized_end=2673
 # @@protoc_insertion_point(module_scope)

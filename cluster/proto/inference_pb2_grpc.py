@@ -44,6 +44,11 @@ class InferenceStub:
                 request_serializer=llm__cluster_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=llm__cluster_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/llm_cluster.v1.Inference/Embed',
+                request_serializer=llm__cluster_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=llm__cluster_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -63,6 +68,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeddings from a pooling model, as POST /v1/embeddings answers them (same gate, limits and routing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=llm__cluster_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=llm__cluster_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=llm__cluster_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
+                    response_serializer=llm__cluster_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class Inference:
             '/llm_cluster.v1.Inference/ListModels',
             llm__cluster_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             llm__cluster_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llm_cluster.v1.Inference/Embed',
+            llm__cluster_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+            llm__cluster_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

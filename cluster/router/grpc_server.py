@@ -25,9 +25,10 @@ from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
 from cluster.router.grpc_body import openai_body
+from cluster.router.grpc_embed import embed_body, embed_response
 from cluster.router.lora import check_allowed, resolve_adapter
 from cluster.router.metrics import request_done
-from cluster.router.validation import InvalidRequest, check_context, relay_request
+from cluster.router.validation import EMBEDDINGS, InvalidRequest, check_context, relay_request
 from cluster.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         finally:
             request_done(self.balancer, req.adapter or req.model, "grpc", code)
 
+    async def Embed(self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> inference_pb2.EmbedResponse:
+        """Relay as ``POST /v1/embeddings`` (:mod:`grpc_embed`); the replica's JSON answer becomes an EmbedResponse."""
+        tenant = await self._tenant(context)
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+        try:
+            req = relay_request(EMBEDDINGS, embed_body(request), models=sorted(self.balancer.replicas.models))
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        code, answer = "CANCELLED", b""
+        try:
+            check_allowed(tenant, req.model)
+            async with contextlib.aclosing(self.gate.generate(tenant, req, self.config.request_timeout_s)) as stream:  # type: ignore[arg-type]
+                async for c in stream:
+                    if c.status >= 300:
+                        raise _engine_error(c)
+                    answer += c.data
+            code = "OK"
+        except RouterError as exc:
+            code = exc.code.name
+            await _abort(context, exc)
+        finally:
+            request_done(self.balancer, req.model, "grpc", code)
+        return embed_response(answer)
+
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
@@ -202,6 +228,11 @@ def _add_inference(servicer: InferenceServicer, server: grpc.aio.Server) -> None
             request_deserializer=_tolerant(inference_pb2.GenerateRequest.FromString),
             # The replica already serialized each GenerateChunk: bytes pass through.
             response_serializer=_passthrough,
+        ),
+        "Embed": grpc.unary_unary_rpc_method_handler(
+            servicer.Embed,
+            request_deserializer=_tolerant(inference_pb2.EmbedRequest.FromString),
+            response_serializer=inference_pb2.EmbedResponse.SerializeToString,
         ),
         "ListModels": grpc.unary_unary_rpc_method_handler(
             servicer.ListModels,

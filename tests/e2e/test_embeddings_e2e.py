@@ -99,3 +99,21 @@ async def test_bad_embedding_requests_are_400s_saying_why(router):
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=60) as c:
         chat = await c.post("/v1/chat/completions", json={"model": EMBED_MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert chat.status_code == 400 and "embedding model" in chat.json()["error"]["message"]
+
+
+async def test_grpc_embed_gives_the_same_vectors_and_refuses_bad_input_with_invalid_argument(router, reference):
+    import grpc
+
+    from cluster.proto import inference_pb2, inference_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        resp = await stub.Embed(inference_pb2.EmbedRequest(model=EMBED_MODEL, texts=TEXTS))
+        got = np.array([list(e.values) for e in sorted(resp.data, key=lambda e: e.index)])
+        assert cos(got, reference).min() >= 0.999 and resp.prompt_tokens > 10
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Embed(inference_pb2.EmbedRequest(model=EMBED_MODEL, texts=["word " * 600]))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "256" in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Embed(inference_pb2.EmbedRequest(model=EMBED_MODEL))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "texts" in err.value.details()
