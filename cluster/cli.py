@@ -207,7 +207,7 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
 
 def cmd_router(args: argparse.Namespace) -> int:
     from cluster.logs import setup_logging
-    from cluster.router.app import Router, serve_forever
+    from cluster.router.app import Router, run_loop, serve_forever
     from cluster.router.lora import ControllerAdmin
     from cluster.router.replicas import controller_source, static_source
 
@@ -231,7 +231,7 @@ def cmd_router(args: argparse.Namespace) -> int:
     if resolve_workers(cfg.router.workers) > 1:  # router.workers processes on the shared ports
         return serve_workers(cfg, {cfg.models[0].name: eps} if args.replica else None)
     try:
-        asyncio.run(serve_forever(Router(cfg.router, source, cfg.internal_tls, admin=admin)))
+        run_loop(serve_forever(Router(cfg.router, source, cfg.internal_tls, admin=admin)))
     except KeyboardInterrupt:
         pass
     return 0

@@ -77,6 +77,8 @@ from cluster.router.validation import RelayRequest
 
 log = logging.getLogger(__name__)
 
+_EOF = grpc.aio.EOF
+monotonic = time.monotonic
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
 
 
@@ -308,21 +310,22 @@ class Balancer:
         call = replica.stub.OpenAI(rreq, timeout=left)
         itl = self.metrics.itl.labels(model)  # once per attempt, not per chunk
         try:
-            stream = call.__aiter__()
-            # A replica that sends nothing (hung engine, stuck queue) is given
-            # up on after first_token_timeout_s; other requests never wait on
-            # it, since each relays on its own task.
+            # call.read() per message, not the call's async iterator (one generator
+            # hop less per token).  A replica that sends nothing (hung engine, stuck
+            # queue) is given up on after first_token_timeout_s; other requests never
+            # wait on it, since each relays on its own task.
+            read = call.read
             first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
             try:
-                chunk = await asyncio.wait_for(stream.__anext__(), first_wait)
-            except StopAsyncIteration:
-                return
+                chunk = await asyncio.wait_for(read(), first_wait)
             except TimeoutError:
                 if left is not None and first_wait >= left:
                     raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
                 self.breaker.failure(replica)
                 why = f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s"
                 raise _Failed("first_token_timeout", why) from None
+            if chunk is _EOF:
+                return
             if chunk.status < 500:
                 self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
             try:
@@ -331,6 +334,7 @@ class Balancer:
                 async with asyncio.timeout(None) as tm:
                     watch = StallWatch(tm, self.stall_timeout_s)
                     try:
+                        sent_ids, sent_text = relay.sent_ids, relay.sent_text
                         while True:
                             if chunk.status >= 500 and not relay.sent:
                                 self.breaker.failure(replica)
@@ -338,16 +342,16 @@ class Balancer:
                                 raise _Failed(f"http_{chunk.status}", why)
                             self._observe(relay, model, itl)
                             if chunk.data or chunk.finish_reason:  # else a progress note of a non-streamed request
-                                relay.sent_ids.extend(chunk.token_ids)
-                                relay.sent_text.append(chunk.text)
-                                relay.resumable = relay.resumable and chunk.resumable
+                                sent_ids.extend(chunk.token_ids)
+                                sent_text.append(chunk.text)
+                                if not chunk.resumable:
+                                    relay.resumable = False
                                 relay.sent = True
                                 yield chunk
                             watch.waiting()
-                            try:
-                                chunk = await stream.__anext__()
-                            except StopAsyncIteration:
-                                self.metrics.e2e.labels(model).observe(time.monotonic() - relay.arrived)
+                            chunk = await read()
+                            if chunk is _EOF:
+                                self.metrics.e2e.labels(model).observe(monotonic() - relay.arrived)
                                 return
                             watch.got()
                     finally:

@@ -75,7 +75,9 @@ def _worker_main(config: dict[str, Any], endpoints: dict | None, conn: Connectio
     setup_logging(cfg.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; a terminal's ^C reaches it
     _die_with_parent()
-    asyncio.run(_worker(cfg, endpoints, conn))
+    from cluster.router.app import run_loop
+
+    run_loop(_worker(cfg, endpoints, conn))
 
 
 def _die_with_parent() -> None:
