@@ -269,7 +269,7 @@ async def test_a_tool_call_stream_says_it_is_a_tool_call_and_cannot_be_resumed(e
     chunks = await collect(serve(engine, body, request_id="tool"))
     calls = [tc for e in events(chunks) for ch in e.get("choices", []) for tc in ch["delta"].get("tool_calls") or ()]
     assert calls and calls[0]["function"]["name"] == "get_weather"
-    assert json.loads("".join(tc["function"].get("arguments") or "" for tc in calls))["city"]
+    json.loads("".join(tc["function"].get("arguments") or "" for tc in calls))  # whole JSON, whatever the small model chose
     assert any(c.tool_call for c in chunks) and not any(c.resumable for c in chunks)  # a failure ends it with an error
     plain = await collect(serve(engine, chat(max_tokens=4), request_id="plain"))
     assert all(c.resumable for c in plain) and not any(c.tool_call for c in plain)
