@@ -368,7 +368,9 @@ class VllmEngine(Engine):
         # Called on the loop thread: vLLM closes its asyncio-bound sockets and
         # tasks directly when it runs on their loop.
         self._llm.shutdown()
-        # Drop the AsyncLLM now: left for interpreter exit, its __del__ calls
-        # shutdown again after module globals are gone and prints a TypeError.
+        # Drop the AsyncLLM now (and the serving layer's references to it): left
+        # for interpreter exit, its __del__ calls shutdown again after module
+        # globals are gone and prints a TypeError.
+        self._openai.close()
         del self._llm
         logger.info("vLLM engine %s shut down", self.served_name, extra={"served_name": self.served_name})

@@ -105,6 +105,10 @@ class VllmOpenAI:
         await init_app_state(TappedClient(llm), state, args, tasks)
         return cls(state)
 
+    def close(self) -> None:
+        """Drop the serving classes (they hold the engine client), so the AsyncLLM goes with the engine's own reference."""
+        self.state._state.clear()
+
     def _handler(self, endpoint: str) -> Any:
         s = self.state
         return {
