@@ -42,15 +42,7 @@ SERVE_ARGS: dict[str, Any] = {"enable_auto_tool_choice": True, "tool_call_parser
 
 def model_config() -> ModelConfig:
     """The model config both servers are built from (the cluster loads the same values from overrides)."""
-    fields: dict[str, Any] = {"name": MODEL, "engine_args": ENGINE_ARGS}
-    if "serve_args" in ModelConfig.model_fields:
-        fields["serve_args"] = SERVE_ARGS
-    return ModelConfig.model_validate(fields)
-
-
-def serve_args(model: ModelConfig) -> dict[str, Any]:
-    """The model's ``serve_args`` (:data:`SERVE_ARGS` while the config has no such field yet)."""
-    return dict(model.serve_args) if "serve_args" in ModelConfig.model_fields else dict(SERVE_ARGS)  # type: ignore[attr-defined]
+    return ModelConfig.model_validate({"name": MODEL, "engine_args": ENGINE_ARGS, "serve_args": SERVE_ARGS})
 
 
 def _flag(name: str, value: Any) -> list[str]:
@@ -66,16 +58,24 @@ def _flag(name: str, value: Any) -> list[str]:
 
 
 def _replica_engine_args(model: ModelConfig) -> Any:
-    """What the replica's engine builder makes of ``model`` on this machine."""
+    """What the replica's engine builder makes of ``model`` on this machine: ``make_engine``'s engine args
+    (``vllm_engine_args``), merged as ``VllmEngine.create`` merges them (the serve args vLLM's engine reads
+    too, ``default_sampling`` as ``override_generation_config``), through ``_build_engine_args``."""
     from vllm.platforms import current_platform
 
+    from cluster.engine.model_args import vllm_engine_args
+    from cluster.engine.vllm_args import SHARED_WITH_ENGINE
     from cluster.engine.vllm_backend import _build_engine_args
     from cluster.replica.placement import choose_executor_backend
 
+    merged = vllm_engine_args(model)
+    merged |= {k: v for k, v in model.serve_args.items() if k in SHARED_WITH_ENGINE}
+    if model.default_sampling:
+        merged["override_generation_config"] = {**(merged.get("override_generation_config") or {}), **model.default_sampling}
     return _build_engine_args(
         resolve_model_source(model.source),
         model.name,
-        model.engine_args,
+        merged,
         model.tensor_parallel_size,
         model.pipeline_parallel_size,
         choose_executor_backend(model),
@@ -99,13 +99,14 @@ def engine_flags(model: ModelConfig) -> list[str]:
 
 
 def serve_flags(model: ModelConfig) -> list[str]:
-    """The model's OpenAI-layer settings (``serve_args``, ``default_sampling``) as ``vllm serve`` flags."""
+    """The model's OpenAI-layer settings (``serve_args``) as ``vllm serve`` flags (``default_sampling`` is an
+    engine argument by then: ``--override-generation-config``, among :func:`engine_flags`)."""
+    from cluster.engine.vllm_args import SHARED_WITH_ENGINE
+
     flags: list[str] = []
-    for name, value in serve_args(model).items():
-        flags += _flag(name, value)
-    sampling = getattr(model, "default_sampling", None)
-    if sampling:
-        flags += ["--override-generation-config", json.dumps(sampling)]
+    for name, value in model.serve_args.items():
+        if name not in SHARED_WITH_ENGINE:  # those are engine flags too, already among engine_flags
+            flags += _flag(name, value)
     return flags
 
 
@@ -124,7 +125,7 @@ def check_flags_round_trip(model: ModelConfig, argv: list[str]) -> None:
     chosen = [f.name for f in dataclasses.fields(AsyncEngineArgs) if getattr(built, f.name) != getattr(default, f.name)]
     diff = {n: (getattr(parsed, n), getattr(built, n)) for n in chosen if getattr(parsed, n) != getattr(built, n)}
     assert not diff, f"vllm serve flags give other engine args than the replica's (flag, replica): {diff}"
-    for name, value in serve_args(model).items():
+    for name, value in model.serve_args.items():
         assert getattr(ns, name) == value, f"serve arg {name}: flag parsed as {getattr(ns, name)!r}, want {value!r}"
 
 
@@ -206,9 +207,9 @@ def cluster_overrides(model: ModelConfig) -> list[str]:
         f"models.0.name={model.name}",
         f"models.0.engine_args={json.dumps(model.engine_args)}",
     ]
-    if getattr(model, "serve_args", None):
+    if model.serve_args:
         out.append(f"models.0.serve_args={json.dumps(model.serve_args)}")
-    if getattr(model, "default_sampling", None):
+    if model.default_sampling:
         out.append(f"models.0.default_sampling={json.dumps(model.default_sampling)}")
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from . import fields
 from .compare import Pair, assert_same_answer, view
 from .servers import ENGINE_ARGS, MODEL
 
@@ -24,14 +25,7 @@ PROMPT_IDS = [504, 3575, 282, 4649, 314]  # PROMPT, tokenized
 COUNT_IDS = [2705, 28, 827, 28, 1296, 28]  # "One, two, three,"
 YES_ID, COMMA_ID = 10539, 28
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather of a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    },
+    *fields.TOOLS,  # get_weather
     {
         "type": "function",
         "function": {
@@ -162,7 +156,17 @@ def test_each_request_kind_gets_the_answer_vllm_serve_gives(pair: Pair, kind: st
         assert plain.status == 200 and view(plain) != view(ref), f"{kind}: {matters} change nothing in vllm serve's answer"
 
 
-@pytest.mark.parametrize("kind", list(ERRORS))
+#: Known failures on main, strict: the test fails as soon as they pass, so the mark cannot outlive the bug.
+ESCAPES = pytest.mark.xfail(
+    strict=True,
+    reason="cluster/engine/vllm_serving.py:122 catches only pydantic's ValidationError around model_validate; vLLM's "
+    "check_tool_usage raises VLLMValidationError (not a ValueError) through pydantic, so it escapes as gRPC UNKNOWN, "
+    "is retried on every attempt and ends as 503 instead of vLLM's 400",
+)
+ERROR_PARAMS = [pytest.param(k, marks=ESCAPES) if k.startswith(("unknown-tool-choice", "tool-choice-required")) else k for k in ERRORS]
+
+
+@pytest.mark.parametrize("kind", ERROR_PARAMS)
 def test_a_bad_request_gets_the_status_and_error_type_vllm_serve_gives(pair: Pair, kind: str) -> None:
     path, body = ERRORS[kind]
     ref, got = pair.send("POST", path, body)

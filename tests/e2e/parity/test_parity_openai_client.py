@@ -9,19 +9,13 @@ import openai
 import pydantic
 import pytest
 
+from . import fields
 from .compare import Pair
 from .servers import MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
+WEATHER_TOOL = fields.TOOLS[0]
 
 
 class City(pydantic.BaseModel):
