@@ -104,7 +104,7 @@ KINDS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "min-p": case(CHAT, chat(temperature=1.5, seed=3, min_p=0.3), "min_p"),
     "min-tokens": case(CHAT, chat(messages=SHORT, min_tokens=12, max_tokens=16), "min_tokens"),
     "stop-strings": case(COMPLETIONS, completion(prompt="One, two, three,", stop=[" six", "five"], max_tokens=16), "stop"),
-    "stop-token-ids": case(CHAT, chat(stop_token_ids=[COMMA_ID], max_tokens=24), "stop_token_ids"),
+    "stop-token-ids": case(COMPLETIONS, completion(prompt="One, two, three,", stop_token_ids=[COMMA_ID], max_tokens=16), "stop_token_ids"),
     "ignore-eos-with-max-tokens": case(CHAT, chat(messages=SHORT, ignore_eos=True, max_tokens=14), "ignore_eos"),
     "max-completion-tokens": case(CHAT, {"model": MODEL, "messages": SHORT, "temperature": 0, "max_completion_tokens": 5}),
     "completions-default-max-tokens-16": case(COMPLETIONS, {"model": MODEL, "prompt": PROMPT, "temperature": 0}),
