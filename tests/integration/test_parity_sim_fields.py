@@ -152,23 +152,11 @@ async def _walk(http: httpx.AsyncClient, path: str, base: dict, values: dict[str
     assert problem is None, f"the sim accepted {field}={value} and ignored it: {problem}"
 
 
-#: Known failures on main, strict (the test fails as soon as they pass, so the mark cannot outlive the bug).
-IGNORED = pytest.mark.xfail(
-    strict=True,
-    reason="cluster/engine/sim/openai.py:41 lists top_p and top_k as honoured and :118-122 parses them into Sampling, "
-    "but the sim's draws never read them (sim/engine.py _seed_for / word draws): accepted and silently ignored",
-)
-
-
-def _params(model: type) -> list:
-    return [pytest.param(f, marks=IGNORED) if f in ("top_p", "top_k") else f for f in model.model_fields]  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("field", _params(ChatCompletionRequest))
+@pytest.mark.parametrize("field", list(ChatCompletionRequest.model_fields))
 async def test_the_sim_honours_each_chat_field_or_refuses_it_by_name(http: httpx.AsyncClient, field: str) -> None:
     await _walk(http, "/v1/chat/completions", CHAT_BASE, fields.CHAT, field)
 
 
-@pytest.mark.parametrize("field", _params(CompletionRequest))
+@pytest.mark.parametrize("field", list(CompletionRequest.model_fields))
 async def test_the_sim_honours_each_completion_field_or_refuses_it_by_name(http: httpx.AsyncClient, field: str) -> None:
     await _walk(http, "/v1/completions", COMPLETION_BASE, fields.COMPLETION, field)

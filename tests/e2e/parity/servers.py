@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 MODEL = "smollm2-135m-instruct"
 #: What the parity deployment sets for the model, as a config user would (``models[0]`` of cluster.yaml).
-ENGINE_ARGS: dict[str, Any] = {"max_model_len": 1024}
+#: Eager mode, as the other e2e tests: CPU replicas compile by default (as vllm serve does), a minute more per start.
+ENGINE_ARGS: dict[str, Any] = {"max_model_len": 1024, "enforce_eager": True}
 SERVE_ARGS: dict[str, Any] = {"enable_auto_tool_choice": True, "tool_call_parser": "hermes"}
 
 

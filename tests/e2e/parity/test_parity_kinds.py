@@ -156,17 +156,7 @@ def test_each_request_kind_gets_the_answer_vllm_serve_gives(pair: Pair, kind: st
         assert plain.status == 200 and view(plain) != view(ref), f"{kind}: {matters} change nothing in vllm serve's answer"
 
 
-#: Known failures on main, strict: the test fails as soon as they pass, so the mark cannot outlive the bug.
-ESCAPES = pytest.mark.xfail(
-    strict=True,
-    reason="cluster/engine/vllm_serving.py:122 catches only pydantic's ValidationError around model_validate; vLLM's "
-    "check_tool_usage raises VLLMValidationError (not a ValueError) through pydantic, so it escapes as gRPC UNKNOWN, "
-    "is retried on every attempt and ends as 503 instead of vLLM's 400",
-)
-ERROR_PARAMS = [pytest.param(k, marks=ESCAPES) if k.startswith(("unknown-tool-choice", "tool-choice-required")) else k for k in ERRORS]
-
-
-@pytest.mark.parametrize("kind", ERROR_PARAMS)
+@pytest.mark.parametrize("kind", list(ERRORS))
 def test_a_bad_request_gets_the_status_and_error_type_vllm_serve_gives(pair: Pair, kind: str) -> None:
     path, body = ERRORS[kind]
     ref, got = pair.send("POST", path, body)
