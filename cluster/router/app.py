@@ -140,9 +140,9 @@ class RouterActor:
 def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
     """``asyncio.run(main)`` on uvloop where it is installed (a dependency on Linux), else on the stdlib loop.
 
-    Why: the relay is event-loop bound (a gRPC message in and an HTTP write out
-    per token); uvloop's loop costs the router markedly less CPU per relayed
-    token (docs/routing.md has the figures).
+    Why: the relay is one gRPC message in and one HTTP write out per token on
+    this loop.  Measured (docs/routing.md), the CPU per relayed token moved
+    within the run-to-run noise: most of it is grpc.aio's own per-message work.
     """
     try:
         import uvloop
