@@ -97,14 +97,17 @@ def normalised(body: Any) -> Any:
 
 def reassembled(events: list[dict]) -> dict:
     """A stream as one answer: per choice the joined content / text / tool-call arguments, the concatenated
-    logprobs and the last finish reason; plus every usage the stream carried, in order."""
+    logprobs and the last finish reason; plus every usage the stream carried, in order.
+
+    Logprobs are joined list by list (chat ``content``; completions ``tokens``, ``token_logprobs``...), not
+    chunk by chunk: how many tokens a server packs into one chunk depends on its timing, not on the answer."""
     choices: dict[int, dict] = {}
     usages = []
     for ev in events:
         if ev.get("usage"):
             usages.append(ev["usage"])
         for ch in ev.get("choices") or []:
-            c = choices.setdefault(ch["index"], {"index": ch["index"], "text": "", "tool_calls": {}, "logprobs": []})
+            c = choices.setdefault(ch["index"], {"index": ch["index"], "text": "", "tool_calls": {}, "logprobs": {}})
             delta = ch.get("delta") or {}
             c["text"] += delta.get("content") or ch.get("text") or ""
             if delta.get("role"):
@@ -116,7 +119,11 @@ def reassembled(events: list[dict]) -> dict:
                 t["arguments"] += fn.get("arguments") or ""
             lp = ch.get("logprobs")
             if lp:
-                c["logprobs"].append(normalised(lp))
+                for key, value in normalised(lp).items():
+                    if isinstance(value, list):
+                        c["logprobs"].setdefault(key, []).extend(value)
+                    else:
+                        c["logprobs"].setdefault(key, value)
             if ch.get("finish_reason"):
                 c["finish_reason"] = ch["finish_reason"]
                 c["stop_reason"] = ch.get("stop_reason")
