@@ -279,8 +279,11 @@ class RouterConfig(_Strict):
 class ControllerConfig(_Strict):
     #: Seconds between health checks of each ready replica.
     health_check_interval_s: float = Field(2.0, gt=0)
-    #: Consecutive failed health checks before a replica is replaced.
-    health_check_failures: int = Field(2, ge=1)
+    #: How long one health check may take before it counts as failed. Apart from the interval: a replica (or
+    #: this controller) busy for a second on a loaded machine is slow, not dead; replacing it costs a whole start.
+    health_check_timeout_s: float = Field(10.0, gt=0)
+    #: Consecutive failed health checks before a replica is replaced (a dead actor is replaced at once).
+    health_check_failures: int = Field(3, ge=1)
     #: Scale-down waits this long for in-flight requests before stopping a replica.
     drain_timeout_s: float = Field(30.0, ge=0)
     #: A replica that is not ready within this many seconds is replaced.

@@ -306,13 +306,16 @@ class ControllerActor:
             del self.replicas[rid]
 
     async def _probe(self, r: Replica) -> bool:
-        timeout = max(1.0, self.config.controller.health_check_interval_s)
+        timeout = self.config.controller.health_check_timeout_s
         try:
             h = await asyncio.wait_for(r.actor.health.remote(), timeout)
-        except ray.exceptions.RayActorError:
+        except ray.exceptions.RayActorError as exc:
             r.dead = True
+            log.warning("replica actor died", extra={"replica": r.replica_id, "error": repr(exc)[:300]})
             return False
-        except Exception:
+        except Exception as exc:
+            why = f"no answer in {timeout} s" if isinstance(exc, TimeoutError) else repr(exc)[:300]
+            log.warning("health check failed", extra={"replica": r.replica_id, "error": why, "failures": r.failures + 1})
             return False
         r.observe(h)
         return bool(h.get("ready"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
 
 import httpx
@@ -115,22 +116,30 @@ async def test_unloading_removes_the_adapter_from_every_replica(cluster):
     assert all("tmp" not in a for a in (await replica_adapters(controller)).values())
 
 
+#: The actor's process id (a lambda: Ray ships it by value; the test module is not importable in the actor).
+_pid = lambda actor: os.getpid()  # noqa: E731
+
+
 async def test_the_adapter_set_survives_a_controller_restart(cluster):
     controller, _ = cluster
     await controller.load_adapter.remote("kept", "sim://kept")
     before = await controller.list_adapters.remote()
     assert "kept" in before["base"]
-    ray.kill(ray.get_actor(CONTROLLER_NAME), no_restart=False)
-    restarted = None
-    for _ in range(100):
+    old = ray.get_actor(CONTROLLER_NAME)
+    old_pid = await old.__ray_call__.remote(_pid)
+    ray.kill(old, no_restart=False)
+    # A call made before the kill takes effect is answered by the old incarnation: ask until a new process answers.
+    for _ in range(300):
         try:
             restarted = ray.get_actor(CONTROLLER_NAME)
-            listed = await asyncio.wait_for(restarted.list_adapters.remote(), 5)
-            break
+            if await asyncio.wait_for(restarted.__ray_call__.remote(_pid), 5) != old_pid:
+                break
         except Exception:
-            await asyncio.sleep(0.2)
+            pass
+        await asyncio.sleep(0.2)
     else:
         raise AssertionError("controller did not come back")
+    listed = await asyncio.wait_for(restarted.list_adapters.remote(), 30)
     assert listed == before
     reps = await replica_adapters(restarted)
     assert all("kept" in a for a in reps.values())

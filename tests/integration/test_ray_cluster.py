@@ -8,6 +8,9 @@ sending it traffic), and scaling up and down with drain and no lost request.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import openai
 import pytest
@@ -30,6 +33,8 @@ OVERRIDES = [
     "controller.metrics_port=0",
     "router.policy=round_robin",
     "controller.health_check_interval_s=0.3",
+    "controller.health_check_timeout_s=3",
+    "controller.health_check_failures=2",
     "controller.drain_timeout_s=20",
 ]
 
@@ -88,6 +93,43 @@ async def test_a_killed_replica_is_replaced_and_traffic_avoids_it_meanwhile(clus
     errors = [r for r in results if not isinstance(r, int)]
     assert errors == [], errors  # requests that hit the dead replica were retried elsewhere
     assert len(results) == 60
+
+
+async def _frozen_for(replica_id: str, seconds: float, until=None) -> int:
+    """SIGSTOP the replica's actor process for ``seconds`` (or until ``until()``), then SIGCONT; its pid."""
+    pid = (await ray.get_actor(f"llm-cluster-replica-{replica_id}").health.remote())["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        if until is None:
+            await asyncio.sleep(seconds)
+        else:
+            await wait_for(until, seconds, "the frozen replica's removal")
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:  # replaced (killed) meanwhile
+            pass
+    return pid
+
+
+async def test_a_replica_busy_for_longer_than_the_check_interval_but_within_the_timeout_is_kept(cluster):
+    # A loaded machine stalls a process now and then; a stall of several check intervals is not a death.
+    _, router = cluster
+    victim_id = sorted(router.replicas.by_id)[0]
+    pid = await _frozen_for(victim_id, 1.5)
+    await asyncio.sleep(3.5)  # more than one timeout: a check that failed would have been counted by now
+    assert victim_id in router.replicas.by_id
+    assert (await ray.get_actor(f"llm-cluster-replica-{victim_id}").health.remote())["pid"] == pid
+
+
+async def test_a_replica_frozen_past_its_health_checks_is_replaced(cluster):
+    _, router = cluster
+    victim_id = sorted(router.replicas.by_id)[0]
+    started = time.monotonic()
+    await _frozen_for(victim_id, 30, until=lambda: victim_id not in router.replicas.by_id)
+    gone_s = time.monotonic() - started
+    assert gone_s >= 3, f"replaced after {gone_s:.1f} s, before one health check could time out"
+    await wait_for(lambda: len(router.replicas.by_model.get("sim", [])) == 2, 30)
 
 
 async def test_scale_up_then_down_drains_and_loses_no_request(cluster):
