@@ -82,15 +82,9 @@ def readme_request() -> dict:
     return json.loads(match.group(1))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 10): at the model card's temperature 0.2 the embedded 135M model, dequantized from its GGUF, "
-    "sometimes opens with 'L'Etoile, la Marseillaise...' instead of Paris on this CPU (seen 1 answer in 3 on a "
-    "clean-clone run); greedy answers Paris (test_a_chat_question_gets_an_answer_with_usage_through_the_cluster)",
-)
 async def test_the_readmes_request_as_written_answers_paris_every_time(router):
-    """No temperature in the request: the model's own defaults apply (its generation_config.json, the model
-    card's temperature 0.2 and top_p 0.9, as vLLM applies them), so the newcomer's first answer is right.
+    """No temperature in the request: the model's own defaults apply (its generation_config.json, as vLLM
+    applies them: greedy for the embedded 4-bit model), so the newcomer's first answer is right.
 
     Streamed (the README's body plus ``stream: true``, which changes no sampling), so the test reads each
     answer's opening words and closes the stream there: with no max_tokens an answer may run on to the end of

@@ -72,9 +72,10 @@ async def test_unknown_engine_arg_is_rejected_before_starting(model_dir: Path) -
 
 
 async def test_vllm_takes_the_embedded_models_sampling_defaults_from_its_directory(engine) -> None:
-    """The prepared directory's generation_config.json carries the model card's recommendation, and vLLM
-    (generation_config="auto", as in `vllm serve`) reads it as its defaults for requests that set none."""
-    assert engine._llm.model_config.get_diff_sampling_param() == {"temperature": 0.2, "top_p": 0.9}
+    """The prepared directory's generation_config.json carries the embedded model's defaults (greedy: see
+    cluster/models/prepare.py for why not the model card's), and vLLM (generation_config="auto", as in
+    `vllm serve`) reads them as its defaults for requests that set none."""
+    assert engine._llm.model_config.get_diff_sampling_param() == {"temperature": 0.0}
 
 
 QUESTION = "Explain in a few sentences why the sky is blue."
