@@ -184,6 +184,11 @@ async def test_an_http_client_disconnect_aborts_the_request_on_the_replica(sim_f
             break
         await asyncio.sleep(0.02)
     assert await _running(sim_fleet) == 0
+    # The client went away: not the replica's failure (no breaker strike, no retry elsewhere).
+    assert [h.circuit.failures for h in router.replicas.by_id.values()] == [0]
+    families = [m for m in router.metrics.registry.collect() if m.name.endswith("_retries")]
+    retries = [s.value for m in families for s in m.samples if s.name.endswith("_total")]
+    assert sum(retries) == 0, retries
 
 
 async def test_round_robin_spreads_requests_evenly_over_replicas(sim_fleet):
