@@ -104,6 +104,17 @@ async def sim_fleet():
 # ---- Ray-backed deployments (controller + router over a real local Ray) ----------------------------
 
 
+#: Config overrides every test deployment starts with: its router on loopback, every port ephemeral (a test
+#: never takes the ports a user's own cluster on this machine may hold).
+LOOPBACK = [
+    "router.host=127.0.0.1",
+    "router.grpc_port=0",
+    "router.http_port=0",
+    "router.metrics_port=0",
+    "controller.metrics_port=0",
+]
+
+
 @contextlib.contextmanager
 def local_ray(namespace: str, num_cpus: int = 2, address: str = "local") -> Iterator[None]:
     """A Ray cluster of the test's own (``address="local"``: even when another Ray runs on this machine),

@@ -22,7 +22,7 @@ import pytest_asyncio
 from cluster.client import build_request
 from cluster.models.prepare import prepare_embedded
 from cluster.proto import inference_pb2_grpc
-from tests.conftest import local_ray, start_deployment
+from tests.conftest import LOOPBACK, local_ray, start_deployment
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -41,11 +41,7 @@ def ray_cluster():
 async def router(ray_cluster):
     _, _, r = await start_deployment(
         [
-            "router.host=127.0.0.1",
-            "router.grpc_port=0",
-            "router.http_port=0",
-            "router.metrics_port=0",
-            "controller.metrics_port=0",
+            *LOOPBACK,
             "controller.health_check_interval_s=1",
             "models.0.engine_args={max_model_len: 2048, enforce_eager: true}",  # eager: starts faster than compiled
             "models.0.serve_args={enable_auto_tool_choice: true, tool_call_parser: hermes}",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from tests.conftest import local_ray, start_deployment
+from tests.conftest import LOOPBACK, local_ray, start_deployment
 from tests.e2e.conftest import EMBED_MODEL
 
 # The fine-tune and two engine starts share two cores with whatever else runs: generous, not hanging.
@@ -40,11 +40,7 @@ def ray_cluster(embedding_model_dir):
 async def router(ray_cluster):
     _, _, r = await start_deployment(
         [
-            "router.host=127.0.0.1",
-            "router.grpc_port=0",
-            "router.http_port=0",
-            "router.metrics_port=0",
-            "controller.metrics_port=0",
+            *LOOPBACK,
             "controller.health_check_interval_s=1",
             f"models.0.name={EMBED_MODEL}",
             f"models.0.source=embedded:{EMBED_MODEL}",  # task left to auto: vLLM reads it from the model's config

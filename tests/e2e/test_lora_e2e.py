@@ -21,7 +21,7 @@ from cluster.proto import inference_pb2_grpc
 from cluster.router.app import Router
 from cluster.router.lora import ControllerAdmin
 from cluster.router.replicas import controller_source
-from tests.conftest import local_ray, wait_for
+from tests.conftest import LOOPBACK, local_ray, wait_for
 from tests.e2e.conftest import CHAT_MODEL
 
 # The fine-tune and two engine starts share two cores with whatever else runs: generous, not hanging.
@@ -40,12 +40,8 @@ def ray_cluster(fact_adapter):  # train before Ray starts: the two share the sam
 async def router(ray_cluster):
     cfg = load_config(
         overrides=[
-            "router.host=127.0.0.1",
-            "router.grpc_port=0",
-            "router.http_port=0",
-            "router.metrics_port=0",
+            *LOOPBACK,
             "router.policy=round_robin",
-            "controller.metrics_port=0",
             "controller.health_check_interval_s=1",
             "models.0.replicas=2",
             "models.0.engine_args={max_model_len: 1024, enforce_eager: true}",

@@ -22,15 +22,13 @@ import pytest_asyncio
 from cluster.config import load_config
 from cluster.models.prepare import prepare_embedded
 from cluster.replica.placement import plan_placement
-from tests.conftest import local_ray, start_deployment
+from tests.conftest import LOOPBACK, local_ray, start_deployment
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 MODEL = "smollm2-135m-instruct"
 OVERRIDES = [
-    "router.host=127.0.0.1",
-    "router.grpc_port=0",
-    "router.http_port=0",
+    *LOOPBACK,
     "controller.health_check_interval_s=1",
     "models.0.tensor_parallel_size=3",
     "models.0.engine_args={max_model_len: 512, dtype: float32, enforce_eager: true}",

@@ -22,7 +22,7 @@ import ray
 
 from cluster.controller.controller import REPLICA_PREFIX
 from cluster.router.app import Router
-from tests.conftest import local_ray, start_deployment, start_ray_cluster, wait_for
+from tests.conftest import LOOPBACK, local_ray, start_deployment, start_ray_cluster, wait_for
 from tests.faults.driver import judge, run_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
@@ -33,9 +33,7 @@ OVERRIDES = [
     "models.0.replicas=1",
     "models.0.num_cpus_per_shard=2",
     "models.0.engine_args={time_scale: 0.2}",
-    "router.host=127.0.0.1",
-    "router.grpc_port=0",
-    "router.http_port=0",
+    *LOOPBACK,
     "router.policy=round_robin",
     "controller.health_check_interval_s=0.3",
     "controller.drain_timeout_s=10",

@@ -25,7 +25,7 @@ from cluster.autoscaler.sources.scrape import ScrapeSource
 from loadtests.clients.grpc_api import GrpcClient
 from loadtests.openloop import open_loop
 from loadtests.workloads import RequestSpec
-from tests.conftest import local_ray, start_deployment, wait_for
+from tests.conftest import LOOPBACK, local_ray, start_deployment, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
 
@@ -35,11 +35,7 @@ OVERRIDES = [
     "models.0.engine=sim",
     "models.0.replicas=1",
     "models.0.engine_args={time_scale: 1.0}",
-    "router.host=127.0.0.1",
-    "router.grpc_port=0",
-    "router.http_port=0",
-    "router.metrics_port=0",
-    "controller.metrics_port=0",
+    *LOOPBACK,
     "controller.health_check_interval_s=0.5",
     "controller.drain_timeout_s=20",
     "autoscaler.model=sim",

@@ -24,7 +24,7 @@ from cluster.router.app import Router
 from cluster.router.auth import new_key
 from cluster.router.lora import ControllerAdmin
 from cluster.router.replicas import controller_source
-from tests.conftest import local_ray, start_deployment, wait_for
+from tests.conftest import LOOPBACK, local_ray, start_deployment, wait_for
 from tests.integration.test_security import write_keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
@@ -35,11 +35,7 @@ OVERRIDES = [
     "models.0.replicas=2",
     "models.0.engine_args={time_scale: 0.1}",
     "models.0.lora={adapters: [{name: static-a, path: sim://static-a}], max_loras: 2}",
-    "router.host=127.0.0.1",
-    "router.grpc_port=0",
-    "router.http_port=0",
-    "router.metrics_port=0",
-    "controller.metrics_port=0",
+    *LOOPBACK,
     "controller.health_check_interval_s=0.3",
     "router.policy=lora_aware",
 ]

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 import ray
 
-from tests.conftest import local_ray, start_deployment, wait_for
+from tests.conftest import LOOPBACK, local_ray, start_deployment, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
 
@@ -26,11 +26,7 @@ OVERRIDES = [
     "models.0.engine=sim",
     "models.0.replicas=2",
     "models.0.engine_args={time_scale: 0.1}",
-    "router.host=127.0.0.1",
-    "router.grpc_port=0",
-    "router.http_port=0",
-    "router.metrics_port=0",
-    "controller.metrics_port=0",
+    *LOOPBACK,
     "router.policy=round_robin",
     "controller.health_check_interval_s=0.3",
     "controller.health_check_timeout_s=3",

@@ -30,7 +30,7 @@ import httpx
 
 from cluster.config import ModelConfig
 from cluster.models.prepare import prepare_embedded, resolve_model_source
-from tests.conftest import free_port, local_ray, start_deployment
+from tests.conftest import LOOPBACK, free_port, local_ray, start_deployment
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,7 @@ class ReferenceServer:
 def cluster_overrides(model: ModelConfig) -> list[str]:
     """The deployment's config overrides: one replica of ``model``, everything on loopback, ephemeral ports."""
     out = [
-        "router.host=127.0.0.1",
-        "router.grpc_port=0",
-        "router.http_port=0",
-        "router.metrics_port=0",
-        "controller.metrics_port=0",
+        *LOOPBACK,
         "controller.health_check_interval_s=1",
         f"models.0.name={model.name}",
         f"models.0.engine_args={json.dumps(model.engine_args)}",
