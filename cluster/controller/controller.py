@@ -131,14 +131,20 @@ class ControllerActor:
         m = self._model(model)
         return {"desired": m.desired, "ready": sum(r.state == READY for r in self._of_model(model))}
 
-    async def watch(self, known_version: int, timeout_s: float = 30.0) -> tuple[int, Endpoints]:
-        """Long-poll: return (version, endpoints) once version > known_version or on timeout."""
+    async def watch(self, known_version: int, timeout_s: float = 30.0) -> tuple[int, Endpoints, dict[str, list[str]]]:
+        """Long-poll: (version, endpoints, each model's LoRA adapters) once version > known_version or on timeout.
+
+        The adapter set comes apart from the endpoints: a model scaled to zero still has its adapters, and a
+        request for one waits for a replica (the scale-from-zero signal) instead of finding no such model."""
         await self.run()  # after a Ray restart of this actor, the first call restarts the loop
         await self._watch.wait_past(known_version, timeout_s)
-        return self.version, self.endpoints()
+        return self.version, self.endpoints(), self.adapter_set()
+
+    def adapter_set(self) -> dict[str, list[str]]:
+        return {n: sorted(m.adapters) for n, m in self.models.items()}
 
     def endpoints(self) -> Endpoints:
-        return endpoint_set(self.models, self.replicas.values(), {n: sorted(m.adapters) for n, m in self.models.items()})
+        return endpoint_set(self.models, self.replicas.values(), self.adapter_set())
 
     # ---- LoRA adapters (cluster.controller.adapters) ----------------------
     async def load_adapter(self, name: str, path: str, model: str | None = None) -> dict[str, Any]:

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 LOAD_INTERVAL_MS = 100
 
 Endpoints = dict[str, list[dict[str, str]]]
-EndpointSource = Callable[[int], Awaitable[tuple[int, Endpoints]]]
+#: Each model's LoRA adapters, known with or without a ready replica (None: read them from the endpoints).
+ModelAdapters = dict[str, list[str]] | None
+EndpointSource = Callable[[int], Awaitable[tuple[int, Endpoints, ModelAdapters]]]
 
 
 @dataclass(eq=False)
@@ -182,7 +184,7 @@ class ReplicaSet:
     async def _watch(self) -> None:
         while True:
             try:
-                version, endpoints = await self._source(self.version)
+                version, endpoints, model_adapters = await self._source(self.version)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -190,16 +192,17 @@ class ReplicaSet:
                 await asyncio.sleep(1.0)
                 continue
             if version != self.version:
-                self.apply(version, endpoints)
+                self.apply(version, endpoints, model_adapters)
 
-    def apply(self, version: int, endpoints: Endpoints) -> None:
+    def apply(self, version: int, endpoints: Endpoints, model_adapters: ModelAdapters = None) -> None:
         seen: set[str] = set()
         by_model: dict[str, list[ReplicaHandle]] = {}
-        adapters: dict[str, str] = {}
+        adapters = {a: model for model, names in (model_adapters or {}).items() if model in endpoints for a in names}
         for model, eps in endpoints.items():
             handles = []
             for ep in eps:
-                adapters.update((a, model) for a in ep.get("adapters", "").split(",") if a)
+                if model_adapters is None:
+                    adapters.update((a, model) for a in ep.get("adapters", "").split(",") if a)
                 rid = ep["replica_id"]
                 seen.add(rid)
                 h = self.by_id.get(rid)
@@ -254,10 +257,10 @@ class ReplicaSet:
 def static_source(endpoints: Endpoints) -> EndpointSource:
     """An endpoint source with a fixed set (tests, benchmarks, `llm-cluster router --replica`)."""
 
-    async def source(known: int) -> tuple[int, Endpoints]:
+    async def source(known: int) -> tuple[int, Endpoints, ModelAdapters]:
         if known >= 1:
             await asyncio.Event().wait()  # never changes
-        return 1, endpoints
+        return 1, endpoints, None
 
     return source
 
@@ -265,7 +268,7 @@ def static_source(endpoints: Endpoints) -> EndpointSource:
 def controller_source(controller: object, timeout_s: float = 30.0) -> EndpointSource:
     """Long-poll the controller actor's ``watch``."""
 
-    async def source(known: int) -> tuple[int, Endpoints]:
+    async def source(known: int) -> tuple[int, Endpoints, ModelAdapters]:
         return await controller.watch.remote(known, timeout_s)  # type: ignore[attr-defined]
 
     return source

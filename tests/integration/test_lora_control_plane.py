@@ -38,6 +38,7 @@ OVERRIDES = [
     *LOOPBACK,
     "controller.health_check_interval_s=0.3",
     "router.policy=lora_aware",
+    "router.no_replica_wait_s=60",  # scaled to zero, a request waits for the replica starting for it
 ]
 
 
@@ -68,7 +69,7 @@ async def test_the_configured_adapter_is_on_every_replica_and_in_the_routers_end
     controller, _ = cluster
     reps = await replica_adapters(controller)
     assert len(reps) == 2 and all(a == ["static-a"] for a in reps.values())
-    _, eps = await controller.watch.remote(0, 1.0)
+    _, eps, _ = await controller.watch.remote(0, 1.0)
     assert {e["adapters"] for e in eps["base"]} == {"static-a"}
 
 
@@ -242,3 +243,19 @@ async def test_router_metrics_count_and_time_an_adapters_requests_under_its_own_
     text = generate_latest(authed_router.metrics.registry).decode()
     assert 'llm_cluster_router_requests_total{api="http",code="200",model="static-a"}' in text
     assert 'llm_cluster_router_time_to_first_token_seconds_count{model="static-a"}' in text
+
+
+async def test_a_request_for_an_adapter_of_a_model_scaled_to_zero_waits_for_a_replica(cluster):
+    # Scaled to zero, the base model still has its adapters: a request for one is demand (it waits for a
+    # replica, counted where the autoscaler looks), not "no such model".
+    controller, router = cluster
+    await controller.set_replicas.remote("base", 0)
+    await wait_for(lambda: not router.replicas.by_model.get("base"), 30, "base at zero replicas")
+    assert router.replicas.adapters.get("static-a") == "base"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.http_port}", timeout=60) as c:
+        waiting = asyncio.create_task(chat(c, "static-a"))
+        await wait_for(lambda: router.balancer.waiting_for_replica == 1, 10, "the adapter request waiting for a replica")
+        await controller.set_replicas.remote("base", 2)
+        resp = await waiting
+    assert resp.status_code == 200, resp.text
+    await wait_for_ready(controller, 2)
