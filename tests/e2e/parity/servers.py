@@ -65,14 +65,10 @@ def _replica_engine_args(model: ModelConfig) -> Any:
     from vllm.platforms import current_platform
 
     from cluster.engine.model_args import vllm_engine_args
-    from cluster.engine.vllm_args import SHARED_WITH_ENGINE
-    from cluster.engine.vllm_backend import _build_engine_args
+    from cluster.engine.vllm_backend import _build_engine_args, merge_engine_args
     from cluster.replica.placement import choose_executor_backend
 
-    merged = vllm_engine_args(model)
-    merged |= {k: v for k, v in model.serve_args.items() if k in SHARED_WITH_ENGINE}
-    if model.default_sampling:
-        merged["override_generation_config"] = {**(merged.get("override_generation_config") or {}), **model.default_sampling}
+    merged = merge_engine_args(vllm_engine_args(model), model.serve_args, model.default_sampling)
     return _build_engine_args(
         resolve_model_source(model.source),
         model.name,
