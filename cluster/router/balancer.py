@@ -317,7 +317,8 @@ class Balancer:
             read = call.read
             first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
             try:
-                chunk = await asyncio.wait_for(read(), first_wait)
+                async with asyncio.timeout(first_wait):  # not wait_for: on 3.11 that is one more task per request
+                    chunk = await read()
             except TimeoutError:
                 if left is not None and first_wait >= left:
                     raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
