@@ -1,0 +1,96 @@
+"""The floor under our router's CPU per relayed message: what ``grpc.aio`` alone costs to read one.
+
+    python -m loadtests.bench.grpc_floor [--streams 16] [--messages 200] [--token-interval-ms 1]
+
+A server process streams ``--messages`` ``OpenAIChunk`` s (one SSE token
+each, as the null backend's) on each of ``--streams`` concurrent calls; this
+process only reads them (``call.read()`` in a loop, uvloop, as the router's
+relay does) and prints its own CPU (all threads: the event loop and gRPC's
+completion-queue thread) per message, for the default channel and for a few
+channel options that could cut per-message work.  Nothing else runs in the
+reader, so no router can relay a message for less over ``grpc.aio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import uvloop
+
+from cluster.proto import replica_pb2, replica_pb2_grpc
+from loadtests.bench.null_backend import TOKEN
+
+#: name -> (channel options, server options)
+VARIANTS: dict[str, tuple[list[tuple[str, Any]], list[tuple[str, Any]]]] = {
+    "default": ([], []),
+    "no BDP probe, no retries": ([("grpc.http2.bdp_probe", 0), ("grpc.enable_retries", 0)], [("grpc.http2.bdp_probe", 0)]),
+    "optimization_target=throughput": ([("grpc.optimization_target", "throughput"), ("grpc.enable_retries", 0)], []),
+}
+
+
+class _Streamer(replica_pb2_grpc.ReplicaServicer):
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+
+    async def OpenAI(self, request: replica_pb2.OpenAIRequest, context: Any) -> AsyncIterator[replica_pb2.OpenAIChunk]:
+        for i in range(int(request.request_id)):
+            yield replica_pb2.OpenAIChunk(data=TOKEN["chat"], token_ids=[i], text=" x", resumable=True)
+            if self.interval_s:
+                await asyncio.sleep(self.interval_s)
+
+
+def _serve(ports: Any, options: list[tuple[str, Any]], interval_s: float) -> None:
+    async def main() -> None:
+        server = grpc.aio.server(options=options)
+        replica_pb2_grpc.add_ReplicaServicer_to_server(_Streamer(interval_s), server)
+        ports.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def _read_all(port: int, options: list[tuple[str, Any]], streams: int, messages: int) -> tuple[int, float]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        stub = replica_pb2_grpc.ReplicaStub(channel)
+
+        async def one(n: int) -> int:
+            call = stub.OpenAI(replica_pb2.OpenAIRequest(request_id=str(n)))
+            got = 0
+            while await call.read() is not grpc.aio.EOF:
+                got += 1
+            return got
+
+        await asyncio.gather(*(one(8) for _ in range(streams)))  # warm the connection
+        cpu0 = time.process_time()
+        got = sum(await asyncio.gather(*(one(messages) for _ in range(streams))))
+        return got, time.process_time() - cpu0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", type=int, default=16)
+    p.add_argument("--messages", type=int, default=200, help="messages per stream")
+    p.add_argument("--token-interval-ms", type=float, default=1.0, help="server pause between messages (0: back to back)")
+    a = p.parse_args(argv)
+    print(f"{a.streams} streams x {a.messages} messages, {a.token_interval_ms:g} ms apart; reader CPU per message:")
+    for name, (channel_opts, server_opts) in VARIANTS.items():
+        ports: Any = mp.Queue()
+        server = mp.Process(target=_serve, args=(ports, server_opts, a.token_interval_ms / 1000), daemon=True)
+        server.start()
+        try:
+            got, cpu = uvloop.run(_read_all(ports.get(timeout=30), channel_opts, a.streams, a.messages))
+        finally:
+            server.kill()
+        print(f"  {name:<32} {cpu / max(got, 1) * 1e6:6.1f} us  ({got} messages)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
