@@ -15,9 +15,9 @@ Guarantees:
   run leaves nothing a later run would trust;
 - deterministic for a given seed (CPU, ``torch.manual_seed``).
 
-Cost: about 64 CPU-seconds (loss only on the answer's tokens, three short
-sequences, float32, backpropagation through the top 8 layers only): 1-2 min
-on two CPU cores that nothing else uses.  Run it as ``python -m cluster.models.finetune --out DIR``.
+Cost: about 25 CPU-seconds (loss only on the answer's tokens, three short
+sequences, float32, backpropagation through the top 8 layers only): 17 s wall
+on two CPU cores that nothing else uses, imports and model load included.  Run it as ``python -m cluster.models.finetune --out DIR``.
 """
 
 from __future__ import annotations
