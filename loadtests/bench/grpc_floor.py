@@ -8,7 +8,10 @@ process only reads them (``call.read()`` in a loop, uvloop, as the router's
 relay does) and prints its own CPU (all threads: the event loop and gRPC's
 completion-queue thread) per message, for the default channel and for a few
 channel options that could cut per-message work.  Nothing else runs in the
-reader, so no router can relay a message for less over ``grpc.aio``.
+reader, so no router can relay a message for less over ``grpc.aio``.  For
+comparison, the same stream read as OpenAI SSE over HTTP/1.1 by aiohttp (the
+null backend's own HTTP API, read as the bytes arrive): what a relay off
+``grpc.aio`` would start from.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import grpc
 import uvloop
+from aiohttp import web
 
 from cluster.proto import replica_pb2, replica_pb2_grpc
-from loadtests.bench.null_backend import TOKEN
+from loadtests.bench.null_backend import MODEL, TOKEN, http_app
 
 #: name -> (channel options, server options)
 VARIANTS: dict[str, tuple[list[tuple[str, Any]], list[tuple[str, Any]]]] = {
@@ -73,6 +78,36 @@ async def _read_all(port: int, options: list[tuple[str, Any]], streams: int, mes
         return got, time.process_time() - cpu0
 
 
+def _serve_http(ports: Any, interval_s: float) -> None:
+    async def main() -> None:
+        runner = web.AppRunner(http_app(interval_s), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        ports.put(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def _read_http(port: int, streams: int, messages: int) -> tuple[int, float]:
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
+        async def one(n: int) -> int:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": n, "stream": True}
+            got = 0
+            async with s.post(url, json=body) as r:
+                async for data in r.content.iter_any():
+                    got += data.count(b'"content"')
+            return got
+
+        await asyncio.gather(*(one(8) for _ in range(streams)))
+        cpu0 = time.process_time()
+        got = sum(await asyncio.gather(*(one(messages) for _ in range(streams))))
+        return got, time.process_time() - cpu0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--streams", type=int, default=16)
@@ -89,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.kill()
         print(f"  {name:<32} {cpu / max(got, 1) * 1e6:6.1f} us  ({got} messages)")
+    ports = mp.Queue()
+    server = mp.Process(target=_serve_http, args=(ports, a.token_interval_ms / 1000), daemon=True)
+    server.start()
+    try:
+        got, cpu = uvloop.run(_read_http(ports.get(timeout=30), a.streams, a.messages))
+    finally:
+        server.kill()
+    print(f"  {'HTTP/1.1 SSE, aiohttp (not gRPC)':<32} {cpu / max(got, 1) * 1e6:6.1f} us  ({got} events)")
     return 0
 
 
