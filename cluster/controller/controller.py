@@ -9,18 +9,17 @@ One named, detached Ray actor (``llm-cluster-controller``) per cluster.  It
   actor in bundle 0 -> ``start()``, which returns the replica's gRPC address
   (:mod:`cluster.controller.launch`), giving it per-node slots for CPU cores
   and a metrics port (:mod:`cluster.controller.slots`);
-- health-checks ready replicas every ``health_check_interval_s``; a replica
-  whose actor died, or that failed ``health_check_failures`` checks in a row,
-  leaves the endpoint set at once and is replaced;
-- publishes the live endpoint set as a versioned watch (``watch``), and serves
-  ``/metrics`` and ``/sd/replicas`` on ``controller.metrics_port``
-  (:mod:`cluster.controller.discovery`);
+- health-checks ready replicas every ``health_check_interval_s`` (each check
+  may take ``health_check_timeout_s``); a replica whose actor died, or that
+  failed ``health_check_failures`` checks in a row, leaves the endpoint set at
+  once and is replaced;
+- publishes the live endpoint set and each model's adapters as a versioned
+  watch, and serves ``/metrics`` and ``/sd/replicas`` (:mod:`.discovery`);
 - scales down by draining: the replica leaves the endpoint set first, then
   finishes its in-flight requests (bounded by ``drain_timeout_s``), then stops.
 
-Each replica is a :class:`~cluster.controller.replica.Replica` record; every
-task the controller starts is held by its record (or, for the loop, by the
-controller) until it is done.
+Each replica is a :class:`~cluster.controller.replica.Replica` record; every task
+the controller starts is held by its record (or the loop's, by the controller).
 
 Failure modes: if the controller itself dies, replicas and routers keep serving
 with the last endpoint set; Ray restarts the controller (max_restarts=-1) and it
@@ -132,10 +131,7 @@ class ControllerActor:
         return {"desired": m.desired, "ready": sum(r.state == READY for r in self._of_model(model))}
 
     async def watch(self, known_version: int, timeout_s: float = 30.0) -> tuple[int, Endpoints, dict[str, list[str]]]:
-        """Long-poll: (version, endpoints, each model's LoRA adapters) once version > known_version or on timeout.
-
-        The adapter set comes apart from the endpoints: a model scaled to zero still has its adapters, and a
-        request for one waits for a replica (the scale-from-zero signal) instead of finding no such model."""
+        """Long-poll: (version, endpoints, adapters per model, even at zero replicas) once past known_version or on timeout."""
         await self.run()  # after a Ray restart of this actor, the first call restarts the loop
         await self._watch.wait_past(known_version, timeout_s)
         return self.version, self.endpoints(), self.adapter_set()
