@@ -67,10 +67,14 @@ def use_cpu_compile_cache(environ: Any = os.environ) -> None:
     Without the AOT artifact (:data:`CPU_COMPILE_ENV`) the compiled graphs go to inductor's own cache, kept
     under vLLM's (``$VLLM_CACHE_ROOT``, ``~/.cache/vllm``) unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise.
     """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     for key, value in CPU_COMPILE_ENV.items():
         environ.setdefault(key, value)
     root = environ.get("VLLM_CACHE_ROOT") or os.path.join(os.path.expanduser("~"), ".cache", "vllm")
-    environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(root, "torch_compile_cache", "inductor"))
+    # torch writes its /tmp default into the environment the first time it looks (at vLLM's import here).
+    if environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, "", os.path.abspath(default_cache_dir())):
+        environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(root, "torch_compile_cache", "inductor")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
