@@ -33,7 +33,6 @@ from cluster.engine.base import (
     error_chunk,
 )
 from cluster.proto import replica_pb2, replica_pb2_grpc
-from cluster.replica.coalesce import coalesced
 from cluster.replica.encode import sse_to_proto
 from cluster.replica.prefix_feed import attach_prefix_feed
 from cluster.tls import replica_server_credentials
@@ -131,33 +130,19 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         if isinstance(call, replica_pb2.OpenAIChunk):
             yield call
             return
-        if request.format == replica_pb2.SSE and call.body.get("stream"):
-            # An SSE stream: what the engine has ready while the previous message
-            # is written goes as one message (cluster/replica/coalesce.py).
-            stream = coalesced(self._encoded(call, request.format, asyncio.current_task()))
-        else:
-            stream = self._encoded(call, request.format)
-        async with contextlib.aclosing(stream) as chunks:
-            async for out in chunks:
-                yield out
-
-    async def _encoded(
-        self, call: OpenAICall, fmt: int, owner: asyncio.Task[object] | None = None
-    ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
-        async with contextlib.aclosing(self.serve(call, owner)) as chunks:
+        async with contextlib.aclosing(self.serve(call)) as chunks:
             async for c in chunks:
-                for out in encode(c, fmt, call.request_id):
+                for out in encode(c, request.format, call.request_id):
                     yield out
 
-    async def serve(self, call: OpenAICall, owner: asyncio.Task[object] | None = None) -> AsyncIterator[Chunk]:
+    async def serve(self, call: OpenAICall) -> AsyncIterator[Chunk]:
         """The engine's answer to ``call``, counted in flight (``Abort`` and ``drain`` see it) and timed for the TTFT mean.
 
         Both of the replica's APIs serve through here: the gRPC ``OpenAI`` call
-        and its own HTTP API (cluster.replica.http_api).  ``owner``: the task
-        ``Abort`` cancels (the RPC's, when this runs on a coalescing pump).
+        and its own HTTP API (cluster.replica.http_api).
         """
         rid = call.request_id
-        task = owner or asyncio.current_task()
+        task = asyncio.current_task()
         if task is not None:
             self.in_flight[rid] = task
         self._idle.clear()

@@ -17,13 +17,11 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import web
 
 from cluster.proto import inference_pb2, replica_pb2, replica_pb2_grpc
-from cluster.replica.coalesce import coalesced
 
 MODEL = "smollm2-135m-instruct"
 
@@ -41,13 +39,6 @@ class NullReplica(replica_pb2_grpc.ReplicaServicer):
         if not body.get("stream"):
             yield replica_pb2.OpenAIChunk(data=json.dumps(_whole(kind, n)).encode(), status=200, finish_reason="length")
             return
-        # Written as the replica writes a stream: what is ready while the
-        # previous message is on its way goes as one (cluster/replica/coalesce.py).
-        async with contextlib.aclosing(coalesced(self._tokens(kind, n))) as chunks:
-            async for c in chunks:
-                yield c
-
-    async def _tokens(self, kind: str, n: int) -> AsyncIterator[replica_pb2.OpenAIChunk]:
         token, last, tail = TOKEN[kind], LAST[kind], _tail(n)
         for i in range(n - 1):
             yield replica_pb2.OpenAIChunk(data=token, status=200 if i == 0 else 0, token_ids=[i], text=" x", resumable=True)
