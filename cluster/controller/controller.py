@@ -140,7 +140,7 @@ class ControllerActor:
         return {n: sorted(m.adapters) for n, m in self.models.items()}
 
     def endpoints(self) -> Endpoints:
-        return endpoint_set(self.models, self.replicas.values(), self.adapter_set())
+        return endpoint_set(self.models, self.replicas.values())
 
     # ---- LoRA adapters (cluster.controller.adapters) ----------------------
     async def load_adapter(self, name: str, path: str, model: str | None = None) -> dict[str, Any]:

@@ -61,14 +61,12 @@ class EndpointWatch:
                 return
 
 
-def endpoint_set(models: Iterable[str], replicas: Iterable[Replica], adapters: Mapping[str, list[str]] | None = None) -> Endpoints:
-    """READY replicas per model; ``adapters``: the LoRA adapters of each model, listed (comma-separated) on its endpoints."""
+def endpoint_set(models: Iterable[str], replicas: Iterable[Replica]) -> Endpoints:
+    """READY replicas per model (each model's LoRA adapters travel beside it in the watch, not per endpoint)."""
     out: Endpoints = {name: [] for name in models}
     for r in replicas:
         if r.serving and r.model in out:
             ep = {**r.card, "replica_id": r.replica_id, "address": str(r.address), "max_model_len": str(r.max_model_len)}
-            if adapters and adapters.get(r.model):
-                ep["adapters"] = ",".join(adapters[r.model])
             if r.metrics_address:
                 ep["metrics_address"] = r.metrics_address
             out[r.model].append(ep)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 LOAD_INTERVAL_MS = 100
 
 Endpoints = dict[str, list[dict[str, str]]]
-#: Each model's LoRA adapters, known with or without a ready replica (None: read them from the endpoints).
+#: Each model's LoRA adapters, known with or without a ready replica (None: no adapters, e.g. a static set).
 ModelAdapters = dict[str, list[str]] | None
 EndpointSource = Callable[[int], Awaitable[tuple[int, Endpoints, ModelAdapters]]]
 
@@ -201,8 +201,6 @@ class ReplicaSet:
         for model, eps in endpoints.items():
             handles = []
             for ep in eps:
-                if model_adapters is None:
-                    adapters.update((a, model) for a in ep.get("adapters", "").split(",") if a)
                 rid = ep["replica_id"]
                 seen.add(rid)
                 h = self.by_id.get(rid)

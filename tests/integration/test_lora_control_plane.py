@@ -69,8 +69,9 @@ async def test_the_configured_adapter_is_on_every_replica_and_in_the_routers_end
     controller, _ = cluster
     reps = await replica_adapters(controller)
     assert len(reps) == 2 and all(a == ["static-a"] for a in reps.values())
-    _, eps, _ = await controller.watch.remote(0, 1.0)
-    assert {e["adapters"] for e in eps["base"]} == {"static-a"}
+    _, eps, adapters = await controller.watch.remote(0, 1.0)
+    assert len(eps["base"]) == 2 and adapters["base"] == ["static-a"]
+    assert cluster[1].replicas.adapters == {"static-a": "base"}  # what the router routes by
 
 
 async def test_an_adapter_loaded_at_run_time_reaches_every_replica_including_one_started_later(cluster):

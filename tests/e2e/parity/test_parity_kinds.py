@@ -23,7 +23,8 @@ WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 PROMPT = "The capital of France is"
 PROMPT_IDS = [504, 3575, 282, 4649, 314]  # PROMPT, tokenized
 COUNT_IDS = [2705, 28, 827, 28, 1296, 28]  # "One, two, three,"
-YES_ID, COMMA_ID = 10539, 28
+COMMA_ID = 28
+YES_ID = fields.YES_ID
 TOOLS = [
     *fields.TOOLS,  # get_weather
     {
