@@ -265,6 +265,7 @@ class ControllerActor:
             r.actor = launch.create_replica_actor(r, model, plan, env, self.config.internal_tls.model_dump(), metrics_port)
             info = await asyncio.wait_for(r.actor.start.remote(), timeout)
             r.address = info["address"]
+            r.relay_address = info.get("relay_address")
             r.metrics_address = info.get("metrics_address")
             r.max_model_len = info["max_model_len"]
             r.card = info.get("card") or {}

@@ -67,6 +67,8 @@ def endpoint_set(models: Iterable[str], replicas: Iterable[Replica]) -> Endpoint
     for r in replicas:
         if r.serving and r.model in out:
             ep = {**r.card, "replica_id": r.replica_id, "address": str(r.address), "max_model_len": str(r.max_model_len)}
+            if r.relay_address:
+                ep["relay_address"] = r.relay_address
             if r.metrics_address:
                 ep["metrics_address"] = r.metrics_address
             out[r.model].append(ep)

@@ -65,6 +65,8 @@ class Replica:
     state: ReplicaState = ReplicaState.STARTING
     # Where it serves, from start() or a health answer.
     address: str | None = None
+    #: Its relay stream (host:port; None: it has none, routers call the OpenAI RPC).
+    relay_address: str | None = None
     metrics_address: str | None = None
     max_model_len: int = 0
     #: The model card it reported (``root``, ``parent`` of vLLM's GET /v1/models), published in the endpoint set.
@@ -119,6 +121,7 @@ class Replica:
     def serve_from(self, health: dict[str, Any]) -> None:
         """Take where the replica serves from a health answer (an adopted replica: no start() answer)."""
         self.address = health.get("address")
+        self.relay_address = health.get("relay_address")
         self.metrics_address = health.get("metrics_address")
         self.max_model_len = int(health.get("max_model_len") or 0)
         self.card = health.get("card") or {}

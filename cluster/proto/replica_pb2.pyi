@@ -136,17 +136,19 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("ready", "replica_id", "model", "max_model_len", "root", "parent")
+    __slots__ = ("ready", "replica_id", "model", "max_model_len", "root", "parent", "relay_port")
     READY_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
+    RELAY_PORT_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     replica_id: str
     model: str
     max_model_len: int
     root: str
     parent: str
-    def __init__(self, ready: _Optional[bool] = ..., replica_id: _Optional[str] = ..., model: _Optional[str] = ..., max_model_len: _Optional[int] = ..., root: _Optional[str] = ..., parent: _Optional[str] = ...) -> None: ...
+    relay_port: int
+    def __init__(self, ready: _Optional[bool] = ..., replica_id: _Optional[str] = ..., model: _Optional[str] = ..., max_model_len: _Optional[int] = ..., root: _Optional[str] = ..., parent: _Optional[str] = ..., relay_port: _Optional[int] = ...) -> None: ...

@@ -75,6 +75,7 @@ class ReplicaActor:
         self.servicer: ReplicaServicer | None = None
         self.server = None
         self.address: str | None = None
+        self.relay_address: str | None = None
         self.created_at = time.time()
         self.metrics_port = metrics_port
         self.metrics_address: str | None = None
@@ -93,14 +94,22 @@ class ReplicaActor:
         host = ray.util.get_node_ip_address()
         self.server, port = await start_server(self.servicer, host="0.0.0.0", port=0, tls=self.tls)
         self.address = f"{host}:{port}"
+        self.relay_address = f"{host}:{self.server.relay_port}"
         self._metrics_runner, mport = await start_metrics_server(metrics.registry, "0.0.0.0", self.metrics_port)
         self.metrics_address = f"{host}:{mport}"
         log.info(
             "replica ready",
-            extra={"replica": self.replica_id, "model": self.model.name, "address": self.address, "metrics_address": self.metrics_address},
+            extra={
+                "replica": self.replica_id,
+                "model": self.model.name,
+                "address": self.address,
+                "relay_address": self.relay_address,
+                "metrics_address": self.metrics_address,
+            },
         )
         return {
             "address": self.address,
+            "relay_address": self.relay_address,
             "max_model_len": self.engine.max_model_len,
             "metrics_address": self.metrics_address,
             "card": self._card(),
@@ -121,6 +130,7 @@ class ReplicaActor:
             "model": self.model.name,
             "started_at": self.created_at,
             "address": self.address,
+            "relay_address": self.relay_address,
             "metrics_address": self.metrics_address,
             "in_flight": len(self.servicer.in_flight),
             "running": snap.running,

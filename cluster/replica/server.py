@@ -34,7 +34,9 @@ from cluster.engine.base import (
 )
 from cluster.proto import replica_pb2, replica_pb2_grpc
 from cluster.replica.encode import sse_to_proto
+from cluster.replica.errors import CallAborted
 from cluster.replica.prefix_feed import attach_prefix_feed
+from cluster.replica.relay import RelayServer
 from cluster.tls import replica_server_credentials
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ def encode(c: Chunk, fmt: int, request_id: str) -> list[replica_pb2.OpenAIChunk]
 class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     def __init__(self, engine: Engine, replica_id: str, model: str) -> None:
         self.engine = engine
+        #: The relay stream's port, for Health (0: not served; set by whoever starts it).
+        self.relay_port = 0
         self.replica_id = replica_id
         self.model = model
         self.draining = False
@@ -122,10 +126,22 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self.recent_ttft_s = ttft if self.recent_ttft_s == 0 else (1 - a) * self.recent_ttft_s + a * ttft
 
     async def OpenAI(self, request: replica_pb2.OpenAIRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[replica_pb2.OpenAIChunk]:
+        try:
+            async with contextlib.aclosing(self.chunks(request)) as chunks:
+                async for out in chunks:
+                    yield out
+        except CallAborted as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def chunks(self, request: replica_pb2.OpenAIRequest) -> AsyncIterator[replica_pb2.OpenAIChunk]:
+        """The OpenAI call's answer as wire chunks, for the gRPC method and the relay stream (cluster/replica/relay.py) alike.
+
+        Raises :class:`CallAborted` to end the call with a status instead.
+        """
         if self.draining:
             # The router already dropped us from its set; a late request is
             # refused cleanly so the router retries it elsewhere.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} is draining")
+            raise CallAborted(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} is draining")
         call = to_call(request)
         if isinstance(call, replica_pb2.OpenAIChunk):
             yield call
@@ -214,6 +230,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             max_model_len=card.max_model_len,
             root=card.root,
             parent=card.parent,
+            relay_port=self.relay_port,
         )
 
     async def drain(self, timeout_s: float) -> int:
@@ -226,10 +243,28 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         return len(self.in_flight)
 
 
+class ReplicaServers:
+    """A replica's two ports over one servicer: gRPC (replica.proto) and the relay stream (cluster/replica/relay.py)."""
+
+    def __init__(self, grpc_server: grpc.aio.Server, relay: RelayServer) -> None:
+        self.grpc = grpc_server
+        self.relay = relay
+
+    @property
+    def relay_port(self) -> int:
+        return self.relay.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await asyncio.gather(self.relay.close(grace or 0.0), self.grpc.stop(grace))
+
+
 async def start_server(
     servicer: ReplicaServicer, host: str = "0.0.0.0", port: int = 0, tls: InternalTLSConfig | None = None
-) -> tuple[grpc.aio.Server, int]:
-    """Serve ``servicer``; with ``tls`` (``internal_tls``), only clients with a cluster certificate get in."""
+) -> tuple[ReplicaServers, int]:
+    """Serve ``servicer`` on gRPC (returned: its port) and on a relay port beside it (``Health`` names it).
+
+    With ``tls`` (``internal_tls``), only clients with a cluster certificate get in, on either port.
+    """
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -241,4 +276,6 @@ async def start_server(
     addr = f"{host}:{port}"
     bound = server.add_secure_port(addr, creds) if creds is not None else server.add_insecure_port(addr)
     await server.start()
-    return server, bound
+    relay = RelayServer(servicer)
+    await relay.start(host, 0, tls)
+    return ReplicaServers(server, relay), bound

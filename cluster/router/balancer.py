@@ -71,6 +71,7 @@ from cluster.proto import replica_pb2
 from cluster.router.circuit import CircuitBreaker
 from cluster.router.metrics import RouterMetrics
 from cluster.router.policies import RouteRequest, RoutingPolicy, make_policy
+from cluster.router.relay import RelayError
 from cluster.router.replicas import ReplicaHandle, ReplicaSet
 from cluster.router.stall import StallWatch
 from cluster.router.validation import RelayRequest
@@ -307,18 +308,22 @@ class Balancer:
     ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
         """Relay one replica's stream; raises :class:`_Failed` when the replica (not the request) failed."""
         replica.begin()
-        call = replica.stub.OpenAI(rreq, timeout=left)
+        loop = asyncio.get_running_loop()
+        ends_at = None if left is None else loop.time() + left
+        pool = replica.relay
+        call: Any = None
         itl = self.metrics.itl.labels(model)  # once per attempt, not per chunk
         try:
-            # call.read() per message, not the call's async iterator (one generator
-            # hop less per token).  A replica that sends nothing (hung engine, stuck
-            # queue) is given up on after first_token_timeout_s; other requests never
-            # wait on it, since each relays on its own task.
-            read = call.read
+            # call.read() per message, not an async iterator (one generator hop
+            # less per token).  A replica that sends nothing (hung engine, stuck
+            # queue, a connect that hangs) is given up on after first_token_timeout_s;
+            # other requests never wait on it, since each relays on its own task.
             first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
             try:
                 async with asyncio.timeout(first_wait):  # not wait_for: on 3.11 that is one more task per request
-                    chunk = await read()
+                    # The replica's relay stream when it has one (cluster/router/relay.py), else the OpenAI RPC.
+                    call = await pool.call(rreq) if pool is not None else replica.stub.OpenAI(rreq, timeout=left)
+                    chunk = await call.read()
             except TimeoutError:
                 if left is not None and first_wait >= left:
                     raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
@@ -331,10 +336,12 @@ class Balancer:
                 self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
             try:
                 # One watchdog per stream (cluster/router/stall.py), counting only the
-                # time spent waiting on the replica, never while the caller holds a chunk.
-                async with asyncio.timeout(None) as tm:
+                # time spent waiting on the replica, never while the caller holds a chunk;
+                # the block itself ends at the request's deadline.
+                async with asyncio.timeout_at(ends_at) as tm:
                     watch = StallWatch(tm, self.stall_timeout_s)
                     try:
+                        read = call.read
                         sent_ids, sent_text = relay.sent_ids, relay.sent_text
                         while True:
                             if chunk.status >= 500 and not relay.sent:
@@ -358,9 +365,11 @@ class Balancer:
                     finally:
                         watch.close()
             except TimeoutError:
+                if ends_at is not None and loop.time() >= ends_at:
+                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
                 self.breaker.failure(replica)
                 raise _Failed("stall", f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream") from None
-        except grpc.aio.AioRpcError as exc:
+        except (grpc.aio.AioRpcError, RelayError) as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise RouterError(code, "deadline exceeded") from None
@@ -370,5 +379,5 @@ class Balancer:
             raise _Failed(code.name.lower(), f"{replica.replica_id}: {code.name}: {exc.details()}") from None
         finally:
             replica.end()
-            if not call.done():
+            if call is not None and not call.done():
                 call.cancel()

@@ -1,9 +1,12 @@
-"""The router's view of the replicas: one gRPC channel and one load stream each.
+"""The router's view of the replicas: one gRPC channel, one load stream and one relay pool each.
 
 ``ReplicaSet`` applies endpoint-set updates from an :class:`EndpointSource`
 (the controller's watch, or a static list in tests and benchmarks): it opens a
 channel to each new replica, subscribes to its pushed load reports, and closes
 the channel of a replica that left (its in-flight streams finish first).
+Requests go over the replica's relay stream (cluster/router/relay.py) when
+``router.replica_transport`` is "relay" and the replica has one: at the
+endpoint's ``relay_address``, or at the port its ``Health`` names.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from cluster.proto import replica_pb2, replica_pb2_grpc
 from cluster.router.circuit import Circuit
 from cluster.router.policies.base import STALE_AFTER_S, ModelLoad
 from cluster.router.policies.published import PublishedPrefixes
-from cluster.tls import replica_channel_credentials
+from cluster.router.relay import RelayPool
+from cluster.tls import relay_server_name, replica_channel_credentials, replica_client_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,10 @@ class ReplicaHandle:
     circuit: Circuit = field(default_factory=Circuit)
     #: Where this replica's published prefix keys go (the ReplicaSet's, shared by its policies).
     published: PublishedPrefixes | None = field(default=None, repr=False)
+    #: The replica's relay stream (cluster/router/relay.py), once its Health named the port; None: the OpenAI RPC.
+    relay: RelayPool | None = field(default=None, repr=False)
+    #: Build the relay pool for a port the replica names (None: this router calls the OpenAI RPC only).
+    relay_factory: Callable[[str, int], RelayPool] | None = field(default=None, repr=False)
     _load_task: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -81,10 +89,28 @@ class ReplicaHandle:
         self.in_flight -= 1
         self.group.in_flight -= 1
 
+    async def _find_relay(self) -> None:
+        """Ask the replica for its relay port (Health) once per load-stream connection."""
+        if self.relay_factory is None:
+            return
+        health = await self.stub.Health(replica_pb2.HealthRequest(), timeout=10)
+        port = health.relay_port
+        if not port:
+            self._drop_relay()
+        elif self.relay is None or self.relay.port != port:
+            self._drop_relay()
+            self.relay = self.relay_factory(self.address.rsplit(":", 1)[0].strip("[]"), port)
+
+    def _drop_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+
     async def _follow_load(self) -> None:
         """Keep ``load`` current from the replica's pushed reports; reconnect on errors."""
         while not self.removed:
             try:
+                await self._find_relay()
                 call = self.stub.StreamLoad(replica_pb2.LoadStreamRequest(interval_ms=LOAD_INTERVAL_MS))
                 async for report in call:
                     self.load = report
@@ -107,14 +133,19 @@ class ReplicaHandle:
         deadline = time.monotonic() + 600
         while self.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - a count, not an event
             await asyncio.sleep(0.1)
+        self._drop_relay()
         await self.channel.close()
 
 
 class ReplicaSet:
-    def __init__(self, source: EndpointSource, tls: InternalTLSConfig | None = None) -> None:
+    def __init__(self, source: EndpointSource, tls: InternalTLSConfig | None = None, transport: str = "relay") -> None:
         self._source = source
         # Mutual TLS to the replicas (``internal_tls``); read once, shared by every channel.
         self._creds, self._tls_options = replica_channel_credentials(tls)
+        self._tls = tls
+        self._relay_ssl = replica_client_ssl_context(tls) if transport == "relay" else None
+        #: ``router.replica_transport``: "relay" (a replica's relay stream when it has one) or "grpc".
+        self.transport = transport
         self.by_model: dict[str, list[ReplicaHandle]] = {}
         self.by_id: dict[str, ReplicaHandle] = {}
         self.version = -1
@@ -149,6 +180,7 @@ class ReplicaSet:
             h.removed = True
             if h._load_task:
                 h._load_task.cancel()
+            h._drop_relay()
             await h.channel.close()
         for t in self._bg:
             t.cancel()
@@ -205,7 +237,7 @@ class ReplicaSet:
                 seen.add(rid)
                 h = self.by_id.get(rid)
                 if h is None or h.address != ep["address"]:
-                    h = self._connect(rid, model, ep["address"])
+                    h = self._connect(rid, model, ep["address"], ep.get("relay_address"))
                     h.max_model_len = int(ep.get("max_model_len") or 0)
                     h.root = ep.get("root") or ""
                     h.parent = ep.get("parent") or ""
@@ -234,7 +266,7 @@ class ReplicaSet:
             cb()
         log.info("endpoint set updated", extra={"version": version, "replicas": {m: len(v) for m, v in by_model.items()}})
 
-    def _connect(self, rid: str, model: str, address: str) -> ReplicaHandle:
+    def _connect(self, rid: str, model: str, address: str, relay_address: str | None = None) -> ReplicaHandle:
         options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 10_000),
@@ -248,8 +280,17 @@ class ReplicaSet:
         else:
             channel = grpc.aio.insecure_channel(address, options=options)
         h = ReplicaHandle(rid, model, address, channel, replica_pb2_grpc.ReplicaStub(channel), published=self.published)
+        if self.transport == "relay":
+            if relay_address:  # where the endpoint set says (the controller's, or a test's proxy)
+                host, port = relay_address.rsplit(":", 1)
+                h.relay = self._relay_pool(host.strip("[]"), int(port))
+            else:  # where the replica's Health says (e.g. `llm-cluster router --replica ADDR`)
+                h.relay_factory = self._relay_pool
         h._load_task = asyncio.get_running_loop().create_task(h._follow_load())
         return h
+
+    def _relay_pool(self, host: str, port: int) -> RelayPool:
+        return RelayPool(host, port, self._relay_ssl, relay_server_name(self._tls, host))
 
 
 def static_source(endpoints: Endpoints) -> EndpointSource:

@@ -2,7 +2,8 @@
 
     python -m loadtests.bench.null_backend [--grpc-port 0] [--http-port 0]
 
-Prints ``null backend grpc 127.0.0.1:P http http://127.0.0.1:Q`` once serving.
+Prints ``null backend grpc 127.0.0.1:P http http://127.0.0.1:Q`` once serving; it
+serves the relay stream too (its port in ``Health``, as a replica's).
 Every request streams ``max_tokens`` one-token chunks, pre-encoded, back to
 back or ``--token-interval-ms`` apart (an engine step: then every token is
 its own network write, as with a real engine), then the finish chunk with
@@ -17,11 +18,13 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import web
 
 from cluster.proto import inference_pb2, replica_pb2, replica_pb2_grpc
+from cluster.replica.relay import RelayServer
 
 MODEL = "smollm2-135m-instruct"
 
@@ -31,8 +34,15 @@ class NullReplica(replica_pb2_grpc.ReplicaServicer):
 
     def __init__(self, interval_s: float = 0.0) -> None:
         self.interval_s = interval_s
+        self.replica_id = "null"
+        self.relay_port = 0
 
     async def OpenAI(self, request, context):  # type: ignore[override]
+        async for chunk in self.chunks(request):
+            yield chunk
+
+    async def chunks(self, request: replica_pb2.OpenAIRequest) -> AsyncIterator[replica_pb2.OpenAIChunk]:
+        """The answer, for the OpenAI RPC and the relay stream alike."""
         body = json.loads(request.body or b"{}")
         kind = "chat" if request.endpoint == replica_pb2.CHAT else "completions"
         n = _max_tokens(body)
@@ -54,7 +64,7 @@ class NullReplica(replica_pb2_grpc.ReplicaServicer):
             await asyncio.sleep(max(request.interval_ms, 100) / 1000)
 
     async def Health(self, request, context):  # type: ignore[override]
-        return replica_pb2.HealthResponse(ready=True, replica_id="null", model=MODEL)
+        return replica_pb2.HealthResponse(ready=True, replica_id="null", model=MODEL, relay_port=self.relay_port)
 
     async def Abort(self, request, context):  # type: ignore[override]
         return replica_pb2.AbortResponse(found=False)
@@ -131,9 +141,11 @@ def http_app(interval_s: float = 0.0) -> web.Application:
 
 async def serve(grpc_port: int, http_port: int, interval_s: float = 0.0) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    replica_pb2_grpc.add_ReplicaServicer_to_server(NullReplica(interval_s), server)
+    replica = NullReplica(interval_s)
+    replica_pb2_grpc.add_ReplicaServicer_to_server(replica, server)
     gport = server.add_insecure_port(f"127.0.0.1:{grpc_port}")
     await server.start()
+    await RelayServer(replica).start("127.0.0.1", 0)  # its port goes to routers in Health
     runner = web.AppRunner(http_app(interval_s), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", http_port)

@@ -7,7 +7,8 @@ each speaking ``replica.proto`` (our router's gRPC hop) and OpenAI SSE (the
 gateways' HTTP hop), streaming one-token chunks at next to no cost, so what is
 measured is the router.  Systems: ``direct`` (the client spreads requests
 round robin over the backends' own HTTP: the baseline), ``ours`` (`llm-cluster
-router`, HTTP front, round robin), ``vllm-router`` and ``smg`` (PyPI, ``pip
+router`, HTTP front, round robin, tokens over the replicas' relay stream),
+``ours-grpc`` (the same over the OpenAI RPC, ``router.replica_transport: grpc``), ``vllm-router`` and ``smg`` (PyPI, ``pip
 install -e '.[bench]'``; HTTP to HTTP, round robin; skipped with a note when
 missing).  The backends pause ``--token-interval-ms`` (1) between tokens, as
 an engine's steps do, so each token is its own network write for every
@@ -48,7 +49,7 @@ import aiohttp
 from loadtests.procs import Procs, free_port, running, start_router, wait_port
 
 MODEL = "smollm2-135m-instruct"
-SYSTEMS = ("direct", "ours", "vllm-router", "smg")
+SYSTEMS = ("direct", "ours", "ours-grpc", "vllm-router", "smg")
 LENGTHS = (16, 256)
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -219,8 +220,9 @@ async def main_async(args: argparse.Namespace) -> dict:
         grpc_addrs, http_urls = [g for g, _ in backends], [h for _, h in backends]
         fronts: dict[str, tuple[list[str], int | None]] = {"direct": (http_urls, None)}
         for s in systems:
-            if s == "ours":
-                _, http_port = start_router(procs, grpc_addrs, policy="round_robin", overrides=args.ours_set)
+            if s in ("ours", "ours-grpc"):
+                overrides = [*args.ours_set, *(["router.replica_transport=grpc"] if s == "ours-grpc" else [])]
+                _, http_port = start_router(procs, grpc_addrs, policy="round_robin", overrides=overrides)
                 fronts[s] = ([f"http://127.0.0.1:{http_port}"], procs.procs[-1].pid)
             elif s in ("vllm-router", "smg"):
                 if find_binary(s) is None:

@@ -14,8 +14,17 @@ from cluster.router.replicas import static_source
 SIM = {"time_scale": 0.2}  # ~7 ms per decode step: a 40-token stream lasts ~0.3 s
 
 
-def make_router(addresses: list[str], policy: str = "round_robin", timeout_s: float = 600.0, **config: float) -> Router:
+def make_router(
+    addresses: list[str],
+    policy: str = "round_robin",
+    timeout_s: float = 600.0,
+    relay: dict[int, str] | None = None,
+    **config: float | str,
+) -> Router:
+    """A router over ``addresses`` (gRPC); ``relay``: replica i's relay stream at another address (a proxy)."""
     eps = [{"replica_id": f"r{i}", "address": a, "max_model_len": "2048"} for i, a in enumerate(addresses)]
+    for i, address in (relay or {}).items():
+        eps[i]["relay_address"] = address
     cfg = RouterConfig(
         host="127.0.0.1", grpc_port=0, http_port=0, policy=policy, no_replica_wait_s=0.5, request_timeout_s=timeout_s, **config
     )
@@ -43,6 +52,7 @@ class LocalReplicas:
         self.engines: list[SimEngine] = []
         self.servicers: list[ReplicaServicer] = []
         self.servers: list = []
+        self.relay_addresses: list[str] = []
 
     async def add(self, **sim: float) -> str:
         i = len(self.engines)
@@ -52,6 +62,7 @@ class LocalReplicas:
         self.engines.append(eng)
         self.servicers.append(svc)
         self.servers.append(srv)
+        self.relay_addresses.append(f"127.0.0.1:{srv.relay_port}")
         return f"127.0.0.1:{port}"
 
     def busy(self) -> int:

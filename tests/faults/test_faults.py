@@ -82,14 +82,16 @@ async def test_a_frozen_replica_process_is_detected_mid_stream_and_its_streams_m
     assert max(o.elapsed_s for o in outcomes) < 10
 
 
-async def test_a_dropped_connection_mid_stream_is_migrated_and_frees_the_replica_slot():
+@pytest.mark.parametrize("transport", ["relay", "grpc"])
+async def test_a_dropped_connection_mid_stream_is_migrated_and_frees_the_replica_slot(transport):
     local = LocalReplicas()
     proxy: CuttableProxy | None = None
+    relay_proxy: CuttableProxy | None = None
     try:
         first = await local.add()
-        proxy = CuttableProxy(first)
+        proxy, relay_proxy = CuttableProxy(first), CuttableProxy(local.relay_addresses[0])
         addresses = [await proxy.start(), await local.add(), await local.add()]
-        router = make_router(addresses)
+        router = make_router(addresses, relay={0: await relay_proxy.start()}, replica_transport=transport)
         await router.start()
         outcomes: list = []
         load = asyncio.create_task(run_load(router.grpc_port, router.http_port, concurrency=12, requests=150, progress=outcomes))
@@ -98,6 +100,7 @@ async def test_a_dropped_connection_mid_stream_is_migrated_and_frees_the_replica
             if load.done():
                 break
             proxy.cut()
+            relay_proxy.cut()
             await asyncio.sleep(0.3)
         await load
         tally = await judge(outcomes, router.balancer.migrations)
@@ -107,8 +110,9 @@ async def test_a_dropped_connection_mid_stream_is_migrated_and_frees_the_replica
         assert all(not s.in_flight for s in local.servicers)
         await router.stop(0.5)
     finally:
-        if proxy is not None:
-            await proxy.stop()
+        for p in (proxy, relay_proxy):
+            if p is not None:
+                await p.stop()
         await local.stop()
     assert tally.lost == 0, tally.lost_examples
     assert tally.refused == tally.failed == 0, tally.errors[:5]

@@ -58,6 +58,10 @@ async def test_load_spreads_across_the_controllers_replicas(cluster):
     await asyncio.gather(*(oai(router).completions.create(model="sim", prompt=f"q{i}", max_tokens=3) for i in range(20)))
     delta = [h.routed - before.get(rid, 0) for rid, h in router.replicas.by_id.items()]
     assert sorted(delta) == [10, 10]
+    # Tokens came over each replica's relay stream, at the address the controller published.
+    _, eps, _ = await controller.watch.remote(0, 1.0)
+    relays = {ep["replica_id"]: ep["relay_address"] for ep in eps["sim"]}
+    assert {rid: f"{h.relay.host}:{h.relay.port}" for rid, h in router.replicas.by_id.items() if h.relay} == relays
     status = await controller.status.remote()
     assert status["models"]["sim"] == {"engine": "sim", "desired": 2, "ready": 2, "max_model_len": 2048}
     assert {r["state"] for r in status["replicas"]} == {"READY"}

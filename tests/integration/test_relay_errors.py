@@ -19,6 +19,7 @@ import pytest
 
 from cluster.client import build_request
 from cluster.proto import inference_pb2_grpc, replica_pb2
+from cluster.replica.errors import CallAborted
 from cluster.replica.server import ReplicaServicer
 
 pytestmark = pytest.mark.asyncio
@@ -56,12 +57,12 @@ async def test_a_request_the_engine_refuses_is_answered_once_and_never_strikes_t
 class ToolCallThenDie(ReplicaServicer):
     """Streams the start of a tool call (marked not resumable, as vLLM's replica marks it), then fails."""
 
-    async def OpenAI(self, request, context):  # type: ignore[override]
+    async def chunks(self, request):  # type: ignore[override]
         call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"ci'}}
         event = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
         data = b"data: " + json.dumps(event).encode() + b"\n\n"
         yield replica_pb2.OpenAIChunk(data=data, status=200, token_ids=[1, 2], text="", resumable=False, tool_call=True)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "replica process died")
+        raise CallAborted(grpc.StatusCode.UNAVAILABLE, "replica process died")
 
 
 async def test_a_stream_that_dies_mid_tool_call_ends_with_an_error_event_not_a_truncated_call(sim_fleet):

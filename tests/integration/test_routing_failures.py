@@ -1,8 +1,8 @@
-"""Failure handling in the balancer, over real gRPC on loopback with injected faults.
+"""Failure handling in the balancer, over real sockets on loopback with injected faults.
 
 A failing replica (every OpenAI call answers UNAVAILABLE), a hung one (its OpenAI call
 never sends a token), and the circuit breaker that ejects a replica and probes
-it back.
+it back; each over both ways a router reaches replicas (``router.replica_transport``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import grpc
 import openai
 import pytest
 
+from cluster.replica.errors import CallAborted
 from cluster.replica.server import ReplicaServicer
 
 pytestmark = pytest.mark.asyncio
@@ -24,17 +25,17 @@ class FailingServicer(ReplicaServicer):
 
     broken = True
 
-    async def OpenAI(self, request, context):  # type: ignore[override]
+    async def chunks(self, request):  # type: ignore[override]
         if type(self).broken:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "injected failure")
-        async for chunk in super().OpenAI(request, context):
+            raise CallAborted(grpc.StatusCode.UNAVAILABLE, "injected failure")
+        async for chunk in super().chunks(request):
             yield chunk
 
 
 class HungServicer(ReplicaServicer):
     """Accepts requests and never answers (a wedged engine)."""
 
-    async def OpenAI(self, request, context):  # type: ignore[override]
+    async def chunks(self, request):  # type: ignore[override]
         await asyncio.Event().wait()
         yield  # pragma: no cover
 
@@ -55,9 +56,14 @@ def _retries(router, reason: str) -> float:
     return router.metrics.value("retries_total", {"model": "sim", "reason": reason})
 
 
-async def test_a_replica_that_fails_before_the_first_token_is_retried_on_another(sim_fleet):
+TRANSPORTS = pytest.mark.parametrize("transport", ["relay", "grpc"])
+
+
+@TRANSPORTS
+async def test_a_replica_that_fails_before_the_first_token_is_retried_on_another(sim_fleet, transport):
     FailingServicer.broken = True
-    router = await sim_fleet.start(2, policy="round_robin", servicers={0: FailingServicer}, router={"circuit_breaker": {"failures": 100}})
+    config = {"circuit_breaker": {"failures": 100}, "replica_transport": transport}
+    router = await sim_fleet.start(2, policy="round_robin", servicers={0: FailingServicer}, router=config)
     client = oai(router)
     results = await asyncio.gather(*(client.completions.create(model="sim", prompt=f"p{i}", max_tokens=3) for i in range(10)))
     assert all(r.usage.completion_tokens == 3 for r in results)
@@ -66,10 +72,12 @@ async def test_a_replica_that_fails_before_the_first_token_is_retried_on_another
     await stop_and_assert_no_task_leaked(sim_fleet)
 
 
-async def test_the_circuit_breaker_ejects_a_failing_replica_and_probes_it_back(sim_fleet):
+@TRANSPORTS
+async def test_the_circuit_breaker_ejects_a_failing_replica_and_probes_it_back(sim_fleet, transport):
     FailingServicer.broken = True
+    breaker = {"failures": 2, "eject_s": 1.0}
     router = await sim_fleet.start(
-        2, policy="round_robin", servicers={0: FailingServicer}, router={"circuit_breaker": {"failures": 2, "eject_s": 1.0}}
+        2, policy="round_robin", servicers={0: FailingServicer}, router={"circuit_breaker": breaker, "replica_transport": transport}
     )
     client = oai(router)
     bad = router.replicas.by_id["r0"]
@@ -93,8 +101,10 @@ async def test_the_circuit_breaker_ejects_a_failing_replica_and_probes_it_back(s
 
 
 @pytest.mark.slow
-async def test_a_hung_replica_does_not_delay_requests_to_healthy_ones(sim_fleet):
-    router = await sim_fleet.start(2, policy="round_robin", servicers={0: HungServicer}, router={"first_token_timeout_s": 1.0})
+@TRANSPORTS
+async def test_a_hung_replica_does_not_delay_requests_to_healthy_ones(sim_fleet, transport):
+    config = {"first_token_timeout_s": 1.0, "replica_transport": transport}
+    router = await sim_fleet.start(2, policy="round_robin", servicers={0: HungServicer}, router=config)
     client = oai(router)
 
     async def one(i: int) -> float:

@@ -1,0 +1,237 @@
+"""The router's side of a replica's relay stream (cluster/common/relay_wire.py): a pool of connections.
+
+A :class:`RelayCall` reads like a ``grpc.aio`` server-streaming call, so the
+balancer relays either: ``await read()`` gives the next ``OpenAIChunk`` or
+``grpc.aio.EOF``, a failure raises :class:`RelayError` with the gRPC
+``code()`` and ``details()`` it stands for, ``cancel()`` abandons the call.
+
+Cost per chunk: the event loop's read of the socket (often several frames per
+read), a header unpack and slice per frame, one protobuf parse when the relay
+asks for the chunk, and a future's wake-up when the relay was waiting; no
+thread, no HTTP/2 framing, no per-chunk timer.  Per call: a connection from
+the pool (one connect, and one TLS handshake with ``internal_tls``, per pooled
+connection, not per call) and one write of the request.
+
+Failure modes: a replica that dies or resets the connection fails the call
+with UNAVAILABLE (the balancer retries or migrates it); a cancelled call
+closes its connection (the replica aborts the request), so a connection is
+only reused after its call ended cleanly (``END`` or ``ERROR``).  A client
+slower than the engine makes the chunks pile up here until
+:data:`PAUSE_AFTER`, then the socket is paused and TCP's flow control holds
+the replica back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+
+import grpc
+
+from cluster.common.relay_wire import CHUNK, END, ERROR, MAGIC, REQUEST, FrameReader, ProtocolError, frame, parse_error
+from cluster.proto import replica_pb2
+
+EOF = grpc.aio.EOF
+#: Chunks held for a call that its relay has not read yet, before the socket is paused.
+PAUSE_AFTER = 64
+#: Idle connections kept per replica (more are closed when their call ends).
+MAX_IDLE = 256
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+_parse_chunk = replica_pb2.OpenAIChunk.FromString
+
+
+class RelayError(Exception):
+    """A relay call failed; ``code()`` and ``details()`` as ``grpc.aio.AioRpcError`` has them."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class RelayCall:
+    __slots__ = ("_conn", "_done", "_error", "_paused", "_pending", "_waiter")
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: RelayError | None = None
+        self._paused = False
+
+    async def read(self) -> replica_pb2.OpenAIChunk | object:
+        while True:
+            pending = self._pending
+            if pending:
+                if self._paused and len(pending) < PAUSE_AFTER // 2:
+                    self._paused = False
+                    self._conn.resume()
+                return _parse_chunk(pending.popleft())
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return EOF
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> None:
+        """Abandon the call: its connection closes, so the replica aborts the request."""
+        if not self._done:
+            self._finish(RelayError(grpc.StatusCode.CANCELLED, "cancelled by the router"))
+            self._conn.close()
+
+    # ---- called by the connection ----
+    def _chunk(self, payload: bytes) -> None:
+        self._pending.append(payload)
+        if len(self._pending) >= PAUSE_AFTER and not self._paused:
+            self._paused = True
+            self._conn.pause()
+        self._wake()
+
+    def _finish(self, error: RelayError | None) -> None:
+        if not self._done:
+            self._done = True
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: RelayPool) -> None:
+        self.pool = pool
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.call: RelayCall | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except ProtocolError as exc:
+            return self._broken(str(exc))
+        for kind, payload in frames:
+            call = self.call
+            if call is None:
+                return self._broken("a frame with no call in flight")
+            if kind == CHUNK:
+                call._chunk(payload)
+            elif kind == END:
+                self.call = None
+                call._finish(None)
+                self.pool.release(self)
+            elif kind == ERROR:
+                code, details = parse_error(payload)
+                self.call = None
+                call._finish(RelayError(_CODES.get(code, grpc.StatusCode.UNKNOWN), details))
+                self.pool.release(self)
+            else:
+                return self._broken(f"unexpected frame kind {kind}")
+
+    def _broken(self, why: str) -> None:
+        if self.call is not None:
+            self.call._finish(RelayError(grpc.StatusCode.INTERNAL, f"relay protocol error from {self.pool.address}: {why}"))
+            self.call = None
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.call is not None:
+            why = f"connection to replica {self.pool.address} lost" + (f": {exc}" if exc else "")
+            self.call._finish(RelayError(grpc.StatusCode.UNAVAILABLE, why))
+            self.call = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+
+class RelayPool:
+    """Connections to one replica's relay port; each carries one call at a time."""
+
+    def __init__(self, host: str, port: int, ssl: object | None = None, server_hostname: str | None = None) -> None:
+        self.host, self.port = host, port
+        self.address = f"{host}:{port}"
+        self._ssl = ssl
+        self._server_hostname = server_hostname
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    async def call(self, request: replica_pb2.OpenAIRequest) -> RelayCall:
+        """Start ``request`` on a pooled (or new) connection; raises :class:`RelayError` when none can be had."""
+        payload = frame(REQUEST, request.SerializeToString())
+        conn = None
+        while self._idle:
+            c = self._idle.pop()
+            if not c.closed:
+                conn = c
+                break
+        if conn is None:
+            conn = await self._connect()
+            payload = MAGIC + payload
+        call = conn.call = RelayCall(conn)
+        assert conn.transport is not None
+        conn.transport.write(payload)
+        return call
+
+    async def _connect(self) -> _Connection:
+        if self._closed:
+            raise RelayError(grpc.StatusCode.UNAVAILABLE, f"replica {self.address} left the endpoint set")
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, object] = {}
+        if self._ssl is not None:
+            kwargs = {"ssl": self._ssl, "server_hostname": self._server_hostname}
+        try:
+            _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port, **kwargs)  # type: ignore[arg-type]
+        except OSError as exc:  # refused, unreachable, TLS refused (ssl.SSLError is an OSError)
+            raise RelayError(grpc.StatusCode.UNAVAILABLE, f"cannot connect to replica {self.address}: {exc}") from None
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.resume()  # its last call may have paused it
+        if self._closed or len(self._idle) >= MAX_IDLE:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        """Close the idle connections; calls in flight finish on theirs (closed when they end)."""
+        self._closed = True
+        for c in self._idle:
+            c.close()
+        self._idle.clear()
