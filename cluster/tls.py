@@ -83,13 +83,9 @@ def replica_channel_credentials(cfg: InternalTLSConfig | None) -> tuple[grpc.Cha
 
 def replica_server_ssl_context(cfg: InternalTLSConfig | None) -> ssl.SSLContext | None:
     """The relay stream's server side of mutual TLS (cluster/replica/relay.py; None: plaintext)."""
-    if cfg is None or not cfg.enabled:
-        return None
-    _check_internal(cfg)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cfg.ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)  # type: ignore[arg-type]
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx = _internal_context(cfg, ssl.Purpose.CLIENT_AUTH)
+    if ctx is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
@@ -99,10 +95,15 @@ def replica_client_ssl_context(cfg: InternalTLSConfig | None) -> ssl.SSLContext 
     The replica's certificate is checked against ``server_name`` when set, else against the address dialled,
     as the gRPC channel does (:func:`relay_server_name`).
     """
+    return _internal_context(cfg, ssl.Purpose.SERVER_AUTH)
+
+
+def _internal_context(cfg: InternalTLSConfig | None, purpose: ssl.Purpose) -> ssl.SSLContext | None:
     if cfg is None or not cfg.enabled:
         return None
-    _check_internal(cfg)
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ca_file)
+    for field in ("ca_file", "cert_file", "key_file"):
+        _read(f"internal_tls.{field}", getattr(cfg, field))
+    ctx = ssl.create_default_context(purpose, cafile=cfg.ca_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cfg.cert_file, cfg.key_file)  # type: ignore[arg-type]
     return ctx
@@ -112,8 +113,3 @@ def relay_server_name(cfg: InternalTLSConfig | None, host: str) -> str | None:
     if cfg is None or not cfg.enabled:
         return None
     return cfg.server_name or host
-
-
-def _check_internal(cfg: InternalTLSConfig) -> None:
-    for field in ("ca_file", "cert_file", "key_file"):
-        _read(f"internal_tls.{field}", getattr(cfg, field))

@@ -35,11 +35,12 @@ async def run_standalone(
     servicer = ReplicaServicer(engine, f"{model.name}-standalone", model.name)
     server, bound = await start_server(servicer, host=host, port=port, tls=tls)
     runner = None
+    relay = f" relay {host}:{server.relay_port}"  # routers find it in Health; printed for people
     if http_port is not None:
         runner, http_bound = await start_replica_http(servicer, host, http_port)
-        print(f"replica serving {model.name} on {host}:{bound} http http://{host}:{http_bound}", flush=True)
+        print(f"replica serving {model.name} on {host}:{bound}{relay} http http://{host}:{http_bound}", flush=True)
     else:
-        print(f"replica serving {model.name} on {host}:{bound}", flush=True)
+        print(f"replica serving {model.name} on {host}:{bound}{relay}", flush=True)
     if metrics_port is not None:
         metrics = ReplicaMetrics(model.name, servicer.replica_id)
         metrics.watch_load(engine.load)
