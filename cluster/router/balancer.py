@@ -40,6 +40,9 @@ the last characters that could begin a stop string, so the failed replica
 may have produced more text than the client got, and the resuming engine
 sends that difference first.
 
+One attempt's relay (the first-token wait, yielding or pumping the chunks, the
+stall watch) is cluster/router/attempt.py; the decisions are here.
+
 A stream that gets no token for ``stall_timeout_s`` after its first one (hung
 engine, frozen process, a partition that drops packets without a reset) is
 treated like a failed replica and migrated; one watchdog per stream
@@ -61,36 +64,20 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 
 from cluster.config import PolicyOptions
 from cluster.proto import replica_pb2
+from cluster.router.attempt import Attempts, Failed, RelayState
 from cluster.router.circuit import CircuitBreaker
+from cluster.router.errors import RouterError as RouterError
 from cluster.router.metrics import RouterMetrics
 from cluster.router.policies import RouteRequest, RoutingPolicy, make_policy
-from cluster.router.relay import RelayError
 from cluster.router.replicas import ReplicaHandle, ReplicaSet
-from cluster.router.stall import StallWatch
 from cluster.router.validation import RelayRequest
 
 log = logging.getLogger(__name__)
-
-_EOF = grpc.aio.EOF
-monotonic = time.monotonic
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
-
-
-class RouterError(Exception):
-    """An error with a gRPC status code; the HTTP front end maps it to a status."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
 
 _ENDPOINTS = {
     "chat": replica_pb2.CHAT,
@@ -99,29 +86,6 @@ _ENDPOINTS = {
     "detokenize": replica_pb2.DETOKENIZE,
     "embeddings": replica_pb2.EMBEDDINGS,
 }
-
-
-class _Failed(Exception):
-    """One attempt's replica failed (not the client's fault): retry, migrate or give up."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-@dataclass(slots=True)
-class _Relay:
-    """What one request has relayed so far, over every replica it tried."""
-
-    sent_ids: list[int] = field(default_factory=list)
-    sent_text: list[str] = field(default_factory=list)
-    #: Bytes reached the client (from then on a failure is migrated or fatal, never retried).
-    sent: bool = False
-    resumable: bool = True
-    stream: bool = False
-    arrived: float = field(default_factory=time.monotonic)
-    last: float | None = None
 
 
 class Balancer:
@@ -149,6 +113,8 @@ class Balancer:
         self.breaker = breaker or CircuitBreaker(metrics=metrics)
         self.max_migrations = max_migrations
         self.stall_timeout_s = stall_timeout_s
+        #: One attempt's relay (cluster/router/attempt.py), with this balancer's limits, breaker and metrics.
+        self.attempts = Attempts(self.breaker, metrics, first_token_timeout_s, stall_timeout_s)
         self.policy_options = policy_options
         #: Policies chosen per request (x-routing-policy), built on first use, each with its own state.
         self.policies: dict[str, RoutingPolicy] = {policy.name: self._attach(policy)}
@@ -222,7 +188,7 @@ class Balancer:
         )
         policy = self.policy_for(req.routing_policy)
         tried: list[ReplicaHandle] = []
-        relay = _Relay(stream=req.stream)
+        relay = RelayState(req)
         retries = migrations = 0
         self.in_flight += 1
         in_flight = self.metrics.in_flight.labels(req.model)
@@ -242,10 +208,10 @@ class Balancer:
                     rreq.resume.text = "".join(relay.sent_text)
                 try:
                     # Latency metrics by the name the client asked for: an adapter's apart from its base model's.
-                    async for chunk in self._attempt(replica, rreq, left, relay, req.adapter or req.model):
+                    async for chunk in self.attempts.run(replica, rreq, left, relay, req.adapter or req.model):
                         yield chunk
                     return
-                except _Failed as failed:
+                except Failed as failed:
                     failure, reason = failed.message, failed.reason
                 if relay.sent:
                     migrations += 1
@@ -272,7 +238,7 @@ class Balancer:
             in_flight.dec()
 
     async def _choose(
-        self, req: RelayRequest, route: RouteRequest, policy: RoutingPolicy, tried: list[ReplicaHandle], relay: _Relay
+        self, req: RelayRequest, route: RouteRequest, policy: RoutingPolicy, tried: list[ReplicaHandle], relay: RelayState
     ) -> ReplicaHandle:
         found = await self._wait_for_first_replica(req.model) if not tried else self.replicas.by_model.get(req.model) or []
         candidates = self._candidates(req.model, found, tried)
@@ -285,7 +251,7 @@ class Balancer:
         tried.append(replica)
         return replica
 
-    def _may_migrate(self, req: RelayRequest, relay: _Relay, migrations: int, failure: str) -> None:
+    def _may_migrate(self, req: RelayRequest, relay: RelayState, migrations: int, failure: str) -> None:
         """Raise the error that ends the stream when it cannot be resumed elsewhere."""
         if not relay.resumable or not req.stream or not relay.sent_ids:  # no token ids: nothing exact to resume from
             why = "this stream cannot be resumed exactly on another replica (a tool call or parser at work, n > 1, structured output...)"
@@ -293,91 +259,3 @@ class Balancer:
         if migrations > self.max_migrations:
             why = f"replica failed mid-stream after {self.max_migrations} migrations; last: {failure}"
             raise RouterError(grpc.StatusCode.UNAVAILABLE, why)
-
-    def _observe(self, relay: _Relay, model: str, itl: Any) -> None:
-        """Client-side latencies on the router's clock: TTFT at the first chunk, then the gaps of a stream."""
-        now = time.monotonic()
-        if relay.last is None:
-            self.metrics.ttft.labels(model).observe(now - relay.arrived)
-        elif relay.stream:
-            itl.observe(now - relay.last)
-        relay.last = now
-
-    async def _attempt(
-        self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None, relay: _Relay, model: str
-    ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
-        """Relay one replica's stream; raises :class:`_Failed` when the replica (not the request) failed."""
-        replica.begin()
-        loop = asyncio.get_running_loop()
-        ends_at = None if left is None else loop.time() + left
-        pool = replica.relay
-        call: Any = None
-        itl = self.metrics.itl.labels(model)  # once per attempt, not per chunk
-        try:
-            # call.read() per message, not an async iterator (one generator hop
-            # less per token).  A replica that sends nothing (hung engine, stuck
-            # queue, a connect that hangs) is given up on after first_token_timeout_s;
-            # other requests never wait on it, since each relays on its own task.
-            first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
-            try:
-                async with asyncio.timeout(first_wait):  # not wait_for: on 3.11 that is one more task per request
-                    # The replica's relay stream when it has one (cluster/router/relay.py), else the OpenAI RPC.
-                    call = await pool.call(rreq) if pool is not None else replica.stub.OpenAI(rreq, timeout=left)
-                    chunk = await call.read()
-            except TimeoutError:
-                if left is not None and first_wait >= left:
-                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-                self.breaker.failure(replica)
-                why = f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s"
-                raise _Failed("first_token_timeout", why) from None
-            if chunk is _EOF:
-                return
-            if chunk.status < 500:
-                self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
-            try:
-                # One watchdog per stream (cluster/router/stall.py), counting only the
-                # time spent waiting on the replica, never while the caller holds a chunk;
-                # the block itself ends at the request's deadline.
-                async with asyncio.timeout_at(ends_at) as tm:
-                    watch = StallWatch(tm, self.stall_timeout_s)
-                    try:
-                        read = call.read
-                        sent_ids, sent_text = relay.sent_ids, relay.sent_text
-                        while True:
-                            if chunk.status >= 500 and not relay.sent:
-                                self.breaker.failure(replica)
-                                why = f"{replica.replica_id}: {chunk.data.decode(errors='replace')[:300]}"
-                                raise _Failed(f"http_{chunk.status}", why)
-                            self._observe(relay, model, itl)
-                            if chunk.data or chunk.finish_reason:  # else a progress note of a non-streamed request
-                                sent_ids.extend(chunk.token_ids)
-                                sent_text.append(chunk.text)
-                                if not chunk.resumable:
-                                    relay.resumable = False
-                                relay.sent = True
-                                yield chunk
-                            watch.waiting()
-                            chunk = await read()
-                            if chunk is _EOF:
-                                self.metrics.e2e.labels(model).observe(monotonic() - relay.arrived)
-                                return
-                            watch.got()
-                    finally:
-                        watch.close()
-            except TimeoutError:
-                if ends_at is not None and loop.time() >= ends_at:
-                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-                self.breaker.failure(replica)
-                raise _Failed("stall", f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream") from None
-        except (grpc.aio.AioRpcError, RelayError) as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise RouterError(code, "deadline exceeded") from None
-            if code not in _RETRYABLE:
-                raise RouterError(grpc.StatusCode.UNAVAILABLE, f"replica failed: {code.name}: {exc.details()}") from None
-            self.breaker.failure(replica)
-            raise _Failed(code.name.lower(), f"{replica.replica_id}: {code.name}: {exc.details()}") from None
-        finally:
-            replica.end()
-            if call is not None and not call.done():
-                call.cancel()

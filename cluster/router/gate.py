@@ -140,20 +140,17 @@ class Gate:
         self.admitted += 1
         in_flight = self.metrics.tenant_in_flight.labels(tenant.name)
         in_flight.inc()
-        used: int | None = None
-        sent = 0
         try:
             left = timeout_s - (time.monotonic() - started)
             async with contextlib.aclosing(self.balancer.generate(req, max(left, 0.001))) as stream:
                 async for c in stream:
-                    sent += len(c.token_ids) or (1 if c.text else 0)
-                    if c.finish_reason and used is None:
-                        used = c.prompt_tokens + c.completion_tokens
                     yield c
         finally:
             in_flight.dec()
             queue.release()
-            self.limiter.release(grant, used if used is not None else est_prompt + sent)
+            # The balancer counted what it relayed (req.note), also what it wrote to the client itself.
+            used = req.tokens_used
+            self.limiter.release(grant, used if used is not None else est_prompt + req.tokens_sent)
 
     def held(self) -> dict[str, int]:
         """Requests each layer holds now (exported as ``llm_cluster_router_held_requests``); all zero when idle."""

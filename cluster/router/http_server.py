@@ -17,6 +17,7 @@ alike.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -256,12 +257,16 @@ class OpenAIServer:
             msg = f"The model `{req.model}` does not exist; see GET /v1/models"
             resp: web.StreamResponse = error_response(404, msg, "NotFoundError", "model")
         else:
-            resp = await self._write(request, self.gate.generate(tenant, req, self.config.request_timeout_s))
+            resp = await self._write(request, req, self.gate.generate(tenant, req, self.config.request_timeout_s))
         request_done(self.balancer, req.adapter or req.model, "http", str(resp.status))
         return resp
 
-    async def _write(self, request: web.Request, stream: AsyncIterator[replica_pb2.OpenAIChunk]) -> web.StreamResponse:
-        """Write the replica's bytes: one JSON body, or SSE events as they come."""
+    async def _write(self, request: web.Request, req: RelayRequest, stream: AsyncIterator[replica_pb2.OpenAIChunk]) -> web.StreamResponse:
+        """Write the replica's bytes: one JSON body, or SSE events as they come.
+
+        Once an SSE response's headers are out, the request gets a sink (:class:`SseSink`): the balancer may
+        then write the rest of the stream to the client's socket itself (cluster/router/attempt.py).
+        """
         resp: web.StreamResponse | None = None
         try:
             async with contextlib.aclosing(stream) as s:
@@ -277,6 +282,9 @@ class OpenAIServer:
                         # them (no replica, a refusal) still gets a proper status.
                         resp = web.StreamResponse(status=c.status or 200, headers=_SSE_HEADERS)
                         await resp.prepare(request)
+                        await resp.write(c.data)
+                        req.sink = SseSink.of(request, resp)
+                        continue
                     await resp.write(c.data)
         except RouterError as exc:
             if resp is None:
@@ -291,6 +299,44 @@ class OpenAIServer:
 
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+#: A client's socket buffer above this pauses its stream's replica; it resumes below the low mark.
+SINK_HIGH, SINK_LOW = 256 * 1024, 64 * 1024
+
+
+class SseSink:
+    """The client's socket, for a stream whose headers are out: bytes framed as aiohttp's own writer frames them.
+
+    HTTP/1.1 responses without a length are chunked (``Transfer-Encoding: chunked``, set by aiohttp at
+    ``prepare``), so each write is one chunk; ``write_eof`` then ends the body as usual.  Writing here skips
+    aiohttp's per-write bookkeeping (there is none this response needs: no compression, no length).
+    """
+
+    __slots__ = ("_chunked", "_transport")
+
+    def __init__(self, transport: Any, chunked: bool) -> None:
+        self._transport = transport
+        self._chunked = chunked
+
+    @classmethod
+    def of(cls, request: web.Request, resp: web.StreamResponse) -> SseSink | None:
+        transport = request.transport
+        if transport is None or resp.compression:
+            return None
+        return cls(transport, resp.headers.get("Transfer-Encoding", "").lower() == "chunked")
+
+    def write(self, data: bytes) -> bool:
+        """Write ``data``; False when the client's buffer is full (the caller pauses until :meth:`drained`)."""
+        t = self._transport
+        if t.is_closing():  # the client left: aiohttp cancels the request's task, nothing to write to
+            return True
+        t.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        return t.get_write_buffer_size() <= SINK_HIGH
+
+    async def drained(self) -> None:
+        """Until the client has read its buffer down (polled: only a client slower than the engine gets here)."""
+        t = self._transport
+        while not t.is_closing() and t.get_write_buffer_size() > SINK_LOW:  # noqa: ASYNC110 - a socket buffer, no event
+            await asyncio.sleep(0.005)
 
 
 async def start_http_server(server: OpenAIServer, host: str, port: int, reuse_port: bool = False) -> tuple[web.AppRunner, int]:

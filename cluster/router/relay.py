@@ -6,9 +6,12 @@ balancer relays either: ``await read()`` gives the next ``OpenAIChunk`` or
 ``code()`` and ``details()`` it stands for, ``cancel()`` abandons the call.
 
 Cost per chunk: the event loop's read of the socket (often several frames per
-read), a header unpack and slice per frame, one protobuf parse when the relay
-asks for the chunk, and a future's wake-up when the relay was waiting; no
-thread, no HTTP/2 framing, no per-chunk timer.  Per call: a connection from
+read), a header unpack and slice per frame, one protobuf parse, and a future's
+wake-up when the relay was waiting in ``read()``; no thread, no HTTP/2
+framing, no per-chunk timer.  ``pump(handler)`` saves the wake-up too: each
+chunk goes to ``handler`` inside the connection's callback (the balancer
+writes it straight to the client's socket), and the relaying task only wakes
+when the call ends, fails or the handler asks for a pause.  Per call: a connection from
 the pool (one connect, and one TLS handshake with ``internal_tls``, per pooled
 connection, not per call) and one write of the request.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+from collections.abc import Callable
 
 import grpc
 
@@ -57,8 +61,14 @@ class RelayError(Exception):
         return self._details
 
 
+#: What :meth:`RelayCall.pump` returns when its handler asked to stop for a while (the client's buffer is full).
+PAUSED = object()
+#: A chunk handler: called with each chunk as it arrives; False asks for a pause.
+ChunkHandler = Callable[[replica_pb2.OpenAIChunk], bool]
+
+
 class RelayCall:
-    __slots__ = ("_conn", "_done", "_error", "_paused", "_pending", "_waiter")
+    __slots__ = ("_conn", "_done", "_error", "_handler", "_handler_error", "_held", "_paused", "_pending", "_waiter")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -67,6 +77,11 @@ class RelayCall:
         self._done = False
         self._error: RelayError | None = None
         self._paused = False
+        #: While :meth:`pump` runs: the handler each arriving chunk goes to, in the connection's callback.
+        self._handler: ChunkHandler | None = None
+        self._handler_error: BaseException | None = None
+        #: The handler asked for a pause: the socket is paused until the next pump.
+        self._held = False
 
     async def read(self) -> replica_pb2.OpenAIChunk | object:
         while True:
@@ -86,6 +101,41 @@ class RelayCall:
             finally:
                 self._waiter = None
 
+    async def pump(self, handler: ChunkHandler) -> object:
+        """Give each chunk to ``handler`` as it arrives, inside the connection's own callback: no task wakes per
+        chunk.  Returns ``EOF`` when the call ended, :data:`PAUSED` when ``handler`` returned False (the socket
+        stays paused until the next ``pump``); raises :class:`RelayError` when the call failed, or what
+        ``handler`` raised."""
+        pending = self._pending
+        while pending:
+            if not handler(_parse_chunk(pending.popleft())):
+                self._hold()
+                return PAUSED
+        if self._held or self._paused:
+            self._held = self._paused = False
+            self._conn.resume()
+        if not self._done:
+            self._handler = handler
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._handler = self._waiter = None
+            if self._handler_error is not None:
+                raise self._handler_error
+            if self._held:
+                return PAUSED
+        if pending:  # arrived with the end, after a pause
+            return await self.pump(handler)
+        if self._error is not None:
+            raise self._error
+        return EOF
+
+    def _hold(self) -> None:
+        if not self._held:
+            self._held = True
+            self._conn.pause()
+
     def done(self) -> bool:
         return self._done
 
@@ -97,6 +147,17 @@ class RelayCall:
 
     # ---- called by the connection ----
     def _chunk(self, payload: bytes) -> None:
+        handler = self._handler
+        if handler is not None:
+            try:
+                if handler(_parse_chunk(payload)):
+                    return
+                self._hold()
+            except Exception as exc:  # the handler's (e.g. the client's socket); ends the pump, not the connection
+                self._handler_error = exc
+            self._handler = None
+            self._wake()
+            return
         self._pending.append(payload)
         if len(self._pending) >= PAUSE_AFTER and not self._paused:
             self._paused = True

@@ -56,9 +56,22 @@ class RelayRequest:
     format: int = 0
     #: The LoRA adapter named in the body's ``model`` (``model`` is then its base model); None: a model itself.
     adapter: str | None = None
+    #: Tokens relayed to the client so far, and the whole request's usage once its finish chunk passed (the
+    #: tenant's token charge); kept by the balancer for every chunk it relays.
+    tokens_sent: int = 0
+    tokens_used: int | None = None
+    #: Where the HTTP front lets the balancer write the rest of an SSE stream itself, once the response's
+    #: headers are out (cluster/router/http_server.py ``SseSink``); None: every chunk is yielded.
+    sink: Any = None
 
     def encoded_body(self) -> bytes:
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def note(self, chunk: Any) -> None:
+        """Count one relayed chunk (an ``OpenAIChunk``) toward the request's token charge."""
+        self.tokens_sent += len(chunk.token_ids) or (1 if chunk.text else 0)
+        if chunk.finish_reason and self.tokens_used is None:
+            self.tokens_used = chunk.prompt_tokens + chunk.completion_tokens
 
 
 def _text_of(content: Any) -> str:

@@ -1,0 +1,208 @@
+"""One attempt: a request's stream from one replica, relayed to the client.
+
+The balancer (cluster/router/balancer.py) decides where a request goes and
+what happens when an attempt fails (retry, migrate, give up); this module is
+the relay of one attempt.  Its chunks are yielded up to the front end one by
+one, except when the front end has handed the request a sink
+(``RelayRequest.sink``: an HTTP SSE stream whose headers are out) and the
+replica answers over its relay stream: then the rest of the stream is
+*pumped* (``RelayCall.pump``): each chunk is counted and written to the
+client's socket inside the relay connection's own callback, and the relaying
+task wakes only when the stream ends, fails, stalls, or the client's buffer is
+full.  That saves the per-token task switch and the hops through the
+generators above, most of what the router spends per token.
+
+Spec (both ways alike): every relayed chunk's token ids and text are kept for
+a migration (``RelayState``), counted for the tenant's charge
+(``RelayRequest.note``) and timed (TTFT, ITL); a 5xx before any byte reached
+the client, a first-token timeout, a stall (no chunk for ``stall_timeout_s``)
+or a retryable transport error raises :class:`Failed`, which the balancer
+turns into a retry or a migration; the request's deadline ends it with
+DEADLINE_EXCEEDED.
+
+Failure modes: a client slower than the engine pauses the replica's socket
+(TCP holds the replica back) and the task polls the client's buffer every few
+milliseconds until it drains; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from cluster.proto import replica_pb2
+from cluster.router.circuit import CircuitBreaker
+from cluster.router.errors import RouterError
+from cluster.router.metrics import RouterMetrics
+from cluster.router.relay import EOF, PAUSED, RelayCall, RelayError
+from cluster.router.replicas import ReplicaHandle
+from cluster.router.stall import StallWatch
+from cluster.router.validation import RelayRequest
+
+monotonic = time.monotonic
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
+
+
+class Failed(Exception):
+    """One attempt's replica failed (not the client's fault): retry, migrate or give up."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True)
+class RelayState:
+    """What one request has relayed so far, over every replica it tried."""
+
+    req: RelayRequest
+    sent_ids: list[int] = field(default_factory=list)
+    sent_text: list[str] = field(default_factory=list)
+    #: Bytes reached the client (from then on a failure is migrated or fatal, never retried).
+    sent: bool = False
+    resumable: bool = True
+    arrived: float = field(default_factory=time.monotonic)
+    last: float | None = None
+
+
+@dataclass
+class Attempts:
+    """Runs attempts with the balancer's limits, breaker and metrics."""
+
+    breaker: CircuitBreaker
+    metrics: RouterMetrics
+    first_token_timeout_s: float
+    stall_timeout_s: float
+
+    async def run(
+        self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None, relay: RelayState, model: str
+    ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
+        """Relay one replica's stream; raises :class:`Failed` when the replica (not the request) failed."""
+        replica.begin()
+        loop = asyncio.get_running_loop()
+        ends_at = None if left is None else loop.time() + left
+        call: Any = None
+        try:
+            call, chunk = await self._first(replica, rreq, left)
+            if chunk is EOF:
+                return
+            if chunk.status < 500:
+                self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
+            try:
+                # One watchdog per stream (cluster/router/stall.py), counting only the time spent waiting on
+                # the replica, never while the caller holds a chunk; the block ends at the request's deadline.
+                async with asyncio.timeout_at(ends_at) as tm:
+                    watch = StallWatch(tm, self.stall_timeout_s)
+                    try:
+                        async for out in self._stream(replica, call, chunk, relay, model, watch):
+                            yield out
+                    finally:
+                        watch.close()
+            except TimeoutError:
+                if ends_at is not None and loop.time() >= ends_at:
+                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+                self.breaker.failure(replica)
+                raise Failed("stall", f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream") from None
+        except (grpc.aio.AioRpcError, RelayError) as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise RouterError(code, "deadline exceeded") from None
+            if code not in _RETRYABLE:
+                raise RouterError(grpc.StatusCode.UNAVAILABLE, f"replica failed: {code.name}: {exc.details()}") from None
+            self.breaker.failure(replica)
+            raise Failed(code.name.lower(), f"{replica.replica_id}: {code.name}: {exc.details()}") from None
+        finally:
+            replica.end()
+            if call is not None and not call.done():
+                call.cancel()
+
+    async def _first(self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None) -> tuple[Any, Any]:
+        """Start the call and wait (bounded) for its first chunk.
+
+        A replica that sends nothing (hung engine, stuck queue, a connect that hangs) is given up on after
+        ``first_token_timeout_s``; other requests never wait on it, since each relays on its own task.
+        """
+        first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
+        pool = replica.relay
+        try:
+            async with asyncio.timeout(first_wait):  # not wait_for: on 3.11 that is one more task per request
+                # The replica's relay stream when it has one (cluster/router/relay.py), else the OpenAI RPC.
+                call = await pool.call(rreq) if pool is not None else replica.stub.OpenAI(rreq, timeout=left)
+                # call.read() per message, not an async iterator (one generator hop less per token).
+                return call, await call.read()
+        except TimeoutError:
+            if left is not None and first_wait >= left:
+                raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+            self.breaker.failure(replica)
+            raise Failed("first_token_timeout", f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s") from None
+
+    async def _stream(
+        self, replica: ReplicaHandle, call: Any, chunk: Any, relay: RelayState, model: str, watch: StallWatch
+    ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
+        """From the first chunk on: yield each (or pump the rest once the front end gave a sink) until the end."""
+        itl = self.metrics.itl.labels(model)  # once per attempt, not per chunk
+        read, req = call.read, relay.req
+        while True:
+            if chunk.status >= 500 and not relay.sent:
+                self.breaker.failure(replica)
+                raise Failed(f"http_{chunk.status}", f"{replica.replica_id}: {chunk.data.decode(errors='replace')[:300]}")
+            self._observe(relay, model, itl)
+            if chunk.data or chunk.finish_reason:  # else a progress note of a non-streamed request
+                self._keep(relay, chunk)
+                yield chunk
+            if req.sink is not None and isinstance(call, RelayCall):
+                await self._pump(call, relay, itl, watch)
+                break
+            watch.waiting()
+            chunk = await read()
+            if chunk is EOF:
+                break
+            watch.got()
+        self.metrics.e2e.labels(model).observe(monotonic() - relay.arrived)
+
+    async def _pump(self, call: RelayCall, relay: RelayState, itl: Any, watch: StallWatch) -> None:
+        """The rest of the stream, written to the client's socket in the relay connection's callback."""
+        sink = relay.req.sink
+        keep, write, waiting = self._keep, sink.write, watch.waiting
+
+        def on_chunk(chunk: replica_pb2.OpenAIChunk) -> bool:
+            now = monotonic()
+            itl.observe(now - relay.last)
+            relay.last = now
+            waiting()  # the stall watch counts from this chunk on
+            if chunk.data or chunk.finish_reason:
+                keep(relay, chunk)
+                if chunk.data:
+                    return write(chunk.data)  # False: the client's buffer is full, pause
+            return True
+
+        waiting()
+        while await call.pump(on_chunk) is PAUSED:
+            watch.got()  # the client is slow, not the replica
+            await sink.drained()
+            waiting()
+
+    @staticmethod
+    def _keep(relay: RelayState, chunk: replica_pb2.OpenAIChunk) -> None:
+        """What a migration and the tenant's charge need of a chunk that goes to the client."""
+        relay.sent_ids.extend(chunk.token_ids)
+        relay.sent_text.append(chunk.text)
+        if not chunk.resumable:
+            relay.resumable = False
+        relay.sent = True
+        relay.req.note(chunk)
+
+    def _observe(self, relay: RelayState, model: str, itl: Any) -> None:
+        """Client-side latencies on the router's clock: TTFT at the first chunk, then the gaps of a stream."""
+        now = monotonic()
+        if relay.last is None:
+            self.metrics.ttft.labels(model).observe(now - relay.arrived)
+        elif relay.req.stream:
+            itl.observe(now - relay.last)
+        relay.last = now
