@@ -126,22 +126,27 @@ def start_head(ray_cfg: RayConfig, attempts: int = 3) -> None:
 
 
 def stop_local_processes(grace_s: float = 0.0) -> int:
-    """End the processes of the cluster `up` started here (``ENV_MARKER`` is :func:`owner_tag`): SIGTERM,
-    then SIGKILL after ``grace_s``.  Returns how many there were."""
+    """End the processes of the cluster `up` started here (``ENV_MARKER`` is :func:`owner_tag`) and their
+    descendants: SIGTERM, then SIGKILL after ``grace_s``.  Returns how many there were.
+
+    Descendants count because the marker cannot always be read back: Ray's dashboard and runtime-env agents
+    (children of the raylet) rewrite their process title over their environment, so theirs reads empty; they
+    ignore SIGTERM and, once the raylet is gone, linger for minutes as orphans nothing could find."""
     import psutil
 
     owner, me = owner_tag(), os.getpid()
-    ours = []
+    ours: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["pid"]):
         if p.pid == me:
             continue
         with contextlib.suppress(psutil.Error, OSError):
             if p.environ().get(ENV_MARKER) == owner:
-                ours.append(p)
-    for p in ours:
+                ours[p.pid] = p
+                ours.update((c.pid, c) for c in p.children(recursive=True) if c.pid != me)
+    for p in ours.values():
         with contextlib.suppress(psutil.Error):
             p.terminate() if grace_s > 0 else p.kill()
-    _, alive = psutil.wait_procs(ours, timeout=grace_s or 1.0)
+    _, alive = psutil.wait_procs(list(ours.values()), timeout=grace_s or 1.0)
     for p in alive:
         with contextlib.suppress(psutil.Error):
             p.kill()

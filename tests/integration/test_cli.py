@@ -62,12 +62,14 @@ def timed(ray_tmpdir: str, *args: str, timeout: float = 120) -> tuple[subprocess
 
 
 def owned_processes(ray_tmpdir: str) -> list[psutil.Process]:
-    """Processes of the cluster started with this Ray temp root (the marker's value names it)."""
+    """Processes of the cluster started with this Ray temp root: the marker's value names it, or, for the Ray
+    agents whose environment reads empty (they write their process title over it), a file they hold open
+    under it (their logs)."""
     owner = str(Path(ray_tmpdir).resolve())
     out = []
     for p in psutil.process_iter(["pid"]):
         try:
-            if p.environ().get(ENV_MARKER) == owner:
+            if p.environ().get(ENV_MARKER) == owner or any(f.path.startswith(owner + "/") for f in p.open_files()):
                 out.append(p)
         except (psutil.Error, OSError):
             continue
