@@ -89,6 +89,9 @@ class ModelConfig(_Strict):
     num_gpus_per_shard: float = Field(0.0, ge=0)
     #: Extra environment for the replica's processes (e.g. VLLM_* settings).
     env: dict[str, str] = Field(default_factory=dict)
+    #: vLLM on CPU: keep the replica's unbound threads (its front end, vLLM's engine-core process) off the cores
+    #: the node's engines are bound to, when the node has a spare core (cluster/replica/cpu_affinity.py).
+    isolate_engine_cores: bool = True
     #: ``generate`` (chat/completions), ``embed`` (a pooling model: /v1/embeddings), or ``auto``: what the
     #: model's config says, as vLLM decides it (e.g. a BERT sentence-transformers directory is ``embed``).
     task: Literal["auto", "generate", "embed"] = "auto"

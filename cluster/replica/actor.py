@@ -21,6 +21,7 @@ from cluster.config import InternalTLSConfig, ModelConfig
 from cluster.engine import make_engine
 from cluster.logs import setup_logging
 from cluster.metrics_server import start_metrics_server
+from cluster.replica.cpu_affinity import CpuAffinity, node_cores
 from cluster.replica.metrics import ReplicaMetrics
 from cluster.replica.server import ReplicaServicer, start_server
 
@@ -64,10 +65,13 @@ class ReplicaActor:
         setup_logging()
         for k, v in (env or {}).items():
             os.environ[k] = v
-        if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = fit_cpu_binding(os.environ["VLLM_CPU_OMP_THREADS_BIND"])
         self.replica_id = replica_id
         self.model = ModelConfig.model_validate(model)
+        cpu_vllm = self.model.engine == "vllm" and self.model.num_gpus_per_shard == 0
+        #: Keeps the node's unbound threads off its engines' cores (vLLM on CPU; ``isolate_engine_cores``).
+        self.affinity = CpuAffinity(node_cores()) if cpu_vllm and self.model.isolate_engine_cores else None
+        if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = fit_cpu_binding(os.environ["VLLM_CPU_OMP_THREADS_BIND"])
         self.executor_backend = executor_backend
         #: ``internal_tls``: the replica then serves mutual TLS only.
         self.tls = InternalTLSConfig.model_validate(tls) if tls else None
@@ -86,6 +90,8 @@ class ReplicaActor:
     async def start(self) -> dict[str, Any]:
         """Build the engine, serve replica.proto; returns its address and context length."""
         self.engine = await make_engine(self.model, executor_backend=self.executor_backend)
+        if self.affinity is not None:  # after the engine bound its OpenMP threads: they keep their cores
+            self.affinity.refresh(force=True)
         metrics = ReplicaMetrics(self.model.name, self.replica_id)
         metrics.watch_load(self.engine.load)
         self.engine.attach_metrics(metrics)
@@ -123,6 +129,8 @@ class ReplicaActor:
     async def health(self) -> dict[str, Any]:
         if self.servicer is None or self.engine is None:
             return {"ready": False, "started": False, "model": self.model.name, "started_at": self.created_at}
+        if self.affinity is not None:  # a replica placed on this node since may have taken the spare core
+            self.affinity.refresh()
         snap = self.engine.load()
         return {
             "ready": not self.servicer.draining,
