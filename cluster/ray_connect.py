@@ -115,8 +115,12 @@ def start_head(ray_cfg: RayConfig, attempts: int = 3) -> None:
     cmd.append(f"--node-ip-address={ray_cfg.node_ip_address}")
     if ray_cfg.num_cpus is not None:
         cmd.append(f"--num-cpus={ray_cfg.num_cpus}")
+    # Ray starts its workers at nice 15 by default: a replica's engine (an actor's child) would then get a
+    # 28th of a core against any ordinary process on its core (`vllm serve` runs at 0).  RAY_worker_niceness
+    # in the environment of `up` still wins.
+    env = {"RAY_worker_niceness": "0"} | os.environ | {ENV_MARKER: owner_tag()}
     for attempt in range(1, attempts + 1):
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {ENV_MARKER: owner_tag()})
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode == 0:
             return
         stop_local_processes(grace_s=2.0)

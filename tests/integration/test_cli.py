@@ -116,7 +116,10 @@ def assert_status_then_down(ray_tmpdir: str, replicas: int) -> None:
     assert [r["state"] for r in json.loads(st.stdout)["replicas"]] == ["READY"] * replicas
     text = cli(ray_tmpdir, "status")
     assert text.stdout.count("READY") == replicas
-    assert owned_processes(ray_tmpdir), "the Ray head that `up` started should carry the ownership marker"
+    owned = owned_processes(ray_tmpdir)
+    assert owned, "the Ray head that `up` started should carry the ownership marker"
+    # Ray's default puts its workers (the replicas' actors and engines) at nice 15, behind any other process.
+    assert {p.nice() for p in owned} == {0}
     down, took = timed(ray_tmpdir, "down")
     assert down.returncode == 0, down.stderr
     assert took < budget(30), f"down took {took:.1f} s"
