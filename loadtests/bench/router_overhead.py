@@ -25,7 +25,8 @@ requests/s of the 16-token runs; TTFT p50/p99 of the 16-token runs and what
 the router adds to the direct baseline's.  The client shares this machine's
 cores with everything else, so req/s and TTFT are comparable side by side
 only; the CPU figures are each router's own.  ``--profile FILE``: py-spy our
-router during its last 256-token run.  Target: ours <= vllm-router's CPU per
+router during its last 256-token run (``--profile-length 16``: its last 16-token run, where the per-request
+work shows).  Target: ours <= vllm-router's CPU per
 request and per token.
 """
 
@@ -237,7 +238,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                     continue
                 urls, pid = fronts[s]
                 for n in LENGTHS:
-                    last = rnd == args.rounds - 1 and n == LENGTHS[-1]
+                    last = rnd == args.rounds - 1 and n == args.profile_length
                     prof = start_profiler(pid, args.duration, args.profile) if args.profile and s == "ours" and last and pid else None
                     print(f"... round {rnd + 1}: {s}, {n} tokens", file=sys.stderr, flush=True)
                     await measure(urls, pid, args.streams, n, args.duration, runs[(s, n)])
@@ -309,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ours-set", action="append", default=[], metavar="PATH=VALUE", help="config override for our router")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--profile", metavar="FILE", help="py-spy our router during its last 256-token run; raw stacks to FILE")
+    p.add_argument("--profile-length", type=int, choices=LENGTHS, default=LENGTHS[-1], help="profile the runs of this many tokens")
     args = p.parse_args(argv)
     if "direct" not in args.systems.split(","):
         args.systems = "direct," + args.systems

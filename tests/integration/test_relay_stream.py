@@ -85,12 +85,22 @@ async def test_the_relay_port_takes_no_client_without_the_cluster_certificate(si
     ca = TestCA(tmp_path)
     node_cert, node_key = ca.issue("cluster-node")
     tls = InternalTLSConfig(ca_file=ca.cert_file, cert_file=node_cert, key_file=node_key)
-    router = await sim_fleet.start(1, internal_tls=tls)
+    router_cert, router_key = ca.issue("router")
+    router = await sim_fleet.start(1, internal_tls=tls, router={"tls": {"cert_file": router_cert, "key_file": router_key}})
     await _relay_used(router)
+    client_ctx = ssl.create_default_context(cafile=ca.cert_file)
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"http://127.0.0.1:{router.http_port}/v1/chat/completions", json=CHAT) as r:
+        url = f"https://127.0.0.1:{router.http_port}/v1/chat/completions"
+        async with s.post(url, json=CHAT, ssl=client_ctx) as r:
             assert r.status == 200
-    assert sim_fleet.servers[0].relay.connections  # the answer came over the (mutual TLS) relay stream
+            whole = (await r.json())["choices"][0]["message"]["content"]
+        # A stream, pumped to the client's TLS socket by the relay: the same text, then [DONE].
+        async with s.post(url, json={**CHAT, "stream": True}, ssl=client_ctx) as r:
+            lines = [line async for line in r.content if line.strip()]
+    assert lines[-1] == b"data: [DONE]\n"
+    deltas = [json.loads(line[6:])["choices"] for line in lines[:-1]]
+    assert "".join(c[0]["delta"].get("content") or "" for c in deltas if c) == whole
+    assert sim_fleet.servers[0].relay.connections  # the answers came over the (mutual TLS) relay stream
     trust_only = ssl.create_default_context(cafile=ca.cert_file)
     reader, writer = await asyncio.open_connection("127.0.0.1", sim_fleet.servers[0].relay_port, ssl=trust_only)
     request = replica_pb2.OpenAIRequest(request_id="x", endpoint=replica_pb2.CHAT, body=b"{}").SerializeToString()
