@@ -257,7 +257,7 @@ class RelayPool:
         conn = None
         while self._idle:
             c = self._idle.pop()
-            if not c.closed:
+            if not c.closed and c.transport is not None and not c.transport.is_closing():  # the peer may have just left
                 conn = c
                 break
         if conn is None:
