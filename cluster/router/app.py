@@ -140,9 +140,8 @@ class RouterActor:
 def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
     """``asyncio.run(main)`` on uvloop where it is installed (a dependency on Linux), else on the stdlib loop.
 
-    Why: the relay is one gRPC message in and one HTTP write out per token on
-    this loop.  Measured (docs/routing.md), the CPU per relayed token moved
-    within the run-to-run noise: most of it is grpc.aio's own per-message work.
+    Why: the relay is one socket read and one HTTP write per token on this loop, most of it in the loop's
+    own work (docs/routing.md).
     """
     try:
         import uvloop

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from cluster.proto import inference_pb2, replica_pb2, replica_pb2_grpc
 from cluster.replica.relay import RelayServer
+from cluster.router.app import run_loop
 
 MODEL = "smollm2-135m-instruct"
 
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token-interval-ms", type=float, default=0.0, help="pause between tokens (0: back to back)")
     a = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(a.grpc_port, a.http_port, a.token_interval_ms / 1000))
+        run_loop(serve(a.grpc_port, a.http_port, a.token_interval_ms / 1000))  # the loop our router runs on
     return 0
 
 

@@ -24,7 +24,8 @@ all its threads and children), and from the two the CPU per relayed token
 requests/s of the 16-token runs; TTFT p50/p99 of the 16-token runs and what
 the router adds to the direct baseline's.  The client shares this machine's
 cores with everything else, so req/s and TTFT are comparable side by side
-only; the CPU figures are each router's own.  ``--profile FILE``: py-spy our
+only; the CPU figures are each router's own (``direct``'s: the backends' own, aiohttp writing pre-encoded
+SSE from memory, what a Python HTTP server of these streams costs before it does anything else).  ``--profile FILE``: py-spy our
 router during its last 256-token run (``--profile-length 16``: its last 16-token run, where the per-request
 work shows).  Target: ours <= vllm-router's CPU per
 request and per token.
@@ -55,7 +56,7 @@ LENGTHS = (16, 256)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def start_backend(procs: Procs, interval_ms: float) -> tuple[str, str]:
+def start_backend(procs: Procs, interval_ms: float) -> tuple[str, str, int]:
     cmd = [sys.executable, "-m", "loadtests.bench.null_backend", "--token-interval-ms", str(interval_ms)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     procs.procs.append(p)
@@ -63,7 +64,7 @@ def start_backend(procs: Procs, interval_ms: float) -> tuple[str, str]:
     m = re.search(r"grpc (\S+) http (\S+)", p.stdout.readline())
     if not m:
         raise RuntimeError("null backend did not start")
-    return m.group(1), m.group(2)
+    return m.group(1), m.group(2), p.pid
 
 
 def find_binary(name: str) -> str | None:
@@ -203,13 +204,13 @@ def summarize_profile(path: str, top: int = 12) -> dict:
     return {"samples": total, "by_kind": {k: n / max(total, 1) for k, n in where.items()}}
 
 
-async def measure(urls: list[str], pid: int | None, streams: int, max_tokens: int, duration_s: float, run: Run) -> None:
+async def measure(urls: list[str], pids: list[int], streams: int, max_tokens: int, duration_s: float, run: Run) -> None:
     await closed_loop(urls, streams, 4, 0.5, Run())  # warm connections
-    c0 = tree_cpu_s(pid) if pid else 0.0
+    c0 = sum(tree_cpu_s(p) for p in pids)
     t0 = time.perf_counter()
     await closed_loop(urls, streams, max_tokens, duration_s, run)
     run.wall_s += time.perf_counter() - t0
-    run.cpu_s += (tree_cpu_s(pid) - c0) if pid else 0.0
+    run.cpu_s += sum(tree_cpu_s(p) for p in pids) - c0
 
 
 async def main_async(args: argparse.Namespace) -> dict:
@@ -218,30 +219,32 @@ async def main_async(args: argparse.Namespace) -> dict:
     notes: dict[str, str] = {}
     with running() as procs:
         backends = [start_backend(procs, args.token_interval_ms) for _ in range(args.replicas)]
-        grpc_addrs, http_urls = [g for g, _ in backends], [h for _, h in backends]
-        fronts: dict[str, tuple[list[str], int | None]] = {"direct": (http_urls, None)}
+        grpc_addrs, http_urls = [g for g, _, _ in backends], [h for _, h, _ in backends]
+        # direct's CPU: the backends' own (aiohttp writing pre-encoded SSE): what Python's HTTP alone costs.
+        fronts: dict[str, tuple[list[str], list[int]]] = {"direct": (http_urls, [p for _, _, p in backends])}
         for s in systems:
             if s in ("ours", "ours-grpc"):
                 overrides = [*args.ours_set, *(["router.replica_transport=grpc"] if s == "ours-grpc" else [])]
                 _, http_port = start_router(procs, grpc_addrs, policy="round_robin", overrides=overrides)
-                fronts[s] = ([f"http://127.0.0.1:{http_port}"], procs.procs[-1].pid)
+                fronts[s] = ([f"http://127.0.0.1:{http_port}"], [procs.procs[-1].pid])
             elif s in ("vllm-router", "smg"):
                 if find_binary(s) is None:
                     notes[s] = f"skipped: {s} not installed (pip install -e '.[bench]')"
                     continue
                 url, pid = start_gateway(procs, s, http_urls)
-                fronts[s] = ([url], pid)
+                fronts[s] = ([url], [pid] if pid else [])
         await asyncio.sleep(2.0)  # gateways probe their workers before they route
         for rnd in range(args.rounds):
             for s in systems:
                 if s not in fronts:
                     continue
-                urls, pid = fronts[s]
+                urls, pids = fronts[s]
                 for n in LENGTHS:
                     last = rnd == args.rounds - 1 and n == args.profile_length
-                    prof = start_profiler(pid, args.duration, args.profile) if args.profile and s == "ours" and last and pid else None
+                    profiled = args.profile and s == "ours" and last and pids
+                    prof = start_profiler(pids[0], args.duration, args.profile) if profiled else None
                     print(f"... round {rnd + 1}: {s}, {n} tokens", file=sys.stderr, flush=True)
-                    await measure(urls, pid, args.streams, n, args.duration, runs[(s, n)])
+                    await measure(urls, pids, args.streams, n, args.duration, runs[(s, n)])
                     if prof is not None:
                         prof.wait(60)
     return report(systems, runs, notes, args)
@@ -271,32 +274,32 @@ def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str
         per_req = per16 - short * per_tok
         add50 = pct(a.ttft, 50) - pct(d.ttft, 50) if d else float("nan")
         add99 = pct(a.ttft, 99) - pct(d.ttft, 99) if d else float("nan")
-        cpu = s != "direct"
         print(
-            f"{s:<12} {_us(per16, cpu):>11} {_us(per256, cpu):>12} {_us(per_tok, cpu):>10} {_us(per_req, cpu):>12} "
+            f"{s:<12} {_us(per16):>11} {_us(per256):>12} {_us(per_tok):>10} {_us(per_req):>12} "
             f"{a.requests / a.wall_s if a.wall_s else 0:7.0f} {pct(a.ttft, 50):7.2f}ms {pct(a.ttft, 99):6.2f}ms "
-            f"{add50 if cpu else 0:8.2f}ms {add99 if cpu else 0:6.2f}ms {b.tokens / max(b.requests, 1):8.0f} {a.errors + b.errors:4d}"
+            f"{add50:8.2f}ms {add99:6.2f}ms {b.tokens / max(b.requests, 1):8.0f} {a.errors + b.errors:4d}"
         )
         out[s] = {
-            "cpu_us_per_16_token_stream": per16 if cpu else None,
-            "cpu_us_per_256_token_stream": per256 if cpu else None,
-            "cpu_us_per_token": per_tok if cpu else None,
-            "cpu_us_per_request": per_req if cpu else None,
+            "cpu_us_per_16_token_stream": per16,
+            "cpu_us_per_256_token_stream": per256,
+            "cpu_us_per_token": per_tok,
+            "cpu_us_per_request": per_req,
             "req_s": a.requests / a.wall_s if a.wall_s else 0.0,
             "ttft_p50_ms": pct(a.ttft, 50),
             "ttft_p99_ms": pct(a.ttft, 99),
-            "added_ttft_p50_ms": add50 if cpu else 0.0,
-            "added_ttft_p99_ms": add99 if cpu else 0.0,
+            "added_ttft_p50_ms": add50,
+            "added_ttft_p99_ms": add99,
             "errors": a.errors + b.errors,
         }
     print("\nCPU: the router's process tree (/proc/PID/stat); per token = slope 16 -> 256 tokens; per request = the rest")
+    print("direct's CPU is the null backends' own: aiohttp writing pre-encoded SSE from memory (Python's HTTP alone)")
     if args.profile and os.path.exists(args.profile):
         out["profile"] = summarize_profile(args.profile)
     return out
 
 
-def _us(v: float, show: bool) -> str:
-    return f"{v:,.0f} us" if show and v == v else "-"
+def _us(v: float) -> str:
+    return f"{v:,.0f} us" if v == v else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
