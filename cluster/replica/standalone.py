@@ -38,7 +38,7 @@ async def run_standalone(
     relay = f" relay {host}:{server.relay_port}"  # routers find it in Health; printed for people
     if http_port is not None:
         runner, http_bound = await start_replica_http(servicer, host, http_port)
-        print(f"replica serving {model.name} on {host}:{bound}{relay} http http://{host}:{http_bound}", flush=True)
+        print(f"replica serving {model.name} on {host}:{bound} http http://{host}:{http_bound}{relay}", flush=True)
     else:
         print(f"replica serving {model.name} on {host}:{bound}{relay}", flush=True)
     if metrics_port is not None:
