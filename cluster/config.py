@@ -30,8 +30,6 @@ from cluster.config_security import ServerTLSConfig as ServerTLSConfig
 from cluster.config_security import TenantLimits as TenantLimits
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
 
 
@@ -234,9 +232,7 @@ class RouterConfig(_Strict):
     #: watch and load streams; one metrics port for all.  null: the cores this process may use (the Helm
     #: chart sets it from the pod's CPU limit).  `llm-cluster router` only; the router actor runs one.
     workers: int | None = Field(None, ge=1, le=256)
-    #: How tokens come back from the replicas: "relay", each replica's relay stream (replica.proto's
-    #: OpenAI messages as frames on plain TCP, with internal_tls mutual TLS; a fraction of gRPC's CPU per
-    #: chunk), or "grpc", the OpenAI RPC.  A replica that names no relay port is always called over gRPC.
+    #: "relay": tokens over each replica's relay stream (replica.proto's messages as TCP frames); "grpc": the OpenAI RPC.
     replica_transport: Literal["relay", "grpc"] = "relay"
     #: Routing policy: one of cluster.router.policies.POLICIES (docs/routing.md); a request may pick another with ``x-routing-policy``.
     policy: str = "power_of_two"
