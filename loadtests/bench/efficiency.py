@@ -1,7 +1,7 @@
 """Serving efficiency: the whole cluster against `vllm serve` of the same model directory, side by side.
 
-    python -m loadtests.bench.efficiency [--streams 8,32] [--requests 4] [--input-tokens 64] [--max-tokens 64] [--rounds 2]
-                                         [--keep DIR]
+    python -m loadtests.bench.efficiency [--streams 8,32] [--requests 4] [--passes 1] [--input-tokens 64]
+                                         [--max-tokens 64] [--rounds 2] [--keep DIR]
 
 **vllm serve**: ``python -m vllm.entrypoints.openai.api_server --model DIR`` with vLLM's defaults but the KV
 cache size (``VLLM_SERVE_FLAGS``; DIR: the prepared embedded SmolLM2-135M-Instruct).  **cluster**:
@@ -9,13 +9,16 @@ cache size (``VLLM_SERVE_FLAGS``; DIR: the prepared embedded SmolLM2-135M-Instru
 engine, the router) on the same directory.  Both are driven by the same client over the same OpenAI HTTP API:
 for each ``--streams`` value, that many concurrent streams, each sending ``--requests`` completions in a row
 (a prompt of ``--input-tokens`` tokens, greedy, ``ignore_eos``, ``--max-tokens`` out, streamed with usage);
-printed: output tokens/s of each side and the ratio cluster / vllm serve (target >= 0.97).  One warm-up
-request per stream comes first, unmeasured.
+printed: output tokens/s of each side and the ratio cluster / vllm serve (target >= 0.97), over all the
+measured passes of all rounds (``--passes``: measured drives per ``--streams`` value after each start, each
+printed; more passes average out the seconds-long stalls a shared machine puts into single drives).  One
+warm-up request per stream comes first, unmeasured.
 
 Start-up: from launch until the side answers (``vllm serve``: ``/v1/models``; cluster: ``up --detach``
 returns, which waits for the replica).  Each side gets a compile cache of its own for the run
 (``VLLM_CACHE_ROOT``), empty at round 1: round 1 is a first start, round 2 a second one.  Rounds alternate
-the sides, so drift on a shared machine hits both alike.  ``--keep DIR`` keeps ``vllm serve``'s log and both
+the sides (ABBA: round 2 starts with the side round 1 ended with), so drift on a shared machine hits both
+alike.  ``--keep DIR`` keeps ``vllm serve``'s log and both
 compile caches there (the cluster's replica logs are in Ray's session directory, under ``$RAY_TMPDIR``): a
 second start that loaded the cache logs vLLM's "Directly load the compiled graph(s)", one that did not
 "Compiling a graph" again.
@@ -171,8 +174,11 @@ def run_side(side: str, args: argparse.Namespace, path: str, texts: list[str], t
         server.wait()
         result: dict = {"start_s": time.monotonic() - started}
         for n in args.streams:
-            result[n] = asyncio.run(drive(server.url, texts, n, args.requests, args.max_tokens))
-            print(f"  {side:10s} {n:3d} streams: {result[n][0]:7.1f} output tokens/s (prompt {result[n][1]:.0f} tokens)", flush=True)
+            result[n] = []
+            for k in range(args.passes):
+                tps, prompt = asyncio.run(drive(server.url, texts, n, args.requests, args.max_tokens))
+                result[n].append(tps)
+                print(f"  {side:10s} {n:3d} streams, pass {k + 1}: {tps:7.1f} output tokens/s (prompt {prompt:.0f} tokens)", flush=True)
     finally:
         server.stop()
     return result
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--streams", default="8,32", help="concurrent streams, comma-separated (default 8,32)")
     p.add_argument("--requests", type=int, default=4, help="requests per stream per measurement")
+    p.add_argument("--passes", type=int, default=1, help="measured drives per --streams value after each start")
     p.add_argument("--input-tokens", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2, help="rounds; round 1 starts each side with an empty compile cache")
@@ -197,16 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
         for rnd in range(1, args.rounds + 1):
-            for side in SIDES:
+            for side in SIDES if rnd % 2 else SIDES[::-1]:
                 print(f"round {rnd}: {side}", flush=True)
                 results[side].append(run_side(side, args, path, texts, Path(tmp)))
                 print(f"  {side:10s} started in {results[side][-1]['start_s']:.1f} s", flush=True)
     print(
-        f"\n{args.input_tokens} in / {args.max_tokens} out, greedy, ignore_eos, {args.requests} requests per stream, {args.rounds} rounds"
+        f"\n{args.input_tokens} in / {args.max_tokens} out, greedy, ignore_eos, {args.requests} requests per stream, "
+        f"{args.rounds} rounds of {args.passes} measured passes"
     )
     for n in args.streams:
-        v = statistics.fmean(r[n][0] for r in results["vllm serve"])
-        c = statistics.fmean(r[n][0] for r in results["cluster"])
+        v = statistics.fmean(t for r in results["vllm serve"] for t in r[n])
+        c = statistics.fmean(t for r in results["cluster"] for t in r[n])
         print(f"{n:3d} streams: vllm serve {v:7.1f}  cluster {c:7.1f} output tokens/s  ratio {c / v:.3f}  (target >= 0.97)")
     for side in SIDES:
         starts = ", ".join(f"{r['start_s']:.1f} s" for r in results[side])
