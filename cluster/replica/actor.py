@@ -21,7 +21,7 @@ from cluster.config import InternalTLSConfig, ModelConfig
 from cluster.engine import make_engine
 from cluster.logs import setup_logging
 from cluster.metrics_server import start_metrics_server
-from cluster.replica.cpu_affinity import CpuAffinity, node_cores
+from cluster.replica.cpu_affinity import CpuAffinity, node_cores, normal_priority
 from cluster.replica.metrics import ReplicaMetrics
 from cluster.replica.server import ReplicaServicer, start_server
 
@@ -68,6 +68,8 @@ class ReplicaActor:
         self.replica_id = replica_id
         self.model = ModelConfig.model_validate(model)
         cpu_vllm = self.model.engine == "vllm" and self.model.num_gpus_per_shard == 0
+        #: The nice this actor (and so its engine's processes) runs at: 0 unless Ray's could not be undone.
+        self.nice = normal_priority()
         #: Keeps the node's unbound threads off its engines' cores (vLLM on CPU; ``isolate_engine_cores``).
         self.affinity = CpuAffinity(node_cores()) if cpu_vllm and self.model.isolate_engine_cores else None
         if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:

@@ -163,3 +163,30 @@ class CpuAffinity:
                 extra={"engine_cores": sorted(engine_cores), "others": sorted(others or self.usable), "threads": changed},
             )
         self.others = others
+
+
+def normal_priority() -> int:
+    """Bring this process (a Ray worker) back to nice 0 before it spawns its engine; returns the nice it runs at.
+
+    Ray starts its workers at nice 15 unless the cluster was started with ``RAY_worker_niceness=0`` (``llm-cluster
+    up`` does that; a Ray cluster someone started with plain ``ray start`` does not), and vLLM's engine-core and
+    worker processes inherit it: on a shared core they then get a 28th of its time against any ordinary process.
+    Lowering a nice needs ``CAP_SYS_NICE`` (or ``RLIMIT_NICE``): without it the replica says how to fix the cluster.
+    On Linux a nice belongs to a thread (a new thread or process inherits its creator's), so every thread of the
+    process is set: the engine is spawned from the actor's event-loop thread, not the one that runs this.
+    """
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    if before <= 0:
+        return before
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.setpriority(os.PRIO_PROCESS, int(tid), 0)
+    except OSError as exc:
+        log.warning(
+            "replica runs at Ray's worker niceness; start Ray with RAY_worker_niceness=0 for full engine speed",
+            extra={"nice": before, "error": str(exc)},
+        )
+        return before
+    log.info("replica raised its priority to nice 0 (Ray started it at a higher nice)", extra={"nice_before": before})
+    return 0

@@ -67,6 +67,25 @@ async def test_load_spreads_across_the_controllers_replicas(cluster):
     assert {r["state"] for r in status["replicas"]} == {"READY"}
 
 
+def _nice(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
+
+
+@ray.remote
+def _worker_pid() -> int:
+    return os.getpid()
+
+
+async def test_replicas_run_at_nice_zero_on_a_ray_cluster_started_with_rays_default_worker_niceness(cluster):
+    # A Ray cluster started as Ray starts it (this test's own, like a user's `ray start`) runs its workers at
+    # nice 15; a replica's engine processes inherit its nice, so the replica brings itself back to 0.
+    _, router = cluster
+    assert _nice(await _worker_pid.remote()) > 0  # the premise: an ordinary Ray worker of this cluster
+    for replica_id in router.replicas.by_id:
+        pid = (await ray.get_actor(f"llm-cluster-replica-{replica_id}").health.remote())["pid"]
+        assert _nice(pid) == 0, replica_id
+
+
 async def test_a_killed_replica_is_replaced_and_traffic_avoids_it_meanwhile(cluster):
     _, router = cluster
     client = oai(router)
