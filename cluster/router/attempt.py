@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,13 +39,14 @@ import grpc
 from cluster.proto import replica_pb2
 from cluster.router.circuit import CircuitBreaker
 from cluster.router.errors import RouterError
-from cluster.router.metrics import RouterMetrics
+from cluster.router.metrics import RouterMetrics, Tally
 from cluster.router.relay import EOF, PAUSED, RelayCall, RelayError
 from cluster.router.replicas import ReplicaHandle
 from cluster.router.stall import StallWatch
 from cluster.router.validation import RelayRequest
 
 monotonic = time.monotonic
+FOLD = Tally.FOLD
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
 
 
@@ -167,26 +169,47 @@ class Attempts:
         self.metrics.e2e.labels(model).observe(monotonic() - relay.arrived)
 
     async def _pump(self, call: RelayCall, relay: RelayState, itl: Any, watch: StallWatch) -> None:
-        """The rest of the stream, written to the client's socket in the relay connection's callback."""
-        sink = relay.req.sink
-        keep, write, waiting = self._keep, sink.write, watch.waiting
+        """The rest of the stream, written to the client's socket in the relay connection's callback.
+
+        ``on_chunk`` runs once per relayed token: it does what ``_observe`` and ``_keep`` do, inlined, with
+        the inter-token gaps counted in a :class:`Tally` (folded into the histogram every few dozen).
+        """
+        sink, req = relay.req.sink, relay.req
+        write, ids, texts = sink.write, relay.sent_ids, relay.sent_text
+        tally = Tally(itl)
+        bounds, counts = tally.bounds, tally.counts
 
         def on_chunk(chunk: replica_pb2.OpenAIChunk) -> bool:
             now = monotonic()
-            itl.observe(now - relay.last)
-            relay.last = now
-            waiting()  # the stall watch counts from this chunk on
-            if chunk.data or chunk.finish_reason:
-                keep(relay, chunk)
-                if chunk.data:
-                    return write(chunk.data)  # False: the client's buffer is full, pause
+            gap = now - relay.last
+            counts[bisect_left(bounds, gap)] += 1
+            tally.total += gap
+            tally.n += 1
+            if tally.n >= FOLD:
+                tally.fold()
+            relay.last = watch.last = now  # the stall watch counts from this chunk on
+            data = chunk.data
+            if data or chunk.finish_reason:
+                tokens = chunk.token_ids
+                ids.extend(tokens)
+                texts.append(chunk.text)
+                if not chunk.resumable:
+                    relay.resumable = False
+                req.tokens_sent += len(tokens) or (1 if chunk.text else 0)  # RelayRequest.note, inlined
+                if chunk.finish_reason and req.tokens_used is None:
+                    req.tokens_used = chunk.prompt_tokens + chunk.completion_tokens
+                if data:
+                    return write(data)  # False: the client's buffer is full, pause
             return True
 
-        waiting()
-        while await call.pump(on_chunk) is PAUSED:
-            watch.got()  # the client is slow, not the replica
-            await sink.drained()
-            waiting()
+        watch.waiting()
+        try:
+            while await call.pump(on_chunk) is PAUSED:
+                watch.got()  # the client is slow, not the replica
+                await sink.drained()
+                watch.waiting()
+        finally:
+            tally.fold()
 
     @staticmethod
     def _keep(relay: RelayState, chunk: replica_pb2.OpenAIChunk) -> None:

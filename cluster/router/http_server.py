@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -34,6 +34,8 @@ from cluster.proto import replica_pb2
 from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
+from cluster.router.http_fast import FastFront, sweep_idle
+from cluster.router.http_reply import Reply, WebReply, error_body
 from cluster.router.lora import AdapterAdmin, admin_body, check_admin, check_allowed, resolve_adapter
 from cluster.router.metrics import request_done
 from cluster.router.openapi import openapi_schema
@@ -71,14 +73,11 @@ def error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
-def _router_error(exc: RouterError) -> web.Response:
-    status, etype = _HTTP_STATUS.get(exc.code, (500, "internal_error"))
-    headers = None
-    if isinstance(exc, Refused):
-        headers = {"Retry-After": str(exc.retry_after_s)}
-    elif status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="llm-cluster"'}
-    return error_response(status, exc.message, etype, headers=headers)
+def _router_response(exc: RouterError) -> web.Response:
+    reply = WebReply(None)  # type: ignore[arg-type]
+    _router_error(reply, exc)
+    assert isinstance(reply.resp, web.Response)
+    return reply.resp
 
 
 def _model_card(model: str, root: str, parent: str, max_model_len: int, created: int) -> dict[str, Any]:
@@ -164,7 +163,7 @@ class OpenAIServer:
         try:
             self.gate.authenticate(bearer(request.headers.get("Authorization")))
         except RouterError as exc:
-            return _router_error(exc)
+            return _router_response(exc)
         now = int(time.time())
         reps = self.balancer.replicas
         data = []
@@ -204,7 +203,7 @@ class OpenAIServer:
             tenant = self.gate.authenticate(bearer(request.headers.get("Authorization")))
             check_admin(tenant, self.gate.keys is not None)
         except RouterError as exc:
-            return _router_error(exc)
+            return _router_response(exc)
         if self.admin is None:
             msg = "runtime LoRA loading needs the cluster's controller (this router has a fixed replica list)"
             return error_response(404, msg, "NotFoundError")
@@ -222,16 +221,17 @@ class OpenAIServer:
         return web.Response(text=str(res.get("message")), status=200)
 
     # ---- shared path --------------------------------------------------------
-    async def _read(self, request: web.Request, endpoint: str) -> RelayRequest:
-        body = parse_body(await request.read())
+    def _read(self, raw: bytes, headers: Any, endpoint: str) -> RelayRequest:
+        body = parse_body(raw)
         req = relay_request(
             endpoint,
             body,
             models=sorted(self.balancer.replicas.models),
-            request_id=request.headers.get("x-request-id"),
-            session_id=request.headers.get("x-session-id"),
-            routing_policy=request.headers.get("x-routing-policy"),
+            request_id=headers.get("x-request-id"),
+            session_id=headers.get("x-session-id"),
+            routing_policy=headers.get("x-routing-policy"),
             default_max_tokens=self.config.default_max_tokens,
+            raw=raw,
         )
         reps = self.balancer.replicas
         resolve_adapter(req, reps.models, reps.adapters)
@@ -240,103 +240,120 @@ class OpenAIServer:
         return req
 
     async def _relay(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        reply = WebReply(request)
+        await self.relay(endpoint, request.headers, request.read, reply)
+        assert reply.resp is not None
+        return reply.resp
+
+    async def relay(self, endpoint: str, headers: Any, read: Callable[[], Awaitable[bytes]], reply: Reply) -> None:
+        """One inference request, for either HTTP front (aiohttp's, or the fast path's, cluster/router/http_fast.py):
+        ``headers.get(name)`` with lower-case names, ``read()`` the body, the answer written through ``reply``."""
         # Authenticate before reading the body: a caller without a key learns nothing else.
         try:
-            tenant = self.gate.authenticate(bearer(request.headers.get("Authorization")))
+            tenant = self.gate.authenticate(bearer(headers.get("authorization")))
         except RouterError as exc:
-            return _router_error(exc)
+            return _router_error(reply, exc)
         try:
-            req = await self._read(request, endpoint)
+            req = self._read(await read(), headers, endpoint)
         except InvalidRequest as exc:
-            return error_response(400, str(exc), param=exc.param)
+            return _error(reply, 400, str(exc), param=exc.param)
         try:
             check_allowed(tenant, req.adapter or req.model)
         except RouterError as exc:
-            return _router_error(exc)
+            return _router_error(reply, exc)
         if not self.balancer.known_model(req.model):
             msg = f"The model `{req.model}` does not exist; see GET /v1/models"
-            resp: web.StreamResponse = error_response(404, msg, "NotFoundError", "model")
+            _error(reply, 404, msg, "NotFoundError", "model")
         else:
-            resp = await self._write(request, req, self.gate.generate(tenant, req, self.config.request_timeout_s))
-        request_done(self.balancer, req.adapter or req.model, "http", str(resp.status))
-        return resp
+            await self._write(reply, req, self.gate.generate(tenant, req, self.config.request_timeout_s))
+        request_done(self.balancer, req.adapter or req.model, "http", str(reply.status))
 
-    async def _write(self, request: web.Request, req: RelayRequest, stream: AsyncIterator[replica_pb2.OpenAIChunk]) -> web.StreamResponse:
+    async def _write(self, reply: Reply, req: RelayRequest, stream: AsyncIterator[replica_pb2.OpenAIChunk]) -> None:
         """Write the replica's bytes: one JSON body, or SSE events as they come.
 
-        Once an SSE response's headers are out, the request gets a sink (:class:`SseSink`): the balancer may
+        Once an SSE response's headers are out, the request gets a sink (``SseSink``): the balancer may
         then write the rest of the stream to the client's socket itself (cluster/router/attempt.py).
         """
-        resp: web.StreamResponse | None = None
+        started = False
         try:
             async with contextlib.aclosing(stream) as s:
                 async for c in s:
                     if not c.data:  # a chunk with a finish reason but no bytes: nothing to write
                         continue
-                    if resp is None:
+                    if not started:
                         if not c.data.startswith(b"data:"):  # a whole JSON body (answer or error)
                             async for _ in s:  # the stream's end (nothing more comes): its metrics are taken there
                                 pass
-                            return web.Response(body=c.data, status=c.status or 200, content_type="application/json")
+                            return reply.answer(c.status or 200, c.data, charset=False)
                         # Headers go out with the first bytes, so an error before
                         # them (no replica, a refusal) still gets a proper status.
-                        resp = web.StreamResponse(status=c.status or 200, headers=_SSE_HEADERS)
-                        await resp.prepare(request)
-                        await resp.write(c.data)
-                        req.sink = SseSink.of(request, resp)
+                        req.sink = await reply.start(c.status or 200, c.data)
+                        started = True
                         continue
-                    await resp.write(c.data)
+                    await reply.write(c.data)
         except RouterError as exc:
-            if resp is None:
-                return _router_error(exc)
+            if not started:
+                return _router_error(reply, exc)
             status, etype = _HTTP_STATUS.get(exc.code, (500, "internal_error"))
             err = {"error": {"message": exc.message, "type": etype, "param": None, "code": status}}
-            await resp.write(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
-        if resp is None:  # a stream with no chunk at all
-            return error_response(502, "the replica ended the request without an answer", "internal_error")
-        await resp.write_eof()
-        return resp
+            await reply.write(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
+        if not started:  # a stream with no chunk at all
+            return _error(reply, 502, "the replica ended the request without an answer", "internal_error")
+        await reply.end()
 
 
-_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-#: A client's socket buffer above this pauses its stream's replica; it resumes below the low mark.
-SINK_HIGH, SINK_LOW = 256 * 1024, 64 * 1024
+def _error(
+    reply: Reply,
+    status: int,
+    message: str,
+    etype: str = "invalid_request_error",
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    reply.answer(status, error_body(status, message, etype, param), headers=headers)
 
 
-class SseSink:
-    """The client's socket, for a stream whose headers are out: bytes framed as aiohttp's own writer frames them.
+def _router_error(reply: Reply, exc: RouterError) -> None:
+    status, etype = _HTTP_STATUS.get(exc.code, (500, "internal_error"))
+    headers = None
+    if isinstance(exc, Refused):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="llm-cluster"'}
+    _error(reply, status, exc.message, etype, headers=headers)
 
-    HTTP/1.1 responses without a length are chunked (``Transfer-Encoding: chunked``, set by aiohttp at
-    ``prepare``), so each write is one chunk; ``write_eof`` then ends the body as usual.  Writing here skips
-    aiohttp's per-write bookkeeping (there is none this response needs: no compression, no length).
-    """
 
-    __slots__ = ("_chunked", "_transport")
+class _FastSite(web.TCPSite):
+    """aiohttp's TCP site, with :class:`FastFront` in front of aiohttp's own protocol on every connection."""
 
-    def __init__(self, transport: Any, chunked: bool) -> None:
-        self._transport = transport
-        self._chunked = chunked
+    def __init__(self, front: OpenAIServer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._front = front
+        self._conns: set[FastFront] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
-    @classmethod
-    def of(cls, request: web.Request, resp: web.StreamResponse) -> SseSink | None:
-        transport = request.transport
-        if transport is None or resp.compression:
-            return None
-        return cls(transport, resp.headers.get("Transfer-Encoding", "").lower() == "chunked")
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server, front, conns = self._runner.server, self._front, self._conns
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: FastFront(front, server, conns),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        self._sweeper = asyncio.get_running_loop().create_task(sweep_idle(conns))
 
-    def write(self, data: bytes) -> bool:
-        """Write ``data``; False when the client's buffer is full (the caller pauses until :meth:`drained`)."""
-        t = self._transport
-        if t.is_closing():  # the client left: aiohttp cancels the request's task, nothing to write to
-            return True
-        t.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-        return t.get_write_buffer_size() <= SINK_HIGH
-
-    async def drained(self) -> None:
-        """Until the client has read its buffer down (polled: only a client slower than the engine gets here)."""
-        t = self._transport
-        while not t.is_closing() and t.get_write_buffer_size() > SINK_LOW:  # noqa: ASYNC110 - a socket buffer, no event
-            await asyncio.sleep(0.005)
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for c in list(self._conns):  # aiohttp closes its own connections; these are the fast path's
+            if c.transport is not None:
+                c.transport.close()
+        await super().stop()
 
 
 async def start_http_server(server: OpenAIServer, host: str, port: int, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
@@ -344,7 +361,7 @@ async def start_http_server(server: OpenAIServer, host: str, port: int, reuse_po
     runner = web.AppRunner(server.app, handler_cancellation=True, access_log=None)
     await runner.setup()
     ssl = http_ssl_context(server.config.tls)
-    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, ssl_context=ssl)
+    site = _FastSite(server, runner, host, port, reuse_address=True, reuse_port=reuse_port or None, ssl_context=ssl)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
     return runner, bound

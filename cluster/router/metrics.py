@@ -17,6 +17,7 @@ Labels stay low-cardinality: model, status code, policy, outcome, replica.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,20 +28,74 @@ _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300
 _P = "llm_cluster_router_"
 
 
+class Family:
+    """A labelled metric whose children are looked up once per label values, then from a dict.
+
+    ``prometheus_client``'s own ``labels()`` validates and takes a lock on every call (a few us); the router
+    asks for the same few children on every request.  Everything else is the metric's own (``__getattr__``).
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metric, name)
+
+
+class Tally:
+    """One histogram child's observations, counted locally and folded into it every :data:`FOLD` and at
+    :meth:`fold`: the per-token inter-token latency costs a bisect and two adds, not
+    ``Histogram.observe``'s two locked increments and its loop over the buckets.
+
+    It reads the child's bucket bounds and adds to its buckets and sum (``prometheus_client``'s own
+    ``_upper_bounds``, ``_buckets``, ``_sum``: ``observe`` does the same); the scrape sees a stream's
+    gaps at most :data:`FOLD` observations late.
+    """
+
+    __slots__ = ("_child", "bounds", "counts", "n", "total")
+    FOLD = 64
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.bounds: list[float] = list(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.n = 0
+
+    def fold(self) -> None:
+        child, counts = self._child, self.counts
+        for i, c in enumerate(counts):
+            if c:
+                child._buckets[i].inc(c)
+                counts[i] = 0
+        if self.n:
+            child._sum.inc(self.total)
+        self.total, self.n = 0.0, 0
+
+
 class RouterMetrics:
     """Every metric of one router, on its own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry(auto_describe=True)
 
-        def counter(name: str, doc: str, labels: Sequence[str]) -> Counter:
-            return Counter(_P + name, doc, labels, registry=r)
+        def counter(name: str, doc: str, labels: Sequence[str]) -> Any:
+            return Family(Counter(_P + name, doc, labels, registry=r))
 
-        def gauge(name: str, doc: str, labels: Sequence[str]) -> Gauge:
-            return Gauge(_P + name, doc, labels, registry=r)
+        def gauge(name: str, doc: str, labels: Sequence[str]) -> Any:
+            return Family(Gauge(_P + name, doc, labels, registry=r))
 
-        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
-            return Histogram(_P + name, doc, ["model"], buckets=buckets, registry=r)
+        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Any:
+            return Family(Histogram(_P + name, doc, ["model"], buckets=buckets, registry=r))
 
         self.requests = counter(
             "requests",

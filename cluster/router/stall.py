@@ -20,19 +20,20 @@ import asyncio
 
 
 class StallWatch:
-    __slots__ = ("_handle", "_last", "_limit", "_loop", "_timeout", "_waiting")
+    __slots__ = ("_handle", "_limit", "_loop", "_timeout", "_waiting", "last")
 
     def __init__(self, timeout: asyncio.Timeout, limit_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._limit = limit_s
         self._waiting = False
-        self._last = self._loop.time()
-        self._handle = self._loop.call_at(self._last + limit_s, self._check)
+        self.last = self._loop.time()
+        self._handle = self._loop.call_at(self.last + limit_s, self._check)
 
     def waiting(self) -> None:
-        """The relay now waits on the replica for the next chunk."""
-        self._last = self._loop.time()
+        """The relay now waits on the replica for the next chunk (a caller already waiting may just set
+        ``last``, the time of the latest chunk, on ``time.monotonic``'s clock as the loop's)."""
+        self.last = self._loop.time()
         self._waiting = True
 
     def got(self) -> None:
@@ -40,10 +41,10 @@ class StallWatch:
 
     def _check(self) -> None:
         now = self._loop.time()
-        if self._waiting and now - self._last >= self._limit:
+        if self._waiting and now - self.last >= self._limit:
             self._timeout.reschedule(now)  # expire: cancels the wait, TimeoutError at the block's end
             return
-        start = self._last if self._waiting else now
+        start = self.last if self._waiting else now
         self._handle = self._loop.call_at(start + self._limit, self._check)
 
     def close(self) -> None:

@@ -63,8 +63,16 @@ class RelayRequest:
     #: Where the HTTP front lets the balancer write the rest of an SSE stream itself, once the response's
     #: headers are out (cluster/router/http_server.py ``SseSink``); None: every chunk is yielded.
     sink: Any = None
+    #: The client's own bytes of ``body`` when the router changed nothing but add ``request_id``: relayed as
+    #: they are, the id spliced in (no second JSON encoding); None: ``body`` is encoded anew.
+    raw: bytes | None = None
 
     def encoded_body(self) -> bytes:
+        raw = self.raw
+        if raw is not None:
+            if self.endpoint not in (CHAT, COMPLETIONS):
+                return raw
+            return b'{"request_id":' + json.dumps(self.request_id).encode() + b"," + raw.lstrip()[1:]
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode()
 
     def note(self, chunk: Any) -> None:
@@ -113,9 +121,13 @@ def relay_request(
     routing_policy: str | None = None,
     default_max_tokens: int = 256,
     fmt: int = 0,
+    raw: bytes | None = None,
 ) -> RelayRequest:
-    """Read what the router needs from ``body`` (already checked by :func:`parse_body`)."""
+    """Read what the router needs from ``body`` (already checked by :func:`parse_body`); ``raw``: the bytes
+    ``body`` was parsed from, relayed as they are when the router needs to change nothing else."""
     model = body.get("model")
+    if raw is not None and ("request_id" in body or model is None):
+        raw = None  # the body changes (the id replaced, the model filled in): encoded anew
     if model is None and len(models) == 1:
         model = body["model"] = models[0]  # vLLM's server takes its only model too
     if not isinstance(model, str) or not model:
@@ -153,6 +165,7 @@ def relay_request(
         session_id=session_id or (user if isinstance(user, str) and user else None),
         routing_policy=routing_policy,
         format=fmt,
+        raw=raw,
     )
 
 

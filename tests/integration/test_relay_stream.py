@@ -116,10 +116,10 @@ async def test_the_relay_port_takes_no_client_without_the_cluster_certificate(si
 async def test_a_stream_paused_for_a_full_client_buffer_resumes_with_nothing_lost(sim_fleet, monkeypatch):
     # A loopback client's kernel buffers take a whole sim stream, so "full" is reported by the sink here, every
     # 100 writes, and draining takes 50 ms: meanwhile the replica's chunks pile up behind a paused socket.
-    from cluster.router import http_server
+    from cluster.router import http_reply
 
     writes, pauses = [0], [0]
-    real_write = http_server.SseSink.write
+    real_write = http_reply.SseSink.write
 
     def write(self, data):
         real_write(self, data)
@@ -130,8 +130,8 @@ async def test_a_stream_paused_for_a_full_client_buffer_resumes_with_nothing_los
         pauses[0] += 1
         await asyncio.sleep(0.05)
 
-    monkeypatch.setattr(http_server.SseSink, "write", write)
-    monkeypatch.setattr(http_server.SseSink, "drained", drained)
+    monkeypatch.setattr(http_reply.SseSink, "write", write)
+    monkeypatch.setattr(http_reply.SseSink, "drained", drained)
     router = await sim_fleet.start(1, time_scale=0.001)
     await _relay_used(router)
     body = {"model": "sim", "prompt": "p", "max_tokens": 1000, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}

@@ -1,0 +1,279 @@
+"""The public HTTP port's fast path: the two hot routes served without aiohttp's per-request machinery.
+
+Every connection to the HTTP port starts here (:class:`FastFront`, an
+``asyncio.Protocol``).  A request for ``POST /v1/chat/completions`` or
+``POST /v1/completions`` with an ordinary HTTP/1.1 head (a ``Content-Length``
+body, no ``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``Content-Encoding``,
+``Connection`` other than keep-alive, no query string) is served here through
+the same :meth:`OpenAIServer.relay` as aiohttp's route (gate, validation,
+balancer, the SSE pump), with the same status codes, error JSON and headers.
+Anything else — another route, a body over ``router.max_body_bytes``, a head
+``httptools`` (llhttp, as aiohttp's own parser) refuses, HTTP/1.0 — is handed
+to aiohttp: at that request's boundary, once the answers before it are
+written, the connection's transport is given to a fresh aiohttp protocol
+(``transport.set_protocol``) and the bytes from that request on are replayed
+to it, so from then on the connection is aiohttp's, as it always was.  TLS is
+under both alike (the transport is the TLS one).
+
+Why: aiohttp's request, response, router, middleware and writer objects cost
+about as much CPU per request as a Rust gateway's whole relay (see
+docs/routing.md, router overhead).  Here a request costs a head parse in C,
+a dict of the few headers the router reads, and one write of the answer's head
+with its first bytes.
+
+Spec: requests on one connection are answered in order (pipelining), one at a
+time, by one task per connection; a client that disconnects cancels its
+request's task (the replica call is cancelled, the engine aborts); an idle
+keep-alive connection is closed after aiohttp's own keep-alive timeout.
+
+Failure modes: an exception in the relay answers 500 ``internal error`` (as
+aiohttp's error middleware does) before the headers, or closes the connection
+after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import logging
+import socket
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+
+import httptools
+from aiohttp.http import SERVER_SOFTWARE
+
+from cluster.router.http_reply import SINK_HIGH, SseSink, error_body
+from cluster.router.validation import CHAT, COMPLETIONS
+
+log = logging.getLogger(__name__)
+
+HOT = {b"/v1/chat/completions": CHAT, b"/v1/completions": COMPLETIONS}
+#: The headers the router reads (lower case), and those that send a request to aiohttp.
+WANTED = frozenset((b"authorization", b"x-request-id", b"x-session-id", b"x-routing-policy"))
+UNUSUAL = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"))
+#: A head longer than this goes to aiohttp (which answers 431 / 400 as it always did).
+MAX_HEAD = 8190
+#: aiohttp's own keep-alive timeout (``RequestHandler``'s default), and how often idle connections are swept.
+KEEPALIVE_S, SWEEP_S = 3630.0, 60.0
+_HANDOVER = object()
+_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+_SSE_HEAD = b"Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
+_JSON = (b"Content-Type: application/json\r\n", b"Content-Type: application/json; charset=utf-8\r\n")
+
+
+class _Date:
+    """The ``Date`` and ``Server`` lines, formatted once a second."""
+
+    second = -1
+    line = b""
+
+    @classmethod
+    def lines(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second = now
+            cls.line = f"Date: {formatdate(now, usegmt=True)}\r\nServer: {SERVER_SOFTWARE}\r\n".encode()
+        return cls.line
+
+
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))
+
+
+class _Head:
+    """httptools' callbacks for one request head: the method, path and the few headers the router reads."""
+
+    __slots__ = ("headers", "length", "odd", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.length = -1
+        self.odd = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in WANTED:
+            self.headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        elif name == b"content-length":
+            if self.length >= 0 or not value.isdigit():
+                self.odd = True
+            self.length = int(value) if value.isdigit() else -1
+        elif name in UNUSUAL or (name == b"connection" and value.lower() != b"keep-alive"):
+            self.odd = True
+
+
+def parse_head(head: bytes) -> tuple[str, dict[str, str], int] | None:
+    """(endpoint, headers, body length) of a hot request's head (ending in an empty line); None: aiohttp's."""
+    h = _Head()
+    parser = httptools.HttpRequestParser(h)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserError:  # llhttp's refusal (upgrade included): aiohttp answers it as it always did
+        return None
+    if h.odd or h.length < 0 or parser.get_method() != b"POST" or parser.get_http_version() != "1.1":
+        return None
+    endpoint = HOT.get(h.url)
+    return None if endpoint is None else (endpoint, h.headers, h.length)
+
+
+class FastReply:
+    """:class:`cluster.router.http_reply.Reply` on the connection's transport, framed as aiohttp frames it."""
+
+    __slots__ = ("status", "transport")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.status = 0
+
+    def answer(self, status: int, body: bytes, charset: bool = True, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() if headers else b""
+        head = _status_line(status) + _JSON[charset] + extra + _Date.lines() + b"Content-Length: %d\r\n\r\n" % len(body)
+        self.transport.write(head + body)
+
+    async def start(self, status: int, first: bytes) -> SseSink | None:
+        self.status = status
+        t = self.transport
+        t.write(_status_line(status) + _SSE_HEAD + _Date.lines() + b"\r\n%x\r\n%b\r\n" % (len(first), first))
+        return SseSink(t, True)
+
+    async def write(self, data: bytes) -> None:
+        t = self.transport
+        if t.is_closing():
+            return
+        t.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if t.get_write_buffer_size() > SINK_HIGH:
+            await SseSink(t, True).drained()
+
+    async def end(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(b"0\r\n\r\n")
+
+
+class FastFront(asyncio.Protocol):
+    """One connection to the public HTTP port: hot requests served here, the rest handed to aiohttp."""
+
+    def __init__(self, front: Any, fallback: Callable[[], asyncio.Protocol], conns: set[FastFront]) -> None:
+        self.front = front  # cluster.router.http_server.OpenAIServer
+        self.fallback = fallback
+        self.conns = conns
+        self.max_body = front.config.max_body_bytes
+        self.transport: Any = None
+        self.buf = b""
+        #: Bytes for aiohttp once the connection is handed over (None: not handing over).
+        self.spill: bytes | None = None
+        self.queue: collections.deque[Any] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.idle_since = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.conns.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # as aiohttp's tcp_keepalive
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.spill is not None:
+            self.spill += data
+            return
+        buf = self.buf + data if self.buf else data
+        while buf:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    return self._hand_over(buf)
+                break
+            head = parse_head(buf[: end + 4])
+            if head is None or head[2] > self.max_body:
+                return self._hand_over(buf)
+            stop = end + 4 + head[2]
+            if len(buf) < stop:
+                break
+            self.queue.append((head[0], head[1], buf[end + 4 : stop]))
+            buf = buf[stop:]
+            self._wake()
+        self.buf = buf
+
+    def _wake(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._serve())
+        elif self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _hand_over(self, buf: bytes) -> None:
+        self.spill, self.buf = buf, b""
+        if self.task is None:  # nothing in flight: at once
+            self._switch()
+        else:
+            self.queue.append(_HANDOVER)
+            self._wake()
+
+    def _switch(self) -> None:
+        """Give the connection to a fresh aiohttp protocol and replay what it has not read yet."""
+        self.conns.discard(self)
+        proto, t = self.fallback(), self.transport
+        spill, self.spill = self.spill, b""
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        if spill:
+            proto.data_received(spill)
+
+    async def _serve(self) -> None:
+        queue, loop = self.queue, asyncio.get_running_loop()
+        while True:
+            while queue:
+                item = queue.popleft()
+                if item is _HANDOVER:
+                    self.task = None
+                    return self._switch()
+                await self._one(*item)
+                self.idle_since = time.monotonic()
+            self.waiter = loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    async def _one(self, endpoint: str, headers: dict[str, str], body: bytes) -> None:
+        reply = FastReply(self.transport)
+
+        async def read() -> bytes:
+            return body
+
+        try:
+            await self.front.relay(endpoint, headers, read, reply)
+        except Exception:
+            log.exception("unhandled error in HTTP handler")
+            if reply.status:  # the headers are out: all that is left is to end the connection
+                self.transport.close()
+            else:
+                reply.answer(500, error_body(500, "internal error", "internal_error"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conns.discard(self)
+        if self.task is not None:
+            self.task.cancel()  # the relay's replica call is cancelled with it: the engine aborts
+
+    def eof_received(self) -> bool | None:
+        return None  # close (as aiohttp does); a request in flight is cancelled by connection_lost
+
+
+async def sweep_idle(conns: set[FastFront], keepalive_s: float = KEEPALIVE_S, every_s: float = SWEEP_S) -> None:
+    """Close keep-alive connections idle longer than ``keepalive_s`` (one task for all, no timer per request)."""
+    while True:
+        await asyncio.sleep(every_s)
+        now = time.monotonic()
+        for c in list(conns):
+            if c.waiter is not None or c.task is None:  # idle: waiting for its next request
+                if now - c.idle_since > keepalive_s and c.transport is not None:
+                    c.transport.close()

@@ -1,0 +1,103 @@
+"""How the HTTP fronts write an inference answer: :class:`Reply` (aiohttp's :class:`WebReply`, the fast path's
+``FastReply`` in cluster/router/http_fast.py) and :class:`SseSink`, the client's socket the balancer writes an SSE
+stream's tokens to itself (cluster/router/attempt.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Protocol
+
+from aiohttp import web
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+#: A client's socket buffer above this pauses its stream's replica; it resumes below the low mark.
+SINK_HIGH, SINK_LOW = 256 * 1024, 64 * 1024
+
+
+class SseSink:
+    """The client's socket, for a stream whose headers are out: bytes framed as aiohttp's own writer frames them.
+
+    HTTP/1.1 responses without a length are chunked (``Transfer-Encoding: chunked``, set by aiohttp at
+    ``prepare``), so each write is one chunk; ``write_eof`` then ends the body as usual.  Writing here skips
+    aiohttp's per-write bookkeeping (there is none this response needs: no compression, no length).
+    """
+
+    __slots__ = ("_chunked", "_transport")
+
+    def __init__(self, transport: Any, chunked: bool) -> None:
+        self._transport = transport
+        self._chunked = chunked
+
+    @classmethod
+    def of(cls, request: web.Request, resp: web.StreamResponse) -> SseSink | None:
+        transport = request.transport
+        if transport is None or resp.compression:
+            return None
+        return cls(transport, resp.headers.get("Transfer-Encoding", "").lower() == "chunked")
+
+    def write(self, data: bytes) -> bool:
+        """Write ``data``; False when the client's buffer is full (the caller pauses until :meth:`drained`)."""
+        t = self._transport
+        if t.is_closing():  # the client left: aiohttp cancels the request's task, nothing to write to
+            return True
+        t.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        return t.get_write_buffer_size() <= SINK_HIGH
+
+    async def drained(self) -> None:
+        """Until the client has read its buffer down (polled: only a client slower than the engine gets here)."""
+        t = self._transport
+        while not t.is_closing() and t.get_write_buffer_size() > SINK_LOW:  # noqa: ASYNC110 - a socket buffer, no event
+            await asyncio.sleep(0.005)
+
+
+class Reply(Protocol):
+    """Where :meth:`OpenAIServer.relay` writes its answer; ``status``: the answer's, once given."""
+
+    status: int
+
+    def answer(self, status: int, body: bytes, charset: bool = True, headers: dict[str, str] | None = None) -> None:
+        """A whole JSON answer (``charset``: ``; charset=utf-8`` in its Content-Type)."""
+
+    async def start(self, status: int, first: bytes) -> SseSink | None:
+        """An SSE stream's headers and first bytes; the sink the balancer may write the rest to."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+
+class WebReply:
+    """:class:`Reply` as an aiohttp response (``resp``, returned by the route's handler)."""
+
+    __slots__ = ("request", "resp", "status")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.resp: web.StreamResponse | None = None
+        self.status = 0
+
+    def answer(self, status: int, body: bytes, charset: bool = True, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        cs = "utf-8" if charset else None
+        self.resp = web.Response(body=body, status=status, content_type="application/json", charset=cs, headers=headers)
+
+    async def start(self, status: int, first: bytes) -> SseSink | None:
+        self.status = status
+        resp = self.resp = web.StreamResponse(status=status, headers=_SSE_HEADERS)
+        await resp.prepare(self.request)
+        await resp.write(first)
+        return SseSink.of(self.request, resp)
+
+    async def write(self, data: bytes) -> None:
+        assert self.resp is not None
+        await self.resp.write(data)
+
+    async def end(self) -> None:
+        assert self.resp is not None
+        await self.resp.write_eof()
+
+
+def error_body(status: int, message: str, etype: str = "invalid_request_error", param: str | None = None) -> bytes:
+    """OpenAI's error JSON, as ``web.json_response`` encodes it."""
+    return json.dumps({"error": {"message": message, "type": etype, "param": param, "code": status}}).encode()
