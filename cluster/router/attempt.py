@@ -85,32 +85,45 @@ class Attempts:
     async def run(
         self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None, relay: RelayState, model: str
     ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
-        """Relay one replica's stream; raises :class:`Failed` when the replica (not the request) failed."""
+        """Relay one replica's stream; raises :class:`Failed` when the replica (not the request) failed.
+
+        A replica that sends nothing (hung engine, stuck queue, a connect that hangs) is given up on after
+        ``first_token_timeout_s``; other requests never wait on it, since each relays on its own task.  One
+        watchdog (cluster/router/stall.py) times the first token, the stall limit (only the time spent waiting
+        on the replica, never while the caller holds a chunk) and the request's deadline: one timer per attempt.
+        """
         replica.begin()
         loop = asyncio.get_running_loop()
-        ends_at = None if left is None else loop.time() + left
+        first_s = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
         call: Any = None
+        watch: StallWatch | None = None
         try:
-            call, chunk = await self._first(replica, rreq, left)
-            if chunk is EOF:
-                return
-            if chunk.status < 500:
-                self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
-            try:
-                # One watchdog per stream (cluster/router/stall.py), counting only the time spent waiting on
-                # the replica, never while the caller holds a chunk; the block ends at the request's deadline.
-                async with asyncio.timeout_at(ends_at) as tm:
-                    watch = StallWatch(tm, self.stall_timeout_s)
-                    try:
-                        async for out in self._stream(replica, call, chunk, relay, model, watch):
-                            yield out
-                    finally:
-                        watch.close()
-            except TimeoutError:
-                if ends_at is not None and loop.time() >= ends_at:
-                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-                self.breaker.failure(replica)
-                raise Failed("stall", f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream") from None
+            async with asyncio.timeout(None) as tm:  # no timer of its own: the watch expires it
+                watch = StallWatch(tm, self.stall_timeout_s, first_s, None if left is None else loop.time() + left)
+                try:
+                    pool = replica.relay  # the replica's relay stream when it has one (cluster/router/relay.py)
+                    call = await pool.call(rreq) if pool is not None else replica.stub.OpenAI(rreq, timeout=left)
+                    chunk = await call.read()  # call.read() per message, not an async iterator: one hop less
+                    if chunk is EOF:
+                        return
+                    watch.started()
+                    if chunk.status < 500:
+                        self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
+                    async for out in self._stream(replica, call, chunk, relay, model, watch):
+                        yield out
+                finally:
+                    watch.close()
+        except TimeoutError:
+            why = watch.why if watch is not None else None
+            if why is None:
+                raise
+            if why == "deadline":
+                raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
+            self.breaker.failure(replica)
+            if why == "first_token":
+                msg = f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s"
+                raise Failed("first_token_timeout", msg) from None
+            raise Failed("stall", f"{replica.replica_id}: no token for {self.stall_timeout_s:g}s mid-stream") from None
         except (grpc.aio.AioRpcError, RelayError) as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -123,26 +136,6 @@ class Attempts:
             replica.end()
             if call is not None and not call.done():
                 call.cancel()
-
-    async def _first(self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None) -> tuple[Any, Any]:
-        """Start the call and wait (bounded) for its first chunk.
-
-        A replica that sends nothing (hung engine, stuck queue, a connect that hangs) is given up on after
-        ``first_token_timeout_s``; other requests never wait on it, since each relays on its own task.
-        """
-        first_wait = self.first_token_timeout_s if left is None else min(left, self.first_token_timeout_s)
-        pool = replica.relay
-        try:
-            async with asyncio.timeout(first_wait):  # not wait_for: on 3.11 that is one more task per request
-                # The replica's relay stream when it has one (cluster/router/relay.py), else the OpenAI RPC.
-                call = await pool.call(rreq) if pool is not None else replica.stub.OpenAI(rreq, timeout=left)
-                # call.read() per message, not an async iterator (one generator hop less per token).
-                return call, await call.read()
-        except TimeoutError:
-            if left is not None and first_wait >= left:
-                raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
-            self.breaker.failure(replica)
-            raise Failed("first_token_timeout", f"{replica.replica_id}: no first token within {self.first_token_timeout_s:g}s") from None
 
     async def _stream(
         self, replica: ReplicaHandle, call: Any, chunk: Any, relay: RelayState, model: str, watch: StallWatch
@@ -188,15 +181,15 @@ class Attempts:
             if tally.n >= FOLD:
                 tally.fold()
             relay.last = watch.last = now  # the stall watch counts from this chunk on
-            data = chunk.data
-            if data or chunk.finish_reason:
-                tokens = chunk.token_ids
+            data, finish = chunk.data, chunk.finish_reason
+            if data or finish:
+                tokens, text = chunk.token_ids, chunk.text
                 ids.extend(tokens)
-                texts.append(chunk.text)
+                texts.append(text)
                 if not chunk.resumable:
                     relay.resumable = False
-                req.tokens_sent += len(tokens) or (1 if chunk.text else 0)  # RelayRequest.note, inlined
-                if chunk.finish_reason and req.tokens_used is None:
+                req.tokens_sent += len(tokens) or (1 if text else 0)  # RelayRequest.note, inlined
+                if finish and req.tokens_used is None:
                     req.tokens_used = chunk.prompt_tokens + chunk.completion_tokens
                 if data:
                     return write(data)  # False: the client's buffer is full, pause

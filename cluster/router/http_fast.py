@@ -80,8 +80,12 @@ class _Date:
         return cls.line
 
 
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _PHRASES.items()}
+
+
 def _status_line(status: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 
 
 class _Head:
@@ -259,6 +263,10 @@ class FastFront(asyncio.Protocol):
             else:
                 reply.answer(500, error_body(500, "internal error", "internal_error"))
 
+    def busy(self) -> bool:
+        """A request is being answered, or waits in line (pipelined)."""
+        return bool(self.queue) or (self.task is not None and self.waiter is None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.conns.discard(self)
         if self.task is not None:
@@ -274,6 +282,5 @@ async def sweep_idle(conns: set[FastFront], keepalive_s: float = KEEPALIVE_S, ev
         await asyncio.sleep(every_s)
         now = time.monotonic()
         for c in list(conns):
-            if c.waiter is not None or c.task is None:  # idle: waiting for its next request
-                if now - c.idle_since > keepalive_s and c.transport is not None:
-                    c.transport.close()
+            if not c.busy() and now - c.idle_since > keepalive_s and c.transport is not None:
+                c.transport.close()

@@ -226,7 +226,7 @@ class OpenAIServer:
         req = relay_request(
             endpoint,
             body,
-            models=sorted(self.balancer.replicas.models),
+            models=self.balancer.replicas.models,
             request_id=headers.get("x-request-id"),
             session_id=headers.get("x-session-id"),
             routing_policy=headers.get("x-routing-policy"),
@@ -348,9 +348,22 @@ class _FastSite(web.TCPSite):
         self._sweeper = asyncio.get_running_loop().create_task(sweep_idle(conns))
 
     async def stop(self) -> None:
+        """Stop accepting; let the fast path's requests in flight finish (up to the runner's shutdown timeout, as
+        aiohttp lets its own), closing each connection once idle; then aiohttp's own shutdown."""
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for c in list(self._conns):  # aiohttp closes its own connections; these are the fast path's
+        if self._server is not None:
+            self._server.close()
+        end = asyncio.get_running_loop().time() + self._runner._shutdown_timeout  # type: ignore[attr-defined]
+        while True:
+            busy = [c for c in self._conns if c.busy()]
+            for c in self._conns:
+                if not c.busy() and c.transport is not None:
+                    c.transport.close()
+            if not busy or asyncio.get_running_loop().time() >= end:
+                break
+            await asyncio.sleep(0.05)
+        for c in list(self._conns):
             if c.transport is not None:
                 c.transport.close()
         await super().stop()

@@ -148,21 +148,20 @@ class RelayCall:
 
     # ---- called by the connection ----
     def _chunk(self, payload: bytes) -> None:
-        handler = self._handler
-        if handler is not None:
-            try:
-                if handler(_parse_chunk(payload)):
-                    return
-                self._hold()
-            except Exception as exc:  # the handler's (e.g. the client's socket); ends the pump, not the connection
-                self._handler_error = exc
-            self._handler = None
-            self._wake()
-            return
+        """A chunk no pump takes now: held for :meth:`read` or the next :meth:`pump`."""
         self._pending.append(payload)
         if len(self._pending) >= PAUSE_AFTER and not self._paused:
             self._paused = True
             self._conn.pause()
+        self._wake()
+
+    def _stop_pump(self, error: BaseException | None) -> None:
+        """The pump's handler asked for a pause (``error`` None: the socket is held) or raised ``error``."""
+        if error is None:
+            self._hold()
+        else:
+            self._handler_error = error
+        self._handler = None
         self._wake()
 
     def _finish(self, error: RelayError | None) -> None:
@@ -210,7 +209,16 @@ class _Connection(asyncio.Protocol):
             if call is None:
                 return self._broken("a frame with no call in flight")
             if kind == CHUNK:
-                call._chunk(payload)
+                handler = call._handler
+                if handler is None:
+                    call._chunk(payload)
+                    continue
+                try:  # the pump (RelayCall.pump): the chunk goes to its handler here, in this callback
+                    if handler(_parse_chunk(payload)):
+                        continue
+                    call._stop_pump(None)  # the handler asks for a pause
+                except Exception as exc:  # the handler's (e.g. the client's socket); ends the pump, not the connection
+                    call._stop_pump(exc)
             elif kind == END:
                 self.call = None
                 call._finish(None)

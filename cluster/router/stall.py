@@ -1,17 +1,23 @@
-"""One stall watchdog per stream, instead of a timer per token.
+"""One watchdog per attempt, instead of a timer per token (and one per phase).
 
 Spec: a stream that gets no chunk for ``limit_s`` while the router waits on
-its replica has stalled (``stall_timeout_s``).  The watch holds one timer for
-the whole stream: per chunk the relay only notes the time it starts waiting
-(:meth:`StallWatch.waiting`) and that it got something (:meth:`got`); when
-the timer fires it checks those notes and either re-arms itself for the rest
-of the period or expires the stream's ``asyncio.timeout`` block, which
-cancels the wait on the replica and raises ``TimeoutError`` where the block
-ends.  Time the caller holds a chunk (a slow client) never counts.
+its replica has stalled (``stall_timeout_s``).  Before its first chunk an
+attempt may wait ``first_s`` (``first_token_timeout_s``), and no attempt runs
+past ``ends_at`` (the request's deadline).  The watch holds one timer for the
+whole attempt: per chunk the relay only notes the time it starts waiting
+(:meth:`StallWatch.waiting`; a pump already waiting just sets ``last``) and
+that it got something (:meth:`got`); the first chunk ends the first-token
+phase (:meth:`started`).  When the timer fires it checks those notes and
+either re-arms itself or expires the attempt's ``asyncio.timeout`` block
+(``asyncio.timeout(None)``: no timer of its own), which cancels the wait on
+the replica and raises ``TimeoutError`` where the block ends; ``why`` then
+says which limit it was: ``"first_token"``, ``"stall"`` or ``"deadline"``.
+Time the caller holds a chunk (a slow client) never counts as a stall.
 
 Cost: two attribute writes and a clock read per chunk; one timer-heap
 operation per ``limit_s`` of stream life (``asyncio.timeout`` per chunk cost a
-Timeout object and a heap push and cancel per token).
+Timeout object and a heap push and cancel per token; one per phase, three
+timers per request).
 """
 
 from __future__ import annotations
@@ -20,15 +26,29 @@ import asyncio
 
 
 class StallWatch:
-    __slots__ = ("_handle", "_limit", "_loop", "_timeout", "_waiting", "last")
+    __slots__ = ("_ends_at", "_first_s", "_handle", "_limit", "_loop", "_timeout", "_waiting", "last", "why")
 
-    def __init__(self, timeout: asyncio.Timeout, limit_s: float) -> None:
+    def __init__(self, timeout: asyncio.Timeout, limit_s: float, first_s: float | None = None, ends_at: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._limit = limit_s
+        #: Before the first chunk: the first-token limit (None once started, or when not watched).
+        self._first_s = first_s
+        self._ends_at = ends_at
+        self._waiting = first_s is not None
+        self.why: str | None = None
+        self.last = self._loop.time()
+        self._handle = self._loop.call_at(self._cap(self.last + (limit_s if first_s is None else first_s)), self._check)
+
+    def _cap(self, when: float) -> float:
+        ends = self._ends_at
+        return when if ends is None or when < ends else ends
+
+    def started(self) -> None:
+        """The first chunk arrived: from now on the stall limit counts (re-armed at the timer's next check)."""
+        self._first_s = None
         self._waiting = False
         self.last = self._loop.time()
-        self._handle = self._loop.call_at(self.last + limit_s, self._check)
 
     def waiting(self) -> None:
         """The relay now waits on the replica for the next chunk (a caller already waiting may just set
@@ -41,11 +61,22 @@ class StallWatch:
 
     def _check(self) -> None:
         now = self._loop.time()
-        if self._waiting and now - self.last >= self._limit:
-            self._timeout.reschedule(now)  # expire: cancels the wait, TimeoutError at the block's end
-            return
-        start = self.last if self._waiting else now
-        self._handle = self._loop.call_at(start + self._limit, self._check)
+        if self._ends_at is not None and now >= self._ends_at:
+            return self._expire("deadline", now)
+        first = self._first_s
+        if first is not None:
+            if now - self.last >= first:
+                return self._expire("first_token", now)
+            due = self.last + first
+        elif self._waiting and now - self.last >= self._limit:
+            return self._expire("stall", now)
+        else:
+            due = (self.last if self._waiting else now) + self._limit
+        self._handle = self._loop.call_at(self._cap(due), self._check)
+
+    def _expire(self, why: str, now: float) -> None:
+        self.why = why
+        self._timeout.reschedule(now)  # expire: cancels the wait, TimeoutError at the block's end
 
     def close(self) -> None:
         self._handle.cancel()

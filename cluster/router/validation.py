@@ -20,7 +20,8 @@ cannot fit the model's context: HTTP 400 / INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import json
-import uuid
+import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,7 @@ def relay_request(
     endpoint: str,
     body: dict[str, Any],
     *,
-    models: list[str],
+    models: Collection[str],
     request_id: str | None = None,
     session_id: str | None = None,
     routing_policy: str | None = None,
@@ -129,7 +130,7 @@ def relay_request(
     if raw is not None and ("request_id" in body or model is None):
         raw = None  # the body changes (the id replaced, the model filled in): encoded anew
     if model is None and len(models) == 1:
-        model = body["model"] = models[0]  # vLLM's server takes its only model too
+        model = body["model"] = next(iter(models))  # vLLM's server takes its only model too
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model", "is required (a string; see GET /v1/models)")
     stream = body.get("stream", False)
@@ -142,7 +143,7 @@ def relay_request(
         if len(rid) > 128 or not rid.isprintable():
             raise InvalidRequest("request_id", "at most 128 printable characters")
     else:
-        rid = uuid.uuid4().hex
+        rid = os.urandom(16).hex()  # as uuid4().hex reads, a quarter of its cost
     if endpoint in (CHAT, COMPLETIONS):
         body["request_id"] = rid
     user = body.get("user")

@@ -198,7 +198,9 @@ def summarize_profile(path: str, top: int = 12) -> dict:
     print(f"\nrouter profile ({total} samples) -> {path}")
     for kind, n in where.most_common():
         print(f"  {100 * n / max(total, 1):5.1f}%  {kind}")
-    print("  top frames by self time:")
+    # py-spy samples a thread that is runnable, not only one on a CPU: a loopback send that wakes its peer, which
+    # then preempts the sender on a small machine, reads as that line's self time (the relay request's write did).
+    print("  top frames by self time (wall time of a runnable thread; the CPU figures above are /proc's):")
     for frame, n in own.most_common(top):
         print(f"  {100 * n / max(total, 1):5.1f}%  {frame[:110]}")
     return {"samples": total, "by_kind": {k: n / max(total, 1) for k, n in where.items()}}

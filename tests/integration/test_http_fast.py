@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 
 import pytest
 
 from tests.integration.test_security import auth_cfg, write_keys
+from tests.tls_certs import TestCA
 
 pytestmark = pytest.mark.asyncio
 
@@ -79,7 +81,19 @@ async def test_a_non_hot_route_after_a_hot_one_on_one_keep_alive_connection_is_a
 
 async def test_pipelined_requests_are_answered_in_order_across_the_handover(sim_fleet):
     router = await sim_fleet.start(1)
-    reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
+    await _pipelined(*(await asyncio.open_connection("127.0.0.1", router.http_port)))
+
+
+async def test_the_handover_works_under_tls_too(sim_fleet, tmp_path):
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue("router")
+    router = await sim_fleet.start(1, router={"tls": {"cert_file": cert, "key_file": key}})
+    ctx = ssl.create_default_context(cafile=ca.cert_file)
+    await _pipelined(*(await asyncio.open_connection("127.0.0.1", router.http_port, ssl=ctx, server_hostname="localhost")))
+
+
+async def _pipelined(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Two hot requests and a non-hot one, written at once: three answers, in order."""
     try:
         writer.write(
             _request("/v1/chat/completions", CHAT, {"x-request-id": "first"})
@@ -151,3 +165,17 @@ async def test_unusual_requests_still_get_aiohttps_answers(sim_fleet):
     status, _, body = await asyncio.wait_for(_response(reader), 10)
     writer.close()
     assert status == 200 and json.loads(body)["object"] == "chat.completion"
+
+
+async def test_a_stream_in_flight_on_the_fast_path_finishes_when_the_router_stops(sim_fleet):
+    router = await sim_fleet.start(1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.http_port)
+    writer.write(_request("/v1/chat/completions", {**CHAT, "max_tokens": 40, "stream": True}))
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 200")
+    stopping = asyncio.create_task(router.stop(0.5))  # stops accepting, lets the stream finish
+    await asyncio.sleep(0.05)
+    rest = await asyncio.wait_for(reader.read(), 20)  # to the end: the router closes the idle connection
+    await stopping
+    sim_fleet.router = None
+    writer.close()
+    assert rest.count(b'"content"') >= 30 and rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")

@@ -35,3 +35,31 @@ async def test_a_slow_client_holding_every_chunk_never_counts_as_a_stall():
 
 async def test_many_short_gaps_adding_up_past_the_limit_are_no_stall():
     assert await relay([0.03] * 10, hold_s=0.0, limit_s=0.1) == 10
+
+
+async def _expiry(first_s: float | None, ends_in: float | None, first_chunk_after: float, limit_s: float = 10.0) -> str | None:
+    """Wait ``first_chunk_after`` s for a first chunk, then 0.3 s more on the replica; the watch's reason if it expired."""
+    loop = asyncio.get_running_loop()
+    ends_at = None if ends_in is None else loop.time() + ends_in
+    watch = None
+    try:
+        async with asyncio.timeout(None) as tm:
+            watch = StallWatch(tm, limit_s, first_s, ends_at)
+            try:
+                await asyncio.sleep(first_chunk_after)
+                watch.started()
+                watch.waiting()
+                await asyncio.sleep(0.3)
+            finally:
+                watch.close()
+    except TimeoutError:
+        return watch.why
+    return None
+
+
+async def test_one_watch_times_the_first_token_the_stall_and_the_deadline():
+    assert await _expiry(first_s=0.05, ends_in=None, first_chunk_after=1.0) == "first_token"
+    assert await _expiry(first_s=1.0, ends_in=0.05, first_chunk_after=1.0) == "deadline"  # the deadline comes first
+    assert await _expiry(first_s=0.2, ends_in=None, first_chunk_after=0.01, limit_s=0.1) == "stall"
+    assert await _expiry(first_s=0.2, ends_in=0.15, first_chunk_after=0.01) == "deadline"  # mid-stream
+    assert await _expiry(first_s=0.2, ends_in=None, first_chunk_after=0.01) is None
