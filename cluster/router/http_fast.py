@@ -105,7 +105,7 @@ class _Head:
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in WANTED:
-            self.headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+            self.headers.setdefault(name.decode(), value.decode("utf-8", "surrogateescape"))  # as aiohttp decodes them
         elif name == b"content-length":
             if self.length >= 0 or not value.isdigit():
                 self.odd = True

@@ -138,6 +138,15 @@ async def test_answers_and_streams_are_the_same_bytes_over_both_paths(sim_fleet)
         _same(fast, slow)
 
 
+async def test_an_odd_request_id_header_is_refused_alike_on_both_paths(sim_fleet):
+    router = await sim_fleet.start(1)
+    for rid in ("\u00e9t\u00e9".encode(), b"x" * 200, "caf\u00e9".encode("latin-1")):
+        raw = _request("/v1/chat/completions", CHAT).replace(b"Host:", b"x-request-id: " + rid + b"\r\nHost:", 1)
+        fast = await _one(router.http_port, raw)
+        slow = await _one(router.http_port, raw.replace(b"/v1/chat/completions", b"/v1/chat/completions?via=aiohttp", 1))
+        _same(fast, slow)
+
+
 async def test_auth_refusals_on_the_fast_path_match_aiohttps(sim_fleet, tmp_path):
     router = await sim_fleet.start(1, router=auth_cfg(write_keys(tmp_path / "keys.yaml", {"k-good": "team"}, {"team": {}})))
     for headers in ({}, {"Authorization": "Bearer wrong"}):
