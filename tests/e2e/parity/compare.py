@@ -97,7 +97,7 @@ def normalised(body: Any) -> Any:
 
 def reassembled(events: list[dict]) -> dict:
     """A stream as one answer: per choice the joined content / text / tool-call arguments, the concatenated
-    logprobs and the last finish reason; plus every usage the stream carried, in order.
+    logprobs and the last finish reason; plus the usages the stream carried (:func:`usage_summary`).
 
     Logprobs are joined list by list (chat ``content``; completions ``tokens``, ``token_logprobs``...), not
     chunk by chunk: how many tokens a server packs into one chunk depends on its timing, not on the answer."""
@@ -129,7 +129,24 @@ def reassembled(events: list[dict]) -> dict:
                 c["stop_reason"] = ch.get("stop_reason")
     for c in choices.values():
         c["tool_calls"] = [c["tool_calls"][i] for i in sorted(c["tool_calls"])]
-    return {"object": events[0].get("object") if events else None, "choices": [choices[i] for i in sorted(choices)], "usages": usages}
+    ordered = [choices[i] for i in sorted(choices)]
+    return {"object": events[0].get("object") if events else None, "choices": ordered, "usages": usage_summary(usages)}
+
+
+def usage_summary(usages: list[dict]) -> dict | None:
+    """The usages of one stream as a client may rely on them: the last one; whether chunks before it carried
+    usage too (``continuous_usage_stats``); whether those count up consistently (one prompt, totals that add
+    up, completion tokens never going down).  Not how many there were: with per-chunk usage that is the number
+    of chunks, which is timing (vLLM packs the tokens a slow reader has not taken yet into one chunk)."""
+    if not usages:
+        return None
+    last, counts = usages[-1], [u.get("completion_tokens") or 0 for u in usages]
+    consistent = counts == sorted(counts) and all(
+        u.get("prompt_tokens") == last.get("prompt_tokens")
+        and u.get("total_tokens") == (u.get("prompt_tokens") or 0) + (u.get("completion_tokens") or 0)
+        for u in usages
+    )
+    return {"last": last, "continuous": len(usages) > 1, "consistent": consistent}
 
 
 def assert_same(ref: Any, got: Any, path: str = "$") -> None:
@@ -167,7 +184,7 @@ def client_view(body: dict) -> dict:
                 "logprobs": normalised(ch.get("logprobs")) or None,
             }
         )
-    usage = body.get("usage") or (body.get("usages") or [None])[-1] or {}
+    usage = body.get("usage") or (body.get("usages") or {}).get("last") or {}
     return {"choices": choices, "usage": {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
 
 
