@@ -164,11 +164,11 @@ class Attempts:
     async def _pump(self, call: RelayCall, relay: RelayState, itl: Any, watch: StallWatch) -> None:
         """The rest of the stream, written to the client's socket in the relay connection's callback.
 
-        ``on_chunk`` runs once per relayed token: it does what ``_observe`` and ``_keep`` do, inlined, with
-        the inter-token gaps counted in a :class:`Tally` (folded into the histogram every few dozen).
+        ``on_chunk`` runs once per relayed token: it does what ``_observe`` does, inlined, with the inter-token
+        gaps counted in a :class:`Tally` (folded into the histogram every few dozen), and calls ``_keep``.
         """
-        sink, req = relay.req.sink, relay.req
-        write, ids, texts = sink.write, relay.sent_ids, relay.sent_text
+        sink, keep = relay.req.sink, self._keep
+        write = sink.write
         tally = Tally(itl)
         bounds, counts = tally.bounds, tally.counts
 
@@ -181,16 +181,9 @@ class Attempts:
             if tally.n >= FOLD:
                 tally.fold()
             relay.last = watch.last = now  # the stall watch counts from this chunk on
-            data, finish = chunk.data, chunk.finish_reason
-            if data or finish:
-                tokens, text = chunk.token_ids, chunk.text
-                ids.extend(tokens)
-                texts.append(text)
-                if not chunk.resumable:
-                    relay.resumable = False
-                req.tokens_sent += len(tokens) or (1 if text else 0)  # RelayRequest.note, inlined
-                if finish and req.tokens_used is None:
-                    req.tokens_used = chunk.prompt_tokens + chunk.completion_tokens
+            data = chunk.data
+            if data or chunk.finish_reason:
+                keep(relay, chunk)  # one place for what migration and the tenant's charge need
                 if data:
                     return write(data)  # False: the client's buffer is full, pause
             return True
