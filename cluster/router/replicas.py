@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 
 LOAD_INTERVAL_MS = 100
 
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as (host, port), the brackets of an IPv6 host dropped."""
+    host, port = address.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
 Endpoints = dict[str, list[dict[str, str]]]
 #: Each model's LoRA adapters, known with or without a ready replica (None: no adapters, e.g. a static set).
 ModelAdapters = dict[str, list[str]] | None
@@ -99,7 +106,7 @@ class ReplicaHandle:
             self._drop_relay()
         elif self.relay is None or self.relay.port != port:
             self._drop_relay()
-            self.relay = self.relay_factory(self.address.rsplit(":", 1)[0].strip("[]"), port)
+            self.relay = self.relay_factory(split_address(self.address)[0], port)
 
     def _drop_relay(self) -> None:
         if self.relay is not None:
@@ -282,8 +289,7 @@ class ReplicaSet:
         h = ReplicaHandle(rid, model, address, channel, replica_pb2_grpc.ReplicaStub(channel), published=self.published)
         if self.transport == "relay":
             if relay_address:  # where the endpoint set says (the controller's, or a test's proxy)
-                host, port = relay_address.rsplit(":", 1)
-                h.relay = self._relay_pool(host.strip("[]"), int(port))
+                h.relay = self._relay_pool(*split_address(relay_address))
             else:  # where the replica's Health says (e.g. `llm-cluster router --replica ADDR`)
                 h.relay_factory = self._relay_pool
         h._load_task = asyncio.get_running_loop().create_task(h._follow_load())
