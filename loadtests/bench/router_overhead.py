@@ -22,7 +22,9 @@ stream, from the router process tree's own ``/proc/PID/stat`` (utime + stime,
 all its threads and children), and from the two the CPU per relayed token
 (the slope) and per request (the 16-token figure less 16 tokens' worth);
 requests/s of the 16-token runs; TTFT p50/p99 of the 16-token runs and what
-the router adds to the direct baseline's.  The client shares this machine's
+the router adds to the direct baseline's; then the per-token and per-request
+CPU cut into user time (the router's own code) and system time (the kernel's
+socket work, which every router pays alike).  The client shares this machine's
 cores with everything else, so req/s and TTFT are comparable side by side
 only; the CPU figures are each router's own (``direct``'s: the backends' own, aiohttp writing pre-encoded
 SSE from memory, what a Python HTTP server of these streams costs before it does anything else).  ``--profile FILE``: py-spy our
@@ -87,10 +89,10 @@ def start_gateway(procs: Procs, kind: str, urls: list[str], policy: str = "round
     return f"http://127.0.0.1:{port}", p.pid
 
 
-def tree_cpu_s(pid: int) -> float:
-    """utime + stime of ``pid`` and every live descendant, seconds."""
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and every live descendant."""
     parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+    times: dict[int, tuple[float, float]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -100,13 +102,14 @@ def tree_cpu_s(pid: int) -> float:
         except OSError:
             continue
         parents[int(d)] = int(st[1])
-        times[int(d)] = (int(st[11]) + int(st[12])) / TICK
+        times[int(d)] = (int(st[11]) / TICK, int(st[12]) / TICK)
     tree, frontier = {pid}, [pid]
     while frontier:
         kids = [c for c, par in parents.items() if par in frontier and c not in tree]
         tree.update(kids)
         frontier = kids
-    return sum(times.get(p, 0.0) for p in tree)
+    picked = [times[p] for p in tree if p in times]
+    return sum(u for u, _ in picked), sum(k for _, k in picked)
 
 
 @dataclass
@@ -114,6 +117,8 @@ class Run:
     requests: int = 0
     tokens: int = 0
     cpu_s: float = 0.0
+    #: The part of ``cpu_s`` spent in the kernel (system time: the sockets' reads and writes, mostly).
+    sys_s: float = 0.0
     wall_s: float = 0.0
     ttft: list[float] = field(default_factory=list)
     errors: int = 0
@@ -208,11 +213,13 @@ def summarize_profile(path: str, top: int = 12) -> dict:
 
 async def measure(urls: list[str], pids: list[int], streams: int, max_tokens: int, duration_s: float, run: Run) -> None:
     await closed_loop(urls, streams, 4, 0.5, Run())  # warm connections
-    c0 = sum(tree_cpu_s(p) for p in pids)
+    c0 = [tree_cpu(p) for p in pids]
     t0 = time.perf_counter()
     await closed_loop(urls, streams, max_tokens, duration_s, run)
     run.wall_s += time.perf_counter() - t0
-    run.cpu_s += sum(tree_cpu_s(p) for p in pids) - c0
+    c1 = [tree_cpu(p) for p in pids]
+    run.cpu_s += sum(u + k for u, k in c1) - sum(u + k for u, k in c0)
+    run.sys_s += sum(k for _, k in c1) - sum(k for _, k in c0)
 
 
 async def main_async(args: argparse.Namespace) -> dict:
@@ -270,10 +277,8 @@ def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str
             print(f"{s:<12} {notes[s]}")
             continue
         a, b = runs[(s, short)], runs[(s, long_)]
-        per16 = a.cpu_s / a.requests * 1e6 if a.requests else float("nan")
-        per256 = b.cpu_s / b.requests * 1e6 if b.requests else float("nan")
-        per_tok = (per256 - per16) / (long_ - short)
-        per_req = per16 - short * per_tok
+        per16, per256 = _per_request(a, "cpu_s"), _per_request(b, "cpu_s")
+        per_tok, per_req = _slope(a, b, "cpu_s")
         add50 = pct(a.ttft, 50) - pct(d.ttft, 50) if d else float("nan")
         add99 = pct(a.ttft, 99) - pct(d.ttft, 99) if d else float("nan")
         print(
@@ -293,11 +298,41 @@ def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str
             "added_ttft_p99_ms": add99,
             "errors": a.errors + b.errors,
         }
+    split(systems, runs, notes, out)
     print("\nCPU: the router's process tree (/proc/PID/stat); per token = slope 16 -> 256 tokens; per request = the rest")
     print("direct's CPU is the null backends' own: aiohttp writing pre-encoded SSE from memory (Python's HTTP alone)")
     if args.profile and os.path.exists(args.profile):
         out["profile"] = summarize_profile(args.profile)
     return out
+
+
+def _slope(a: Run, b: Run, seconds: str) -> tuple[float, float]:
+    """(per token, per request) of the ``seconds`` field (cpu_s or sys_s) of a 16- and a 256-token run."""
+    short, long_ = LENGTHS
+    per16, per256 = _per_request(a, seconds), _per_request(b, seconds)
+    per_tok = (per256 - per16) / (long_ - short)
+    return per_tok, per16 - short * per_tok
+
+
+def _per_request(run: Run, seconds: str) -> float:
+    """µs of ``seconds`` (cpu_s or sys_s) per request of ``run``."""
+    return getattr(run, seconds) / run.requests * 1e6 if run.requests else float("nan")
+
+
+def split(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], out: dict) -> None:
+    """The same CPU figures cut into user time (the process's own code: for ours, mostly the interpreter) and system
+    time (the kernel's, for the sockets): what a faster interpreter path could cut, and what every router pays."""
+    short, long_ = LENGTHS
+    hdr = f"\n{'system':<12} {'user/token':>11} {'sys/token':>10} {'user/request':>13} {'sys/request':>12}"
+    print(hdr + "\n" + "-" * (len(hdr) - 1))
+    for s in systems:
+        if s in notes:
+            continue
+        a, b = runs[(s, short)], runs[(s, long_)]
+        tok, req = _slope(a, b, "cpu_s")
+        sys_tok, sys_req = _slope(a, b, "sys_s")
+        print(f"{s:<12} {_us(tok - sys_tok):>11} {_us(sys_tok):>10} {_us(req - sys_req):>13} {_us(sys_req):>12}")
+        out[s] |= {"sys_us_per_token": sys_tok, "sys_us_per_request": sys_req}
 
 
 def _us(v: float) -> str:
