@@ -328,9 +328,8 @@ def split(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str,
     for s in systems:
         if s in notes:
             continue
-        a, b = runs[(s, short)], runs[(s, long_)]
-        tok, req = _slope(a, b, "cpu_s")
-        sys_tok, sys_req = _slope(a, b, "sys_s")
+        tok, req = out[s]["cpu_us_per_token"], out[s]["cpu_us_per_request"]  # report()'s, cut in two here
+        sys_tok, sys_req = _slope(runs[(s, short)], runs[(s, long_)], "sys_s")
         print(f"{s:<12} {_us(tok - sys_tok):>11} {_us(sys_tok):>10} {_us(req - sys_req):>13} {_us(sys_req):>12}")
         out[s] |= {"sys_us_per_token": sys_tok, "sys_us_per_request": sys_req}
 
