@@ -234,6 +234,9 @@ class RouterConfig(_Strict):
     workers: int | None = Field(None, ge=1, le=256)
     #: "relay": tokens over each replica's relay stream (replica.proto's messages as TCP frames); "grpc": the OpenAI RPC.
     replica_transport: Literal["relay", "grpc"] = "relay"
+    #: The relay stream's per-token path: "native" (C, built at install; Python with a warning where it was not
+    #: built) or "python".  Both do the same (cluster/router/pump.py); "native" costs less CPU per token.
+    relay_pump: Literal["native", "python"] = "native"
     #: Routing policy: one of cluster.router.policies.POLICIES (docs/routing.md); a request may pick another with ``x-routing-policy``.
     policy: str = "power_of_two"
     #: Upper bound on one request's life in the router, seconds.

@@ -47,7 +47,7 @@ class Router:
         self.config = config
         #: Where the LoRA admin routes go (the controller); None: a fixed replica list, no runtime loads.
         self.admin = admin
-        self.replicas = ReplicaSet(source, internal_tls, config.replica_transport)
+        self.replicas = ReplicaSet(source, internal_tls, config.replica_transport, config.relay_pump)
         #: This router's metrics (its own registry): served on metrics_port, read by tests.
         self.metrics = RouterMetrics()
         self.balancer = Balancer(

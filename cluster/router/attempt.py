@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ import grpc
 from cluster.proto import replica_pb2
 from cluster.router.circuit import CircuitBreaker
 from cluster.router.errors import RouterError
+from cluster.router.http_reply import SINK_HIGH
 from cluster.router.metrics import RouterMetrics, Tally
 from cluster.router.relay import EOF, PAUSED, RelayCall, RelayError
 from cluster.router.replicas import ReplicaHandle
@@ -164,38 +164,31 @@ class Attempts:
     async def _pump(self, call: RelayCall, relay: RelayState, itl: Any, watch: StallWatch) -> None:
         """The rest of the stream, written to the client's socket in the relay connection's callback.
 
-        ``on_chunk`` runs once per relayed token: it does what ``_observe`` does, inlined, with the inter-token
-        gaps counted in a :class:`Tally` (folded into the histogram every few dozen), and calls ``_keep``.
+        A :class:`cluster.router.pump.Pump` takes each chunk there: it does what ``_observe`` and ``_keep``
+        do (the inter-token gaps counted and folded into the histogram every :data:`FOLD`), on the request's
+        own lists; what it counted is folded into the request's state when the pump ends, however it ends.
         """
-        sink, keep = relay.req.sink, self._keep
-        write = sink.write
+        sink, req = relay.req.sink, relay.req
         tally = Tally(itl)
-        bounds, counts = tally.bounds, tally.counts
-
-        def on_chunk(chunk: replica_pb2.OpenAIChunk) -> bool:
-            now = monotonic()
-            gap = now - relay.last
-            counts[bisect_left(bounds, gap)] += 1
-            tally.total += gap
-            tally.n += 1
-            if tally.n >= FOLD:
-                tally.fold()
-            relay.last = watch.last = now  # the stall watch counts from this chunk on
-            data = chunk.data
-            if data or chunk.finish_reason:
-                keep(relay, chunk)  # one place for what migration and the tenant's charge need
-                if data:
-                    return write(data)  # False: the client's buffer is full, pause
-            return True
-
+        assert relay.last is not None  # the first chunk was observed
+        pump = call.pump_type(sink.transport, sink.chunked, relay.sent_ids, relay.sent_text, tally.bounds, tally.add,
+                              FOLD, relay.last, SINK_HIGH)  # fmt: skip
+        watch.follow(pump)  # the stall watch counts from the pump's latest chunk on
         watch.waiting()
         try:
-            while await call.pump(on_chunk) is PAUSED:
+            while await call.pump(pump) is PAUSED:
                 watch.got()  # the client is slow, not the replica
                 await sink.drained()
                 watch.waiting()
         finally:
-            tally.fold()
+            pump.flush()
+            watch.follow(None)
+            relay.last = watch.last = pump.last
+            relay.sent = relay.sent or pump.sent
+            relay.resumable = relay.resumable and pump.resumable
+            req.tokens_sent += pump.tokens
+            if req.tokens_used is None:
+                req.tokens_used = pump.used
 
     @staticmethod
     def _keep(relay: RelayState, chunk: replica_pb2.OpenAIChunk) -> None:

@@ -23,11 +23,12 @@ class SseSink:
     aiohttp's per-write bookkeeping (there is none this response needs: no compression, no length).
     """
 
-    __slots__ = ("_chunked", "_transport")
+    __slots__ = ("chunked", "transport")
 
     def __init__(self, transport: Any, chunked: bool) -> None:
-        self._transport = transport
-        self._chunked = chunked
+        self.transport = transport
+        #: Each write is one HTTP/1.1 chunk.
+        self.chunked = chunked
 
     @classmethod
     def of(cls, request: web.Request, resp: web.StreamResponse) -> SseSink | None:
@@ -38,15 +39,15 @@ class SseSink:
 
     def write(self, data: bytes) -> bool:
         """Write ``data``; False when the client's buffer is full (the caller pauses until :meth:`drained`)."""
-        t = self._transport
+        t = self.transport
         if t.is_closing():  # the client left: aiohttp cancels the request's task, nothing to write to
             return True
-        t.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        t.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
         return t.get_write_buffer_size() <= SINK_HIGH
 
     async def drained(self) -> None:
         """Until the client has read its buffer down (polled: only a client slower than the engine gets here)."""
-        t = self._transport
+        t = self.transport
         while not t.is_closing() and t.get_write_buffer_size() > SINK_LOW:  # noqa: ASYNC110 - a socket buffer, no event
             await asyncio.sleep(0.005)
 

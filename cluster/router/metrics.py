@@ -52,34 +52,30 @@ class Family:
 
 
 class Tally:
-    """One histogram child's observations, counted locally and folded into it every :data:`FOLD` and at
-    :meth:`fold`: the per-token inter-token latency costs a bisect and two adds, not
-    ``Histogram.observe``'s two locked increments and its loop over the buckets.
+    """One histogram child's observations, counted elsewhere (a stream's pump, cluster/router/pump.py) and
+    added here every :data:`FOLD` and at the stream's end: the per-token inter-token latency costs a bucket
+    count and an add, not ``Histogram.observe``'s two locked increments and its loop over the buckets.
 
     It reads the child's bucket bounds and adds to its buckets and sum (``prometheus_client``'s own
     ``_upper_bounds``, ``_buckets``, ``_sum``: ``observe`` does the same); the scrape sees a stream's
     gaps at most :data:`FOLD` observations late.
     """
 
-    __slots__ = ("_child", "bounds", "counts", "n", "total")
+    __slots__ = ("_child", "bounds")
     FOLD = 64
 
     def __init__(self, child: Any) -> None:
         self._child = child
         self.bounds: list[float] = list(child._upper_bounds)
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
-        self.n = 0
 
-    def fold(self) -> None:
-        child, counts = self._child, self.counts
+    def add(self, counts: Sequence[int], total: float, n: int) -> None:
+        """``n`` observations summing to ``total``, ``counts[i]`` of them in bucket ``i``."""
+        child = self._child
         for i, c in enumerate(counts):
             if c:
                 child._buckets[i].inc(c)
-                counts[i] = 0
-        if self.n:
-            child._sum.inc(self.total)
-        self.total, self.n = 0.0, 0
+        if n:
+            child._sum.inc(total)
 
 
 class RouterMetrics:

@@ -6,12 +6,13 @@ balancer relays either: ``await read()`` gives the next ``OpenAIChunk`` or
 ``code()`` and ``details()`` it stands for, ``cancel()`` abandons the call.
 
 Cost per chunk: the event loop's read of the socket (often several frames per
-read), a header unpack and slice per frame, one protobuf parse, and a future's
-wake-up when the relay was waiting in ``read()``; no thread, no HTTP/2
-framing, no per-chunk timer.  ``pump(handler)`` saves the wake-up too: each
-chunk goes to ``handler`` inside the connection's callback (the balancer
-writes it straight to the client's socket), and the relaying task only wakes
-when the call ends, fails or the handler asks for a pause.  Per call: a connection from
+read), the frame split (cluster/router/pump.py, in C by default), one protobuf
+parse, and a future's wake-up when the relay was waiting in ``read()``; no
+thread, no HTTP/2 framing, no per-chunk timer.  ``pump(pump)`` saves the
+wake-up and the parse too: each chunk goes to a :class:`cluster.router.pump.Pump`
+inside the connection's callback (it writes it straight to the client's
+socket), and the relaying task only wakes when the call ends, fails or the
+pump asks for a pause.  Per call: a connection from
 the pool (one connect, and one TLS handshake with ``internal_tls``, per pooled
 connection, not per call) and one write of the request.
 
@@ -29,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from collections.abc import Callable
 
 import grpc
 
-from cluster.common.relay_wire import CHUNK, END, ERROR, HEADER, HEADER_SIZE, KINDS, MAGIC, MAX_FRAME, REQUEST, frame, parse_error
+from cluster.common.relay_wire import CHUNK, END, ERROR, MAGIC, REQUEST, frame, parse_error
 from cluster.proto import replica_pb2
+from cluster.router import pump as pumps
 
 EOF = grpc.aio.EOF
 #: Chunks held for a call that its relay has not read yet, before the socket is paused.
@@ -44,7 +45,6 @@ MAX_IDLE = 256
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _parse_chunk = replica_pb2.OpenAIChunk.FromString
-_unpack_from = HEADER.unpack_from
 
 
 class RelayError(Exception):
@@ -62,14 +62,12 @@ class RelayError(Exception):
         return self._details
 
 
-#: What :meth:`RelayCall.pump` returns when its handler asked to stop for a while (the client's buffer is full).
+#: What :meth:`RelayCall.pump` returns when its pump asked to stop for a while (the client's buffer is full).
 PAUSED = object()
-#: A chunk handler: called with each chunk as it arrives; False asks for a pause.
-ChunkHandler = Callable[[replica_pb2.OpenAIChunk], bool]
 
 
 class RelayCall:
-    __slots__ = ("_conn", "_done", "_error", "_handler", "_handler_error", "_held", "_paused", "_pending", "_waiter")
+    __slots__ = ("_conn", "_done", "_error", "_held", "_paused", "_pending", "_pump_error", "_waiter")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -78,10 +76,9 @@ class RelayCall:
         self._done = False
         self._error: RelayError | None = None
         self._paused = False
-        #: While :meth:`pump` runs: the handler each arriving chunk goes to, in the connection's callback.
-        self._handler: ChunkHandler | None = None
-        self._handler_error: BaseException | None = None
-        #: The handler asked for a pause: the socket is paused until the next pump.
+        #: What the pump raised in the connection's callback (the client's socket...), for :meth:`pump` to raise.
+        self._pump_error: BaseException | None = None
+        #: The pump asked for a pause: the socket is paused until the next pump.
         self._held = False
 
     async def read(self) -> replica_pb2.OpenAIChunk | object:
@@ -102,35 +99,43 @@ class RelayCall:
             finally:
                 self._waiter = None
 
-    async def pump(self, handler: ChunkHandler) -> object:
-        """Give each chunk to ``handler`` as it arrives, inside the connection's own callback: no task wakes per
-        chunk.  Returns ``EOF`` when the call ended, :data:`PAUSED` when ``handler`` returned False (the socket
-        stays paused until the next ``pump``); raises :class:`RelayError` when the call failed, or what
-        ``handler`` raised."""
+    async def pump(self, pump: pumps.Pump) -> object:
+        """Feed each chunk's payload to ``pump`` as it arrives, inside the connection's own callback: no task
+        wakes per chunk.  Returns ``EOF`` when the call ended, :data:`PAUSED` when the pump returned False (the
+        socket stays paused until the next ``pump``); raises :class:`RelayError` when the call failed, or what
+        the pump raised."""
         pending = self._pending
         while pending:
-            if not handler(_parse_chunk(pending.popleft())):
+            if not pump.feed(pending.popleft()):
                 self._hold()
                 return PAUSED
         if self._held or self._paused:
             self._held = self._paused = False
             self._conn.resume()
         if not self._done:
-            self._handler = handler
+            conn = self._conn
+            conn.pump = pump
             self._waiter = waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter
             finally:
-                self._handler = self._waiter = None
-            if self._handler_error is not None:
-                raise self._handler_error
+                self._waiter = None
+                if conn.pump is pump:
+                    conn.pump = None
+            if self._pump_error is not None:
+                raise self._pump_error
             if self._held:
                 return PAUSED
         if pending:  # arrived with the end, after a pause
-            return await self.pump(handler)
+            return await self.pump(pump)
         if self._error is not None:
             raise self._error
         return EOF
+
+    @property
+    def pump_type(self) -> type[pumps.Pump]:
+        """The pump that goes with this call's connection (its frame split's twin: C or Python)."""
+        return self._conn.pool.pump_type
 
     def _hold(self) -> None:
         if not self._held:
@@ -156,12 +161,12 @@ class RelayCall:
         self._wake()
 
     def _stop_pump(self, error: BaseException | None) -> None:
-        """The pump's handler asked for a pause (``error`` None: the socket is held) or raised ``error``."""
+        """The pump asked for a pause (``error`` None: the socket is held) or raised ``error``."""
         if error is None:
             self._hold()
         else:
-            self._handler_error = error
-        self._handler = None
+            self._pump_error = error
+        self._conn.pump = None
         self._wake()
 
     def _finish(self, error: RelayError | None) -> None:
@@ -176,11 +181,14 @@ class RelayCall:
             w.set_result(None)
 
 
-class _Connection(asyncio.Protocol):
+class _Connection:
+    """A relay connection's Python side; the frame split is its base's (cluster/router/pump.py ``FrameProtocol``,
+    in C or Python: see :func:`connection_class`)."""
+
+    pump: pumps.Pump | None
+
     def __init__(self, pool: RelayPool) -> None:
         self.pool = pool
-        #: Bytes of a frame not complete yet.
-        self.rest = b""
         self.transport: asyncio.Transport | None = None
         self.call: RelayCall | None = None
         self.closed = False
@@ -191,49 +199,38 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
-    def data_received(self, data: bytes) -> None:
-        """Split the frames (as ``FrameReader`` does, inlined: this runs once per relayed token)."""
-        if self.rest:
-            data, self.rest = self.rest + data, b""
-        pos, end = 0, len(data)
-        while end - pos >= HEADER_SIZE:
-            size, kind = _unpack_from(data, pos)
-            if size > MAX_FRAME or kind not in KINDS:
-                return self._broken(f"bad frame header (length {size}, kind {kind})")
-            stop = pos + HEADER_SIZE + size
-            if stop > end:
-                break
-            payload = data[pos + HEADER_SIZE : stop]
-            pos = stop
-            call = self.call
-            if call is None:
-                return self._broken("a frame with no call in flight")
-            if kind == CHUNK:
-                handler = call._handler
-                if handler is None:
-                    call._chunk(payload)
-                    continue
-                try:  # the pump (RelayCall.pump): the chunk goes to its handler here, in this callback
-                    if handler(_parse_chunk(payload)):
-                        continue
-                    call._stop_pump(None)  # the handler asks for a pause
-                except Exception as exc:  # the handler's (e.g. the client's socket); ends the pump, not the connection
-                    call._stop_pump(exc)
-            elif kind == END:
-                self.call = None
-                call._finish(None)
-                self.pool.release(self)
-            elif kind == ERROR:
-                code, details = parse_error(payload)
-                self.call = None
-                call._finish(RelayError(_CODES.get(code, grpc.StatusCode.UNKNOWN), details))
-                self.pool.release(self)
-            else:
-                return self._broken(f"unexpected frame kind {kind}")
-        if pos < end:
-            self.rest = data[pos:]
+    def _frame(self, kind: int, payload: bytes) -> bool:
+        """A frame the pump does not take; False: the connection broke, read no further."""
+        call = self.call
+        if call is None:
+            self._broken("a frame with no call in flight")
+            return False
+        if kind == CHUNK:
+            call._chunk(payload)
+        elif kind == END:
+            self._end(call, None)
+        elif kind == ERROR:
+            code, details = parse_error(payload)
+            self._end(call, RelayError(_CODES.get(code, grpc.StatusCode.UNKNOWN), details))
+        else:
+            self._broken(f"unexpected frame kind {kind}")
+            return False
+        return True
+
+    def _end(self, call: RelayCall, error: RelayError | None) -> None:
+        """The call ended cleanly (``END`` or ``ERROR``): the connection may carry the next one."""
+        self.call = self.pump = None  # before the pool may hand it on: no chunk of the next call reaches this pump
+        call._finish(error)
+        self.pool.release(self)
+
+    def _pump_stopped(self, error: BaseException | None) -> None:
+        if self.call is not None:
+            self.call._stop_pump(error)
+        else:
+            self.pump = None
 
     def _broken(self, why: str) -> None:
+        self.pump = None
         if self.call is not None:
             self.call._finish(RelayError(grpc.StatusCode.INTERNAL, f"relay protocol error from {self.pool.address}: {why}"))
             self.call = None
@@ -241,6 +238,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pump = None
         if self.call is not None:
             why = f"connection to replica {self.pool.address} lost" + (f": {exc}" if exc else "")
             self.call._finish(RelayError(grpc.StatusCode.UNAVAILABLE, why))
@@ -260,11 +258,25 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+_CLASSES: dict[str, tuple[type[_Connection], type[pumps.Pump]]] = {}
+
+
+def connection_class(pump: str) -> tuple[type[_Connection], type[pumps.Pump]]:
+    """(the relay connection class, the pump class) for ``router.relay_pump`` ("native" or "python")."""
+    if pump not in _CLASSES:
+        base, pump_type = pumps.implementation(pump)
+        conn = type(f"RelayConnection_{pump}", (_Connection, base, asyncio.Protocol), {"__module__": __name__})
+        _CLASSES[pump] = (conn, pump_type)
+    return _CLASSES[pump]
+
+
 class RelayPool:
     """Connections to one replica's relay port; each carries one call at a time."""
 
-    def __init__(self, host: str, port: int, ssl: object | None = None, server_hostname: str | None = None) -> None:
+    def __init__(self, host: str, port: int, ssl: object | None = None, server_hostname: str | None = None, pump: str = "native") -> None:
         self.host, self.port = host, port
+        #: The connection class (its frame split in C or Python) and the pump type that goes with it.
+        self.connection, self.pump_type = connection_class(pump)
         self.address = f"{host}:{port}"
         self._ssl = ssl
         self._server_hostname = server_hostname
@@ -296,7 +308,7 @@ class RelayPool:
         if self._ssl is not None:
             kwargs = {"ssl": self._ssl, "server_hostname": self._server_hostname}
         try:
-            _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port, **kwargs)  # type: ignore[arg-type]
+            _, conn = await loop.create_connection(lambda: self.connection(self), self.host, self.port, **kwargs)  # type: ignore[arg-type]
         except OSError as exc:  # refused, unreachable, TLS refused (ssl.SSLError is an OSError)
             raise RelayError(grpc.StatusCode.UNAVAILABLE, f"cannot connect to replica {self.address}: {exc}") from None
         return conn

@@ -145,8 +145,12 @@ class ReplicaHandle:
 
 
 class ReplicaSet:
-    def __init__(self, source: EndpointSource, tls: InternalTLSConfig | None = None, transport: str = "relay") -> None:
+    def __init__(
+        self, source: EndpointSource, tls: InternalTLSConfig | None = None, transport: str = "relay", pump: str = "native"
+    ) -> None:
         self._source = source
+        #: ``router.relay_pump``: the relay connections' frame split and pump in C ("native") or Python.
+        self._pump = pump
         # Mutual TLS to the replicas (``internal_tls``); read once, shared by every channel.
         self._creds, self._tls_options = replica_channel_credentials(tls)
         self._tls = tls
@@ -296,7 +300,7 @@ class ReplicaSet:
         return h
 
     def _relay_pool(self, host: str, port: int) -> RelayPool:
-        return RelayPool(host, port, self._relay_ssl, relay_server_name(self._tls, host))
+        return RelayPool(host, port, self._relay_ssl, relay_server_name(self._tls, host), self._pump)
 
 
 def static_source(endpoints: Endpoints) -> EndpointSource:

@@ -5,7 +5,7 @@ its replica has stalled (``stall_timeout_s``).  Before its first chunk an
 attempt may wait ``first_s`` (``first_token_timeout_s``), and no attempt runs
 past ``ends_at`` (the request's deadline).  The watch holds one timer for the
 whole attempt: per chunk the relay only notes the time it starts waiting
-(:meth:`StallWatch.waiting`; a pump already waiting just sets ``last``) and
+(:meth:`StallWatch.waiting`; a pump keeps its own ``last``, :meth:`follow` ed) and
 that it got something (:meth:`got`); the first chunk ends the first-token
 phase (:meth:`started`).  When the timer fires it checks those notes and
 either re-arms itself or expires the attempt's ``asyncio.timeout`` block
@@ -23,10 +23,11 @@ timers per request).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
 class StallWatch:
-    __slots__ = ("_ends_at", "_first_s", "_handle", "_limit", "_loop", "_timeout", "_waiting", "last", "why")
+    __slots__ = ("_ends_at", "_first_s", "_handle", "_limit", "_loop", "_source", "_timeout", "_waiting", "last", "why")
 
     def __init__(self, timeout: asyncio.Timeout, limit_s: float, first_s: float | None = None, ends_at: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -38,6 +39,8 @@ class StallWatch:
         self._waiting = first_s is not None
         self.why: str | None = None
         self.last = self._loop.time()
+        #: While a pump relays the stream: it keeps the latest chunk's time itself (its ``last``).
+        self._source: Any = None
         self._handle = self._loop.call_at(self._cap(self.last + (limit_s if first_s is None else first_s)), self._check)
 
     def _cap(self, when: float) -> float:
@@ -56,11 +59,17 @@ class StallWatch:
         self.last = self._loop.time()
         self._waiting = True
 
+    def follow(self, source: Any) -> None:
+        """Count from ``source.last`` too (a pump's latest chunk, on the same monotonic clock); None: stop."""
+        self._source = source
+
     def got(self) -> None:
         self._waiting = False
 
     def _check(self) -> None:
         now = self._loop.time()
+        if self._source is not None and self._source.last > self.last:
+            self.last = self._source.last
         if self._ends_at is not None and now >= self._ends_at:
             return self._expire("deadline", now)
         first = self._first_s

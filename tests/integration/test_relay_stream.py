@@ -113,26 +113,40 @@ async def test_the_relay_port_takes_no_client_without_the_cluster_certificate(si
     writer.close()
 
 
-async def test_a_stream_paused_for_a_full_client_buffer_resumes_with_nothing_lost(sim_fleet, monkeypatch):
-    # A loopback client's kernel buffers take a whole sim stream, so "full" is reported by the sink here, every
-    # 100 writes, and draining takes 50 ms: meanwhile the replica's chunks pile up behind a paused socket.
+@pytest.mark.parametrize("pump", ["native", "python"])
+async def test_a_stream_paused_for_a_full_client_buffer_resumes_with_nothing_lost(sim_fleet, monkeypatch, pump):
+    # A loopback client's kernel buffers take a whole sim stream, so "full" is reported by the client's
+    # transport here, every 100 writes, and draining takes 50 ms: meanwhile the replica's chunks pile up behind
+    # a paused socket.  The pump (C or Python) writes to the transport itself, so the transport is what reports.
     from cluster.router import http_reply
 
     writes, pauses = [0], [0]
-    real_write = http_reply.SseSink.write
+    real_init = http_reply.SseSink.__init__
 
-    def write(self, data):
-        real_write(self, data)
-        writes[0] += 1
-        return writes[0] % 100 != 0
+    class FillingTransport:
+        def __init__(self, t):
+            self.t = t
+
+        def write(self, data):
+            self.t.write(data)
+            writes[0] += 1
+
+        def is_closing(self):
+            return self.t.is_closing()
+
+        def get_write_buffer_size(self):
+            return http_reply.SINK_HIGH + 1 if writes[0] % 100 == 0 else self.t.get_write_buffer_size()
+
+    def init(self, transport, chunked):
+        real_init(self, FillingTransport(transport), chunked)
 
     async def drained(self):
         pauses[0] += 1
         await asyncio.sleep(0.05)
 
-    monkeypatch.setattr(http_reply.SseSink, "write", write)
+    monkeypatch.setattr(http_reply.SseSink, "__init__", init)
     monkeypatch.setattr(http_reply.SseSink, "drained", drained)
-    router = await sim_fleet.start(1, time_scale=0.001)
+    router = await sim_fleet.start(1, time_scale=0.001, router={"relay_pump": pump})
     await _relay_used(router)
     body = {"model": "sim", "prompt": "p", "max_tokens": 1000, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     texts, usage = [], None

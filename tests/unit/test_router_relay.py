@@ -1,5 +1,6 @@
-"""The router's side of the relay stream (cluster/router/relay.py): its connection splits frames itself, inline, so
-what the replica's socket delivers in any cut must come out as the same chunks, in order, and then the end."""
+"""The router's side of the relay stream (cluster/router/relay.py): its connection splits frames itself (in C or in
+Python, cluster/router/pump.py), so what the replica's socket delivers in any cut must come out as the same chunks,
+in order, and then the end, with either."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from cluster.common.relay_wire import CHUNK, END, frame
 from cluster.proto import replica_pb2
-from cluster.router.relay import EOF, RelayCall, RelayError, RelayPool, _Connection
+from cluster.router.relay import EOF, RelayCall, RelayError, RelayPool
 from cluster.router.replicas import split_address
 
 
@@ -27,20 +28,33 @@ async def _read_all(call: RelayCall) -> list[bytes]:
     return out
 
 
+PUMPS = ["native", "python"]
+
+
+@pytest.mark.parametrize("pump", PUMPS)
 @pytest.mark.parametrize("cut", [1, 2, 5, 7, 1000])
-def test_chunks_cut_anywhere_by_the_socket_reach_the_call_whole_and_in_order(cut):
+def test_chunks_cut_anywhere_by_the_socket_reach_the_call_whole_and_in_order(cut, pump):
     texts = ["", "a", "hello ", "x" * 300]
     wire = _chunks(texts)
-    conn = _Connection(RelayPool("127.0.0.1", 1))
-    call = conn.call = RelayCall(conn)
-    for i in range(0, len(wire), cut):
-        conn.data_received(wire[i : i + cut])
-    assert asyncio.run(_read_all(call)) == [t.encode() for t in texts]
-    assert conn.call is None and conn.rest == b""  # the call ended; the connection is back in its pool
+    pool = RelayPool("127.0.0.1", 1, pump=pump)
+    conn = pool.connection(pool)
+    calls = []
+    for _ in range(2):  # two calls, one after the other, on one connection
+        if calls:  # as RelayPool.call takes it
+            assert pool._idle.pop() is conn
+        conn.call = RelayCall(conn)
+        calls.append(conn.call)
+        for i in range(0, len(wire), cut):
+            conn.data_received(wire[i : i + cut])
+    for call in calls:
+        assert asyncio.run(_read_all(call)) == [t.encode() for t in texts]
+    assert conn.call is None and pool._idle == [conn]  # the call ended; the connection is back in its pool
 
 
-def test_a_frame_header_that_is_no_relay_frame_fails_the_call_instead_of_hanging_it():
-    conn = _Connection(RelayPool("127.0.0.1", 1))
+@pytest.mark.parametrize("pump", PUMPS)
+def test_a_frame_header_that_is_no_relay_frame_fails_the_call_instead_of_hanging_it(pump):
+    pool = RelayPool("127.0.0.1", 1, pump=pump)
+    conn = pool.connection(pool)
     call = conn.call = RelayCall(conn)
     conn.data_received(b"HTTP/1.1 400 Bad Request\r\n\r\n")
     with pytest.raises(RelayError, match="bad frame header"):

@@ -1,0 +1,665 @@
+/* The router's per-token relay in C: cluster/router/pump.py is the same in Python, and says what it does.
+ *
+ * Two types, each a twin of one in pump.py (tests/unit/test_pump.py feeds both the same bytes and compares):
+ *   FrameProtocol  the base of a relay connection (cluster/router/relay.py): ``data_received`` splits the
+ *                  replica's frames; a CHUNK while ``self.pump`` is set goes to the pump here, anything else
+ *                  to the Python methods ``_frame(kind, payload)``, ``_broken(why)``, ``_pump_stopped(exc)``.
+ *   Pump           one stream's chunks to the client's socket: reads the few OpenAIChunk fields the router
+ *                  needs straight off the wire, keeps what a migration and the tenant's charge need, times the
+ *                  inter-token gap and writes the SSE bytes as one HTTP chunk.
+ *
+ * Why: the same work in Python costs the router more CPU per relayed token than a Rust gateway spends
+ * (docs/routing.md, router overhead); here uvloop calls ``data_received`` straight into C, so a token costs
+ * no Python frame, no protobuf message object and no attribute lookups.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+#define HEADER_SIZE 5
+#define MAX_FRAME (64u * 1024u * 1024u)
+#define KIND_REQUEST 1
+#define KIND_CHUNK 2
+#define KIND_END 3
+#define KIND_ERROR 4
+#define MAX_BOUNDS 64
+
+/* ---- OpenAIChunk off the wire (proto/llm_cluster/v1/replica.proto) ---------------------------------- */
+
+typedef struct {
+    const unsigned char *data, *text, *finish;
+    Py_ssize_t data_len, text_len, finish_len;
+    unsigned long long prompt, completion;
+    Py_ssize_t n_ids;
+    int resumable;
+} Chunk;
+
+/* One varint at *p (before end); 0 on a truncated or over-long one. */
+static int read_varint(const unsigned char **p, const unsigned char *end, unsigned long long *out) {
+    unsigned long long v = 0;
+    int shift = 0;
+    while (*p < end && shift < 64) {
+        unsigned char b = *(*p)++;
+        v |= (unsigned long long)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 1;
+        }
+        shift += 7;
+    }
+    return 0;
+}
+
+/* A length-delimited field's span; 0 when it runs past the message. */
+static int read_span(const unsigned char **p, const unsigned char *end, const unsigned char **span, Py_ssize_t *len) {
+    unsigned long long n;
+    if (!read_varint(p, end, &n) || n > (unsigned long long)(end - *p))
+        return 0;
+    *span = *p;
+    *len = (Py_ssize_t)n;
+    *p += n;
+    return 1;
+}
+
+/* Skip a field of an unknown number; 0 on a wire type this message cannot hold. */
+static int skip_field(const unsigned char **p, const unsigned char *end, int wire) {
+    unsigned long long v;
+    const unsigned char *span;
+    Py_ssize_t len;
+    switch (wire) {
+    case 0:
+        return read_varint(p, end, &v);
+    case 1:
+        if (end - *p < 8)
+            return 0;
+        *p += 8;
+        return 1;
+    case 2:
+        return read_span(p, end, &span, &len);
+    case 5:
+        if (end - *p < 4)
+            return 0;
+        *p += 4;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Count the varints of a packed span; -1 when one is truncated. */
+static Py_ssize_t count_varints(const unsigned char *p, const unsigned char *end) {
+    Py_ssize_t n = 0;
+    unsigned long long v;
+    while (p < end) {
+        if (!read_varint(&p, end, &v))
+            return -1;
+        n++;
+    }
+    return n;
+}
+
+/* Pass 1: the fields' spans and the token ids' count; sets ValueError and returns 0 on a malformed message. */
+static int parse_chunk(const unsigned char *p, Py_ssize_t size, Chunk *c) {
+    const unsigned char *end = p + size;
+    memset(c, 0, sizeof(*c));
+    while (p < end) {
+        unsigned long long key, v;
+        const unsigned char *span;
+        Py_ssize_t len, n;
+        if (!read_varint(&p, end, &key))
+            goto bad;
+        int field = (int)(key >> 3), wire = (int)(key & 7);
+        if (field == 1 && wire == 2) {
+            if (!read_span(&p, end, &c->data, &c->data_len))
+                goto bad;
+        } else if (field == 3 && wire == 2) {  /* packed token ids */
+            if (!read_span(&p, end, &span, &len) || (n = count_varints(span, span + len)) < 0)
+                goto bad;
+            c->n_ids += n;
+        } else if (field == 3 && wire == 0) {  /* one unpacked token id */
+            if (!read_varint(&p, end, &v))
+                goto bad;
+            c->n_ids++;
+        } else if (field == 4 && wire == 2) {
+            if (!read_span(&p, end, &c->text, &c->text_len))
+                goto bad;
+        } else if (field == 5 && wire == 0) {
+            if (!read_varint(&p, end, &v))
+                goto bad;
+            c->resumable = v != 0;
+        } else if (field == 7 && wire == 2) {
+            if (!read_span(&p, end, &c->finish, &c->finish_len))
+                goto bad;
+        } else if ((field == 8 || field == 9) && wire == 0) {
+            if (!read_varint(&p, end, &v))
+                goto bad;
+            if (field == 8)
+                c->prompt = v & 0xFFFFFFFFull;  /* uint32, as protobuf truncates */
+            else
+                c->completion = v & 0xFFFFFFFFull;
+        } else if (field == 0 || !skip_field(&p, end, wire)) {
+            goto bad;
+        }
+    }
+    return 1;
+bad:
+    PyErr_SetString(PyExc_ValueError, "malformed OpenAIChunk from the replica");
+    return 0;
+}
+
+/* Pass 2: append the token ids (packed or not) to ``out``; the message was checked by pass 1. */
+static int append_id(PyObject *out, unsigned long long v) {
+    PyObject *id = PyLong_FromUnsignedLongLong(v & 0xFFFFFFFFull);  /* uint32, as protobuf truncates */
+    if (id == NULL)
+        return 0;
+    int r = PyList_Append(out, id);
+    Py_DECREF(id);
+    return r == 0;
+}
+
+static int append_ids(const unsigned char *p, Py_ssize_t size, PyObject *out) {
+    const unsigned char *end = p + size;
+    while (p < end) {
+        unsigned long long key = 0, v = 0;
+        const unsigned char *span = NULL;
+        Py_ssize_t len = 0;
+        if (!read_varint(&p, end, &key))
+            return 1;  /* not reached: pass 1 checked the message */
+        int field = (int)(key >> 3), wire = (int)(key & 7);
+        if (field == 3 && wire == 2) {
+            if (!read_span(&p, end, &span, &len))
+                return 1;
+            const unsigned char *q = span, *qend = span + len;
+            while (q < qend && read_varint(&q, qend, &v)) {
+                if (!append_id(out, v))
+                    return 0;
+            }
+        } else if (field == 3 && wire == 0) {
+            if (!read_varint(&p, end, &v))
+                return 1;
+            if (!append_id(out, v))
+                return 0;
+        } else if (!skip_field(&p, end, wire)) {
+            return 1;
+        }
+    }
+    return 1;
+}
+
+/* ---- Pump ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *is_closing, *write, *buffer_size;  /* the client's transport's bound methods */
+    PyObject *sent_ids, *sent_text;              /* RelayState's lists (shared, appended to) */
+    PyObject *fold;                              /* fold(counts, total, n): the ITL tally into its histogram */
+    PyObject *empty;
+    int chunked, resumable, sent;
+    Py_ssize_t high, fold_every, n;
+    int nbounds;
+    double bounds[MAX_BOUNDS];
+    long long counts[MAX_BOUNDS];
+    double total, last;
+    long long tokens, used;
+} Pump;
+
+static double now_monotonic(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int Pump_traverse(Pump *self, visitproc visit, void *arg) {
+    Py_VISIT(self->is_closing);
+    Py_VISIT(self->write);
+    Py_VISIT(self->buffer_size);
+    Py_VISIT(self->sent_ids);
+    Py_VISIT(self->sent_text);
+    Py_VISIT(self->fold);
+    return 0;
+}
+
+static int Pump_clear(Pump *self) {
+    Py_CLEAR(self->is_closing);
+    Py_CLEAR(self->write);
+    Py_CLEAR(self->buffer_size);
+    Py_CLEAR(self->sent_ids);
+    Py_CLEAR(self->sent_text);
+    Py_CLEAR(self->fold);
+    Py_CLEAR(self->empty);
+    return 0;
+}
+
+static void Pump_dealloc(Pump *self) {
+    PyObject_GC_UnTrack(self);
+    Pump_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Pump_init(Pump *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"transport", "chunked", "sent_ids", "sent_text", "bounds", "fold", "fold_every", "last", "high", NULL};
+    PyObject *transport, *ids, *text, *bounds, *fold;
+    int chunked;
+    Py_ssize_t fold_every, high;
+    double last;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OpO!O!OOndn", kwlist, &transport, &chunked, &PyList_Type, &ids,
+                                     &PyList_Type, &text, &bounds, &fold, &fold_every, &last, &high))
+        return -1;
+    PyObject *seq = PySequence_Fast(bounds, "bounds must be a sequence of floats");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t nb = PySequence_Fast_GET_SIZE(seq);
+    if (nb < 1 || nb > MAX_BOUNDS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "between 1 and %d bounds", MAX_BOUNDS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        double b = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (b == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        self->bounds[i] = b;
+        self->counts[i] = 0;
+    }
+    Py_DECREF(seq);
+    Pump_clear(self);
+    self->is_closing = PyObject_GetAttrString(transport, "is_closing");
+    self->write = PyObject_GetAttrString(transport, "write");
+    self->buffer_size = PyObject_GetAttrString(transport, "get_write_buffer_size");
+    self->empty = PyUnicode_FromStringAndSize("", 0);
+    if (!self->is_closing || !self->write || !self->buffer_size || !self->empty)
+        return -1;
+    Py_INCREF(ids);
+    self->sent_ids = ids;
+    Py_INCREF(text);
+    self->sent_text = text;
+    Py_INCREF(fold);
+    self->fold = fold;
+    self->nbounds = (int)nb;
+    self->chunked = chunked;
+    self->fold_every = fold_every < 1 ? 1 : fold_every;
+    self->high = high;
+    self->last = last;
+    self->total = 0.0;
+    self->n = 0;
+    self->tokens = 0;
+    self->used = -1;
+    self->resumable = 1;
+    self->sent = 0;
+    return 0;
+}
+
+/* Hand the counted gaps to ``fold`` and start counting afresh. */
+static int pump_fold(Pump *self) {
+    if (self->n == 0)
+        return 1;
+    PyObject *counts = PyList_New(self->nbounds);
+    if (counts == NULL)
+        return 0;
+    for (int i = 0; i < self->nbounds; i++) {
+        PyObject *c = PyLong_FromLongLong(self->counts[i]);
+        if (c == NULL) {
+            Py_DECREF(counts);
+            return 0;
+        }
+        PyList_SET_ITEM(counts, i, c);
+    }
+    PyObject *r = PyObject_CallFunction(self->fold, "Odn", counts, self->total, self->n);
+    Py_DECREF(counts);
+    if (r == NULL)
+        return 0;
+    Py_DECREF(r);
+    memset(self->counts, 0, sizeof(self->counts));
+    self->total = 0.0;
+    self->n = 0;
+    return 1;
+}
+
+/* The client's socket: -1 error, 0 its buffer is full (pause), 1 go on. */
+static int pump_write(Pump *self, const unsigned char *data, Py_ssize_t len) {
+    PyObject *r = PyObject_CallNoArgs(self->is_closing);
+    if (r == NULL)
+        return -1;
+    int closing = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (closing)
+        return closing < 0 ? -1 : 1;  /* the client left: its request is cancelled, nothing to write to */
+    PyObject *out;
+    if (self->chunked) {
+        char head[24];
+        int h = snprintf(head, sizeof(head), "%zx\r\n", len);
+        out = PyBytes_FromStringAndSize(NULL, h + len + 2);
+        if (out == NULL)
+            return -1;
+        char *o = PyBytes_AS_STRING(out);
+        memcpy(o, head, (size_t)h);
+        memcpy(o + h, data, (size_t)len);
+        memcpy(o + h + len, "\r\n", 2);
+    } else {
+        out = PyBytes_FromStringAndSize((const char *)data, len);
+        if (out == NULL)
+            return -1;
+    }
+    r = PyObject_CallOneArg(self->write, out);
+    Py_DECREF(out);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    r = PyObject_CallNoArgs(self->buffer_size);
+    if (r == NULL)
+        return -1;
+    Py_ssize_t size = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (size == -1 && PyErr_Occurred())
+        return -1;
+    return size <= self->high;
+}
+
+/* One CHUNK payload: -1 error (set), 0 pause, 1 go on. */
+static int pump_feed(Pump *self, const unsigned char *p, Py_ssize_t size) {
+    Chunk c;
+    if (!parse_chunk(p, size, &c))
+        return -1;
+    PyObject *text;
+    if (c.text_len) {
+        text = PyUnicode_DecodeUTF8((const char *)c.text, c.text_len, NULL);
+        if (text == NULL)
+            return -1;
+    } else {
+        text = Py_NewRef(self->empty);
+    }
+    double now = now_monotonic(), gap = now - self->last;
+    int i = 0;
+    while (i < self->nbounds - 1 && self->bounds[i] < gap)  /* bisect_left: the last bound is +Inf */
+        i++;
+    self->counts[i]++;
+    self->total += gap;
+    self->n++;
+    self->last = now;
+    if (self->n >= self->fold_every && !pump_fold(self)) {
+        Py_DECREF(text);
+        return -1;
+    }
+    int go = 1;
+    if (c.data_len || c.finish_len) {
+        if (!append_ids(p, size, self->sent_ids) || PyList_Append(self->sent_text, text) < 0) {
+            Py_DECREF(text);
+            return -1;
+        }
+        if (!c.resumable)
+            self->resumable = 0;
+        self->sent = 1;
+        self->tokens += c.n_ids ? c.n_ids : (c.text_len ? 1 : 0);
+        if (c.finish_len && self->used < 0)
+            self->used = (long long)(c.prompt + c.completion);
+        if (c.data_len)
+            go = pump_write(self, c.data, c.data_len);
+    }
+    Py_DECREF(text);
+    return go;
+}
+
+static PyObject *Pump_feed(Pump *self, PyObject *payload) {
+    if (self->write == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Pump not initialised");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(payload, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int r = pump_feed(self, (const unsigned char *)b.buf, b.len);
+    PyBuffer_Release(&b);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *Pump_flush(Pump *self, PyObject *Py_UNUSED(ignored)) {
+    if (!pump_fold(self))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pump_get_used(Pump *self, void *Py_UNUSED(closure)) {
+    if (self->used < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(self->used);
+}
+
+static PyObject *Pump_get_bool(Pump *self, void *closure) {
+    return PyBool_FromLong(closure == (void *)0 ? self->resumable : self->sent);
+}
+
+static PyMethodDef Pump_methods[] = {
+    {"feed", (PyCFunction)Pump_feed, METH_O, "One CHUNK frame's payload; False: the client's buffer is full (pause)."},
+    {"flush", (PyCFunction)Pump_flush, METH_NOARGS, "Fold the gaps counted so far into the histogram."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Pump_members[] = {
+    {"last", T_DOUBLE, offsetof(Pump, last), 0, "When the latest chunk arrived (time.monotonic)."},
+    {"tokens", T_LONGLONG, offsetof(Pump, tokens), READONLY, "Tokens relayed to the client by this pump."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Pump_getset[] = {
+    {"used", (getter)Pump_get_used, NULL, "The whole request's usage, from its finish chunk (None: not seen).", NULL},
+    {"resumable", (getter)Pump_get_bool, NULL, "False once a kept chunk could not be resumed from.", (void *)0},
+    {"sent", (getter)Pump_get_bool, NULL, "A chunk was kept (bytes went to the client).", (void *)1},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject PumpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cluster.router._pump.Pump",
+    .tp_basicsize = sizeof(Pump),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One stream's chunks to the client's socket (cluster/router/pump.py's Pump, in C).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Pump_init,
+    .tp_dealloc = (destructor)Pump_dealloc,
+    .tp_traverse = (traverseproc)Pump_traverse,
+    .tp_clear = (inquiry)Pump_clear,
+    .tp_methods = Pump_methods,
+    .tp_members = Pump_members,
+    .tp_getset = Pump_getset,
+};
+
+/* ---- FrameProtocol ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *rest;  /* bytes of a frame not complete yet, or NULL */
+    PyObject *pump;  /* a Pump (or any object with ``feed``) while a stream is pumped, else None */
+} FrameProtocol;
+
+static int FP_traverse(FrameProtocol *self, visitproc visit, void *arg) {
+    Py_VISIT(self->pump);  /* a Python subclass's own traverse visits its type and __dict__ */
+    return 0;
+}
+
+static int FP_clear(FrameProtocol *self) {
+    Py_CLEAR(self->rest);
+    Py_CLEAR(self->pump);
+    return 0;
+}
+
+static void FP_dealloc(FrameProtocol *self) {  /* a Python subclass's dealloc drops its type's reference */
+    PyObject_GC_UnTrack(self);
+    FP_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    FrameProtocol *self = (FrameProtocol *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->pump = Py_NewRef(Py_None);
+    return (PyObject *)self;
+}
+
+/* Give one chunk to the pump; 0 when that raised something other than the pump's own stop (set). */
+static int fp_pump(FrameProtocol *self, const unsigned char *p, Py_ssize_t size) {
+    PyObject *pump = Py_NewRef(self->pump);
+    int r;
+    if (Py_IS_TYPE(pump, &PumpType) && ((Pump *)pump)->write != NULL) {
+        r = pump_feed((Pump *)pump, p, size);
+    } else {
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)p, size), *ok = NULL;
+        if (payload != NULL) {
+            ok = PyObject_CallMethod(pump, "feed", "O", payload);
+            Py_DECREF(payload);
+        }
+        r = ok == NULL ? -1 : PyObject_IsTrue(ok);
+        Py_XDECREF(ok);
+    }
+    Py_DECREF(pump);
+    if (r > 0)
+        return 1;
+    /* A pause (0) or the handler's error (-1: the client's socket...): it ends the pump, not the connection. */
+    PyObject *exc = NULL;
+    if (r < 0) {
+        PyObject *type, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (exc != NULL && tb != NULL)
+            PyException_SetTraceback(exc, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+    }
+    PyObject *res = PyObject_CallMethod((PyObject *)self, "_pump_stopped", "O", exc ? exc : Py_None);
+    Py_XDECREF(exc);
+    if (res == NULL)
+        return 0;
+    Py_DECREF(res);
+    return 1;
+}
+
+static PyObject *FP_data_received(FrameProtocol *self, PyObject *data) {
+    PyObject *buf;
+    if (self->rest != NULL) {
+        buf = PyBytes_FromObject(self->rest);
+        Py_CLEAR(self->rest);
+        if (buf == NULL)
+            return NULL;
+        PyObject *more = PyBytes_FromObject(data);
+        if (more == NULL) {
+            Py_DECREF(buf);
+            return NULL;
+        }
+        PyBytes_ConcatAndDel(&buf, more);
+        if (buf == NULL)
+            return NULL;
+    } else if (PyBytes_CheckExact(data)) {
+        buf = Py_NewRef(data);
+    } else if ((buf = PyBytes_FromObject(data)) == NULL) {
+        return NULL;
+    }
+    const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(buf);
+    Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(buf);
+    PyObject *res = NULL;
+    while (end - pos >= HEADER_SIZE) {
+        const unsigned char *h = base + pos;
+        unsigned int size = ((unsigned int)h[0] << 24) | ((unsigned int)h[1] << 16) | ((unsigned int)h[2] << 8) | h[3];
+        int kind = h[4];
+        if (size > MAX_FRAME || kind < KIND_REQUEST || kind > KIND_ERROR) {
+            PyObject *why = PyUnicode_FromFormat("bad frame header (length %u, kind %d)", size, kind);
+            if (why != NULL) {
+                res = PyObject_CallMethod((PyObject *)self, "_broken", "O", why);
+                Py_DECREF(why);
+            }
+            goto done;
+        }
+        Py_ssize_t stop = pos + HEADER_SIZE + (Py_ssize_t)size;
+        if (stop > end)
+            break;
+        const unsigned char *payload = h + HEADER_SIZE;
+        pos = stop;
+        if (kind == KIND_CHUNK && self->pump != Py_None) {
+            if (!fp_pump(self, payload, (Py_ssize_t)size))
+                goto done;
+            continue;
+        }
+        PyObject *bytes = PyBytes_FromStringAndSize((const char *)payload, (Py_ssize_t)size);
+        if (bytes == NULL)
+            goto done;
+        PyObject *go = PyObject_CallMethod((PyObject *)self, "_frame", "iO", kind, bytes);
+        Py_DECREF(bytes);
+        if (go == NULL)
+            goto done;
+        int more = PyObject_IsTrue(go);
+        Py_DECREF(go);
+        if (more < 0)
+            goto done;
+        if (!more) {  /* the connection is broken: nothing more is read off it */
+            res = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    if (pos < end) {
+        self->rest = PyBytes_FromStringAndSize((const char *)base + pos, end - pos);
+        if (self->rest == NULL)
+            goto done;
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_DECREF(buf);
+    if (res != NULL && res != Py_None) {
+        Py_DECREF(res);
+        res = Py_NewRef(Py_None);
+    }
+    return res;
+}
+
+static PyObject *FP_get_pump(FrameProtocol *self, void *Py_UNUSED(closure)) {
+    return Py_NewRef(self->pump);
+}
+
+static int FP_set_pump(FrameProtocol *self, PyObject *value, void *Py_UNUSED(closure)) {
+    Py_XSETREF(self->pump, Py_NewRef(value ? value : Py_None));
+    return 0;
+}
+
+static PyMethodDef FP_methods[] = {
+    {"data_received", (PyCFunction)FP_data_received, METH_O, "Split the replica's bytes into frames."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef FP_getset[] = {
+    {"pump", (getter)FP_get_pump, (setter)FP_set_pump, "Where CHUNK frames go while a stream is pumped (None: _frame).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FrameProtocolType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cluster.router._pump.FrameProtocol",
+    .tp_basicsize = sizeof(FrameProtocol),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The base of a relay connection: frames split in C (cluster/router/pump.py's FrameProtocol).",
+    .tp_new = FP_new,
+    .tp_dealloc = (destructor)FP_dealloc,
+    .tp_traverse = (traverseproc)FP_traverse,
+    .tp_clear = (inquiry)FP_clear,
+    .tp_methods = FP_methods,
+    .tp_getset = FP_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_pump", "The router's per-token relay in C (see cluster/router/pump.py).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__pump(void) {
+    if (PyType_Ready(&PumpType) < 0 || PyType_Ready(&FrameProtocolType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Pump", (PyObject *)&PumpType) < 0 ||
+        PyModule_AddObjectRef(m, "FrameProtocol", (PyObject *)&FrameProtocolType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
