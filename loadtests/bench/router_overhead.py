@@ -8,7 +8,8 @@ gateways' HTTP hop), streaming one-token chunks at next to no cost, so what is
 measured is the router.  Systems: ``direct`` (the client spreads requests
 round robin over the backends' own HTTP: the baseline), ``ours`` (`llm-cluster
 router`, HTTP front, round robin, tokens over the replicas' relay stream),
-``ours-grpc`` (the same over the OpenAI RPC, ``router.replica_transport: grpc``), ``vllm-router`` and ``smg`` (PyPI, ``pip
+``ours-python-pump`` (the same with its per-token relay in Python, ``router.relay_pump: python``, not
+the C one), ``ours-grpc`` (the same over the OpenAI RPC, ``router.replica_transport: grpc``), ``vllm-router`` and ``smg`` (PyPI, ``pip
 install -e '.[bench]'``; HTTP to HTTP, round robin; skipped with a note when
 missing).  The backends pause ``--token-interval-ms`` (1) between tokens, as
 an engine's steps do, so each token is its own network write for every
@@ -53,7 +54,9 @@ import aiohttp
 from loadtests.procs import Procs, free_port, running, start_router, wait_port
 
 MODEL = "smollm2-135m-instruct"
-SYSTEMS = ("direct", "ours", "ours-grpc", "vllm-router", "smg")
+SYSTEMS = ("direct", "ours", "ours-python-pump", "ours-grpc", "vllm-router", "smg")
+#: Our router's variants: the config each adds to ``--ours-set``.
+OURS = {"ours": [], "ours-python-pump": ["router.relay_pump=python"], "ours-grpc": ["router.replica_transport=grpc"]}
 LENGTHS = (16, 256)
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -232,8 +235,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         # direct's CPU: the backends' own (aiohttp writing pre-encoded SSE): what Python's HTTP alone costs.
         fronts: dict[str, tuple[list[str], list[int]]] = {"direct": (http_urls, [p for _, _, p in backends])}
         for s in systems:
-            if s in ("ours", "ours-grpc"):
-                overrides = [*args.ours_set, *(["router.replica_transport=grpc"] if s == "ours-grpc" else [])]
+            if s in OURS:
+                overrides = [*args.ours_set, *OURS[s]]
                 _, http_port = start_router(procs, grpc_addrs, policy="round_robin", overrides=overrides)
                 fronts[s] = ([f"http://127.0.0.1:{http_port}"], [procs.procs[-1].pid])
             elif s in ("vllm-router", "smg"):
@@ -262,7 +265,7 @@ async def main_async(args: argparse.Namespace) -> dict:
 def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], args: argparse.Namespace) -> dict:
     short, long_ = LENGTHS
     hdr = (
-        f"{'system':<12} {'CPU/16-tok':>11} {'CPU/256-tok':>12} {'CPU/token':>10} {'CPU/request':>12} {'req/s':>7} "
+        f"{'system':<16} {'CPU/16-tok':>11} {'CPU/256-tok':>12} {'CPU/token':>10} {'CPU/request':>12} {'req/s':>7} "
         f"{'TTFT p50':>9} {'p99':>8} {'added p50':>10} {'p99':>8} {'tok/req':>8} {'err':>4}"
     )
     print(
@@ -274,7 +277,7 @@ def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str
     d = runs.get(("direct", short))
     for s in systems:
         if s in notes:
-            print(f"{s:<12} {notes[s]}")
+            print(f"{s:<16} {notes[s]}")
             continue
         a, b = runs[(s, short)], runs[(s, long_)]
         per16, per256 = _per_request(a, "cpu_s"), _per_request(b, "cpu_s")
@@ -282,7 +285,7 @@ def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str
         add50 = pct(a.ttft, 50) - pct(d.ttft, 50) if d else float("nan")
         add99 = pct(a.ttft, 99) - pct(d.ttft, 99) if d else float("nan")
         print(
-            f"{s:<12} {_us(per16):>11} {_us(per256):>12} {_us(per_tok):>10} {_us(per_req):>12} "
+            f"{s:<16} {_us(per16):>11} {_us(per256):>12} {_us(per_tok):>10} {_us(per_req):>12} "
             f"{a.requests / a.wall_s if a.wall_s else 0:7.0f} {pct(a.ttft, 50):7.2f}ms {pct(a.ttft, 99):6.2f}ms "
             f"{add50:8.2f}ms {add99:6.2f}ms {b.tokens / max(b.requests, 1):8.0f} {a.errors + b.errors:4d}"
         )
@@ -323,14 +326,14 @@ def split(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str,
     """The same CPU figures cut into user time (the process's own code: for ours, mostly the interpreter) and system
     time (the kernel's, for the sockets): what a faster interpreter path could cut, and what every router pays."""
     short, long_ = LENGTHS
-    hdr = f"\n{'system':<12} {'user/token':>11} {'sys/token':>10} {'user/request':>13} {'sys/request':>12}"
+    hdr = f"\n{'system':<16} {'user/token':>11} {'sys/token':>10} {'user/request':>13} {'sys/request':>12}"
     print(hdr + "\n" + "-" * (len(hdr) - 1))
     for s in systems:
         if s in notes:
             continue
         tok, req = out[s]["cpu_us_per_token"], out[s]["cpu_us_per_request"]  # report()'s, cut in two here
         sys_tok, sys_req = _slope(runs[(s, short)], runs[(s, long_)], "sys_s")
-        print(f"{s:<12} {_us(tok - sys_tok):>11} {_us(sys_tok):>10} {_us(req - sys_req):>13} {_us(sys_req):>12}")
+        print(f"{s:<16} {_us(tok - sys_tok):>11} {_us(sys_tok):>10} {_us(req - sys_req):>13} {_us(sys_req):>12}")
         out[s] |= {"sys_us_per_token": sys_tok, "sys_us_per_request": sys_req}
 
 
