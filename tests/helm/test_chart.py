@@ -402,6 +402,14 @@ def test_the_images_carry_the_ray_version_the_chart_declares() -> None:
         assert f"ARG RAY_VERSION={ray_version}\n" in dockerfile.read_text(), dockerfile.name
 
 
+def test_the_images_build_the_routers_native_relay() -> None:
+    # Without setup.py (or a compiler) the install succeeds and the router relays in Python: slower, silently.
+    for dockerfile in sorted((ROOT / "deploy" / "docker").glob("Dockerfile.*")):
+        text = dockerfile.read_text()
+        assert re.search(r"^COPY .*\bsetup\.py\b", text, re.M), dockerfile.name
+        assert re.search(r"\b(gcc|build-essential)\b", text), dockerfile.name
+
+
 def test_tls_secrets_are_mounted_and_wired_into_the_config(tmp_path: Path) -> None:
     extra = {
         "secrets": {"tls": {"router": "router-cert", "internal": "cluster-mtls"}},

@@ -21,6 +21,7 @@ from cluster.client import build_request
 from cluster.proto import inference_pb2_grpc, replica_pb2
 from cluster.replica.errors import CallAborted
 from cluster.replica.server import ReplicaServicer
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -82,6 +83,20 @@ async def test_a_stream_that_dies_mid_tool_call_ends_with_an_error_event_not_a_t
     with pytest.raises(openai.APIError, match="cannot be resumed"):
         stream = await oai(router).chat.completions.create(model="sim", messages=MSG, stream=True)
         [c async for c in stream]
+
+
+@pytest.mark.parametrize("pump", ["native", "python"])
+async def test_a_pumped_stream_longer_than_the_stall_limit_is_relayed_whole(sim_fleet, pump):
+    # ~2.5 s of steady tokens against a 1 s stall limit: the pump's own clock of the latest chunk keeps it alive.
+    router = await sim_fleet.start(1, router={"first_token_timeout_s": 0.5, "stall_timeout_s": 1.0, "relay_pump": pump}, time_scale=1.0)
+    handle = router.replicas.by_id["r0"]
+    await wait_for(lambda: handle.relay is not None, 5)  # pumped: over the relay stream, not the OpenAI RPC
+    started = asyncio.get_running_loop().time()
+    stream = await oai(router).chat.completions.create(model="sim", messages=MSG, max_tokens=70, stream=True)
+    chunks = [c async for c in stream]
+    assert asyncio.get_running_loop().time() - started > 1.5
+    assert chunks[-1].choices[0].finish_reason == "length" and sum(bool(c.choices[0].delta.content) for c in chunks) >= 60
+    assert _routed(router) == 1 and router.balancer.migrations == 0
 
 
 async def test_a_non_streamed_answer_longer_than_the_first_token_timeout_is_not_retried(sim_fleet):

@@ -1,6 +1,7 @@
 """The per-stream stall watchdog: a silent replica is caught, a slow client is not."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -63,3 +64,31 @@ async def test_one_watch_times_the_first_token_the_stall_and_the_deadline():
     assert await _expiry(first_s=0.2, ends_in=None, first_chunk_after=0.01, limit_s=0.1) == "stall"
     assert await _expiry(first_s=0.2, ends_in=0.15, first_chunk_after=0.01) == "deadline"  # mid-stream
     assert await _expiry(first_s=0.2, ends_in=None, first_chunk_after=0.01) is None
+
+
+async def _pumped(follow: bool, limit_s: float = 0.1) -> int:
+    """A pump that keeps the time of its latest chunk itself (``last``), one chunk every 30 ms for 0.3 s."""
+
+    class Pump:
+        last = time.monotonic()
+
+    pump, got = Pump(), 0
+    async with asyncio.timeout(None) as tm:
+        watch = StallWatch(tm, limit_s)
+        if follow:
+            watch.follow(pump)
+        watch.waiting()
+        try:
+            for _ in range(10):
+                await asyncio.sleep(0.03)
+                pump.last = time.monotonic()
+                got += 1
+        finally:
+            watch.close()
+    return got
+
+
+async def test_a_pumped_stream_with_steady_chunks_outlives_the_stall_limit_and_a_silent_one_does_not():
+    assert await _pumped(follow=True) == 10
+    with pytest.raises(TimeoutError):
+        await _pumped(follow=False)  # the watch sees no chunk: a stall
