@@ -473,7 +473,7 @@ static PyTypeObject PumpType = {
 typedef struct {
     PyObject_HEAD
     PyObject *rest;  /* bytes of a frame not complete yet, or NULL */
-    PyObject *pump;  /* a Pump (or any object with ``feed``) while a stream is pumped, else None */
+    PyObject *pump;  /* the Pump while a stream is pumped, else None */
 } FrameProtocol;
 
 static int FP_traverse(FrameProtocol *self, visitproc visit, void *arg) {
@@ -502,19 +502,8 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 
 /* Give one chunk to the pump; 0 when that raised something other than the pump's own stop (set). */
 static int fp_pump(FrameProtocol *self, const unsigned char *p, Py_ssize_t size) {
-    PyObject *pump = Py_NewRef(self->pump);
-    int r;
-    if (Py_IS_TYPE(pump, &PumpType) && ((Pump *)pump)->write != NULL) {
-        r = pump_feed((Pump *)pump, p, size);
-    } else {
-        PyObject *payload = PyBytes_FromStringAndSize((const char *)p, size), *ok = NULL;
-        if (payload != NULL) {
-            ok = PyObject_CallMethod(pump, "feed", "O", payload);
-            Py_DECREF(payload);
-        }
-        r = ok == NULL ? -1 : PyObject_IsTrue(ok);
-        Py_XDECREF(ok);
-    }
+    PyObject *pump = Py_NewRef(self->pump);  /* a Pump: FP_set_pump takes nothing else */
+    int r = pump_feed((Pump *)pump, p, size);
     Py_DECREF(pump);
     if (r > 0)
         return 1;
@@ -577,7 +566,7 @@ static PyObject *FP_data_received(FrameProtocol *self, PyObject *data) {
             break;
         const unsigned char *payload = h + HEADER_SIZE;
         pos = stop;
-        if (kind == KIND_CHUNK && self->pump != Py_None) {
+        if (kind == KIND_CHUNK && self->pump != NULL && self->pump != Py_None) {
             if (!fp_pump(self, payload, (Py_ssize_t)size))
                 goto done;
             continue;
@@ -614,11 +603,17 @@ done:
 }
 
 static PyObject *FP_get_pump(FrameProtocol *self, void *Py_UNUSED(closure)) {
-    return Py_NewRef(self->pump);
+    return Py_NewRef(self->pump ? self->pump : Py_None);
 }
 
 static int FP_set_pump(FrameProtocol *self, PyObject *value, void *Py_UNUSED(closure)) {
-    Py_XSETREF(self->pump, Py_NewRef(value ? value : Py_None));
+    if (value == NULL)
+        value = Py_None;
+    if (value != Py_None && !(Py_IS_TYPE(value, &PumpType) && ((Pump *)value)->write != NULL)) {
+        PyErr_SetString(PyExc_TypeError, "pump must be an initialised _pump.Pump or None");
+        return -1;
+    }
+    Py_XSETREF(self->pump, Py_NewRef(value));
     return 0;
 }
 

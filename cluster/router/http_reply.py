@@ -19,8 +19,9 @@ class SseSink:
     """The client's socket, for a stream whose headers are out: bytes framed as aiohttp's own writer frames them.
 
     HTTP/1.1 responses without a length are chunked (``Transfer-Encoding: chunked``, set by aiohttp at
-    ``prepare``), so each write is one chunk; ``write_eof`` then ends the body as usual.  Writing here skips
-    aiohttp's per-write bookkeeping (there is none this response needs: no compression, no length).
+    ``prepare``), so each write is one chunk; ``write_eof`` then ends the body as usual.  The stream's pump
+    (cluster/router/pump.py) writes to ``transport`` itself, skipping aiohttp's per-write bookkeeping (there
+    is none this response needs: no compression, no length); :data:`SINK_HIGH` is where it asks to pause.
     """
 
     __slots__ = ("chunked", "transport")
@@ -36,14 +37,6 @@ class SseSink:
         if transport is None or resp.compression:
             return None
         return cls(transport, resp.headers.get("Transfer-Encoding", "").lower() == "chunked")
-
-    def write(self, data: bytes) -> bool:
-        """Write ``data``; False when the client's buffer is full (the caller pauses until :meth:`drained`)."""
-        t = self.transport
-        if t.is_closing():  # the client left: aiohttp cancels the request's task, nothing to write to
-            return True
-        t.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
-        return t.get_write_buffer_size() <= SINK_HIGH
 
     async def drained(self) -> None:
         """Until the client has read its buffer down (polled: only a client slower than the engine gets here)."""

@@ -70,6 +70,16 @@ def test_the_install_built_the_native_pump():
     assert pump.__module__ == "cluster.router._pump" and frame_protocol.__module__ == "cluster.router._pump"
 
 
+def test_the_native_connection_takes_only_its_own_pump():
+    pool = RelayPool("127.0.0.1", 1, pump="native")
+    conn = pool.connection(pool)
+    with pytest.raises(TypeError, match=r"_pump\.Pump"):
+        conn.pump = Run("python").pump
+    conn.pump = Run("native").pump
+    conn.pump = None
+    assert conn.pump is None
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_token_chunk_is_written_as_one_http_chunk_and_kept_for_a_migration(impl):
     run = Run(impl)
