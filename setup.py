@@ -1,8 +1,17 @@
-"""The router's per-token relay in C (cluster/router/_pump.c); everything else is in pyproject.toml.
+"""The router's two C parts; everything else is in pyproject.toml.
 
-``optional``: where no C compiler is found the install goes on and the router relays in Python
-(cluster/router/pump.py says so at startup)."""
+- ``cluster.router._pump``: the per-token relay (cluster/router/_pump.c).
+- ``cluster.common._prefix_keys``: the prompt prefix keys of prefix-aware routing (cluster/common/_prefix_keys.c).
+
+``optional``: where no C compiler is found the install goes on and the router runs their Python twins
+(cluster/router/pump.py says so at startup; cluster/common/prefix_hash.py falls back silently)."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("cluster.router._pump", ["cluster/router/_pump.c"], optional=True, extra_compile_args=["-O2"])])
+_FLAGS = ["-O2"]
+setup(
+    ext_modules=[
+        Extension("cluster.router._pump", ["cluster/router/_pump.c"], optional=True, extra_compile_args=_FLAGS),
+        Extension("cluster.common._prefix_keys", ["cluster/common/_prefix_keys.c"], optional=True, extra_compile_args=_FLAGS),
+    ]
+)

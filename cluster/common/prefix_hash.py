@@ -56,7 +56,7 @@ def routing_text(prompt: str | None, message_contents: Sequence[str] | None) -> 
     return "".join(message_contents or ())
 
 
-def text_keys(text: str, block_bytes: int = TEXT_BLOCK_BYTES, max_blocks: int = 128) -> list[int]:
+def _text_keys_python(text: str, block_bytes: int = TEXT_BLOCK_BYTES, max_blocks: int = 128) -> list[int]:
     """Chained keys of the full ``block_bytes`` blocks of ``text`` (UTF-8), stable across processes.
 
     Key i is the block index (high 32 bits) and a CRC-32 of the whole prefix up
@@ -67,6 +67,9 @@ def text_keys(text: str, block_bytes: int = TEXT_BLOCK_BYTES, max_blocks: int = 
     which costs one cache miss, never a wrong answer.  Unlike Python's ``hash``
     of a str, the value does not depend on the process's hash seed, so a
     replica can publish the keys it holds and every router computes the same.
+
+    This is the readable statement; :data:`text_keys` is the C one (``_prefix_keys.c``, the same values
+    without a Python loop per block) where the install built it.
     """
     data = text.encode()
     n = min(len(data) // block_bytes, max_blocks)
@@ -77,3 +80,16 @@ def text_keys(text: str, block_bytes: int = TEXT_BLOCK_BYTES, max_blocks: int = 
         crc = crc32(data[i * block_bytes : (i + 1) * block_bytes], crc)
         out.append(i << 32 | crc)
     return out
+
+
+try:
+    from cluster.common._prefix_keys import text_keys as _text_keys_c
+except ImportError:  # built without a C compiler (setup.py: optional): the Python one
+    _text_keys_c = None
+
+
+def text_keys(text: str, block_bytes: int = TEXT_BLOCK_BYTES, max_blocks: int = 128) -> list[int]:
+    """Chained keys of the full ``block_bytes`` blocks of ``text`` (see :func:`_text_keys_python`)."""
+    if _text_keys_c is not None:
+        return _text_keys_c(text, block_bytes, max_blocks)
+    return _text_keys_python(text, block_bytes, max_blocks)

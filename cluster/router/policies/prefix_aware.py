@@ -33,12 +33,13 @@ left the set is purged when met.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 
 from cluster.config import PolicyOptions, PrefixAwareOptions
 from cluster.router.policies.base import RouteRequest, RoutingPolicy
 from cluster.router.policies.prefix_index import PrefixIndex
-from cluster.router.policies.signals import R, least_loaded, load_of, under_cap, usable
+from cluster.router.policies.signals import R, fresh_load_of, least_loaded, load_cap, usable
 
 
 class PrefixAware(RoutingPolicy):
@@ -62,15 +63,19 @@ class PrefixAware(RoutingPolicy):
             n = len(hashes)
             best_score = float("-inf")
             over_cap = False
+            now = time.monotonic()  # once for every holder scored
+            cap = mean = 0.0  # the model's bounded-load cap and mean load: alike for all its replicas, read once
             for h, d in depth.items():
-                if d / n < o.min_match or d == 0 or not usable(h, request.model):
+                if d / n < o.min_match or d == 0 or not usable(h, request.model, now):
                     continue
                 if request.attempt and h not in candidates:
                     continue
-                if not under_cap(h, o.balance_eps):
+                if not cap:
+                    cap, mean = load_cap(h, o.balance_eps), h.group.mean_in_flight + 1
+                if h.in_flight + 1 > cap:  # over the bounded-load cap (signals.under_cap)
                     over_cap = True
                     continue
-                score = d / n - o.load_weight * load_of(h) / (h.group.mean_in_flight + 1)
+                score = d / n - o.load_weight * fresh_load_of(h) / mean
                 if score > best_score:
                     best, best_score = h, score
             if best is None:
