@@ -9,7 +9,9 @@ measured is the router.  Systems: ``direct`` (the client spreads requests
 round robin over the backends' own HTTP: the baseline), ``ours`` (`llm-cluster
 router`, HTTP front, round robin, tokens over the replicas' relay stream),
 ``ours-python-pump`` (the same with its per-token relay in Python, ``router.relay_pump: python``, not
-the C one), ``ours-grpc`` (the same over the OpenAI RPC, ``router.replica_transport: grpc``), ``vllm-router`` and ``smg`` (PyPI, ``pip
+the C one), ``ours-grpc`` (the same over the OpenAI RPC, ``router.replica_transport: grpc``),
+``python-floor`` (:mod:`loadtests.bench.floor_router`: our router's I/O parts and none of its features,
+the floor under its per-request cost in Python), ``vllm-router`` and ``smg`` (PyPI, ``pip
 install -e '.[bench]'``; HTTP to HTTP, round robin; skipped with a note when
 missing).  The backends pause ``--token-interval-ms`` (1) between tokens, as
 an engine's steps do, so each token is its own network write for every
@@ -54,7 +56,7 @@ import aiohttp
 from loadtests.procs import Procs, free_port, running, start_router, wait_port
 
 MODEL = "smollm2-135m-instruct"
-SYSTEMS = ("direct", "ours", "ours-python-pump", "ours-grpc", "vllm-router", "smg")
+SYSTEMS = ("direct", "ours", "ours-python-pump", "ours-grpc", "python-floor", "vllm-router", "smg")
 #: Our router's variants: the config each adds to ``--ours-set``.
 OURS = {"ours": [], "ours-python-pump": ["router.relay_pump=python"], "ours-grpc": ["router.replica_transport=grpc"]}
 LENGTHS = (16, 256)
@@ -87,6 +89,16 @@ def start_gateway(procs: Procs, kind: str, urls: list[str], policy: str = "round
     cmd = [*head, "--host", "127.0.0.1", "--port", str(port), "--policy", policy, "--prometheus-port", str(metrics_port)]
     cmd += ["--log-level", level, "--worker-urls", *urls]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs.procs.append(p)
+    wait_port(port)
+    return f"http://127.0.0.1:{port}", p.pid
+
+
+def start_floor(procs: Procs, grpc_addrs: list[str]) -> tuple[str, int]:
+    """:mod:`loadtests.bench.floor_router` over the backends' relay streams; returns (its URL, its pid)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "loadtests.bench.floor_router", "--port", str(port), *grpc_addrs]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
     procs.procs.append(p)
     wait_port(port)
     return f"http://127.0.0.1:{port}", p.pid
@@ -245,6 +257,9 @@ async def main_async(args: argparse.Namespace) -> dict:
                     continue
                 url, pid = start_gateway(procs, s, http_urls)
                 fronts[s] = ([url], [pid] if pid else [])
+            elif s == "python-floor":
+                url, pid = start_floor(procs, grpc_addrs)
+                fronts[s] = ([url], [pid])
         await asyncio.sleep(2.0)  # gateways probe their workers before they route
         for rnd in range(args.rounds):
             for s in systems:
