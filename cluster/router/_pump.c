@@ -6,7 +6,9 @@
  *                  to the Python methods ``_frame(kind, payload)``, ``_broken(why)``, ``_pump_stopped(exc)``.
  *   Pump           one stream's chunks to the client's socket: reads the few OpenAIChunk fields the router
  *                  needs straight off the wire, keeps what a migration and the tenant's charge need, times the
- *                  inter-token gap and writes the SSE bytes as one HTTP chunk.
+ *                  inter-token gap and writes the SSE bytes as one HTTP chunk; given ``on_first``, it takes
+ *                  the stream from its first chunk on (writing the response's ``head`` with it), or declines
+ *                  it to Python (an error status, no bytes, a JSON answer), and every chunk after it.
  *
  * Why: the same work in Python costs the router more CPU per relayed token than a Rust gateway spends
  * (docs/routing.md, router overhead); here uvloop calls ``data_received`` straight into C, so a token costs
@@ -30,7 +32,7 @@
 typedef struct {
     const unsigned char *data, *text, *finish;
     Py_ssize_t data_len, text_len, finish_len;
-    unsigned long long prompt, completion;
+    unsigned long long prompt, completion, status;
     Py_ssize_t n_ids;
     int resumable;
 } Chunk;
@@ -113,6 +115,10 @@ static int parse_chunk(const unsigned char *p, Py_ssize_t size, Chunk *c) {
         if (field == 1 && wire == 2) {
             if (!read_span(&p, end, &c->data, &c->data_len))
                 goto bad;
+        } else if (field == 2 && wire == 0) {
+            if (!read_varint(&p, end, &v))
+                goto bad;
+            c->status = v & 0xFFFFFFFFull;
         } else if (field == 3 && wire == 2) {  /* packed token ids */
             if (!read_span(&p, end, &span, &len) || (n = count_varints(span, span + len)) < 0)
                 goto bad;
@@ -195,7 +201,9 @@ typedef struct {
     PyObject *sent_ids, *sent_text;              /* RelayState's lists (shared, appended to) */
     PyObject *fold;                              /* fold(counts, total, n): the ITL tally into its histogram */
     PyObject *empty;
-    int chunked, resumable, sent;
+    PyObject *head;                              /* the HTTP response head, written with the first bytes (or NULL) */
+    PyObject *on_first;                          /* called when the first chunk is taken (NULL: none expected) */
+    int chunked, resumable, sent, first, refused, head_sent;
     Py_ssize_t high, fold_every, n;
     int nbounds;
     double bounds[MAX_BOUNDS];
@@ -217,6 +225,7 @@ static int Pump_traverse(Pump *self, visitproc visit, void *arg) {
     Py_VISIT(self->sent_ids);
     Py_VISIT(self->sent_text);
     Py_VISIT(self->fold);
+    Py_VISIT(self->on_first);
     return 0;
 }
 
@@ -228,6 +237,8 @@ static int Pump_clear(Pump *self) {
     Py_CLEAR(self->sent_text);
     Py_CLEAR(self->fold);
     Py_CLEAR(self->empty);
+    Py_CLEAR(self->head);
+    Py_CLEAR(self->on_first);
     return 0;
 }
 
@@ -238,14 +249,23 @@ static void Pump_dealloc(Pump *self) {
 }
 
 static int Pump_init(Pump *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"transport", "chunked", "sent_ids", "sent_text", "bounds", "fold", "fold_every", "last", "high", NULL};
-    PyObject *transport, *ids, *text, *bounds, *fold;
+    static char *kwlist[] = {"transport", "chunked", "sent_ids", "sent_text", "bounds", "fold", "fold_every", "last", "high",
+                             "head", "on_first", NULL};
+    PyObject *transport, *ids, *text, *bounds, *fold, *head = Py_None, *on_first = Py_None;
     int chunked;
     Py_ssize_t fold_every, high;
     double last;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OpO!O!OOndn", kwlist, &transport, &chunked, &PyList_Type, &ids,
-                                     &PyList_Type, &text, &bounds, &fold, &fold_every, &last, &high))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OpO!O!OOndn|OO", kwlist, &transport, &chunked, &PyList_Type, &ids,
+                                     &PyList_Type, &text, &bounds, &fold, &fold_every, &last, &high, &head, &on_first))
         return -1;
+    if (head != Py_None && !PyBytes_CheckExact(head)) {
+        PyErr_SetString(PyExc_TypeError, "head must be bytes or None");
+        return -1;
+    }
+    if (on_first != Py_None && !PyCallable_Check(on_first)) {
+        PyErr_SetString(PyExc_TypeError, "on_first must be callable or None");
+        return -1;
+    }
     PyObject *seq = PySequence_Fast(bounds, "bounds must be a sequence of floats");
     if (seq == NULL)
         return -1;
@@ -278,6 +298,11 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds) {
     self->sent_text = text;
     Py_INCREF(fold);
     self->fold = fold;
+    self->head = head == Py_None ? NULL : Py_NewRef(head);
+    self->on_first = on_first == Py_None ? NULL : Py_NewRef(on_first);
+    self->first = self->on_first != NULL;
+    self->refused = 0;
+    self->head_sent = 0;
     self->nbounds = (int)nb;
     self->chunked = chunked;
     self->fold_every = fold_every < 1 ? 1 : fold_every;
@@ -327,27 +352,29 @@ static int pump_write(Pump *self, const unsigned char *data, Py_ssize_t len) {
     Py_DECREF(r);
     if (closing)
         return closing < 0 ? -1 : 1;  /* the client left: its request is cancelled, nothing to write to */
-    PyObject *out;
-    if (self->chunked) {
-        char head[24];
-        int h = snprintf(head, sizeof(head), "%zx\r\n", len);
-        out = PyBytes_FromStringAndSize(NULL, h + len + 2);
-        if (out == NULL)
-            return -1;
-        char *o = PyBytes_AS_STRING(out);
-        memcpy(o, head, (size_t)h);
-        memcpy(o + h, data, (size_t)len);
-        memcpy(o + h + len, "\r\n", 2);
-    } else {
-        out = PyBytes_FromStringAndSize((const char *)data, len);
-        if (out == NULL)
-            return -1;
-    }
+    /* The response head, the first time (one write with the first bytes), then the chunk's own framing. */
+    Py_ssize_t pre = self->head ? PyBytes_GET_SIZE(self->head) : 0;
+    char frame[24];
+    int h = self->chunked ? snprintf(frame, sizeof(frame), "%zx\r\n", len) : 0;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pre + h + len + (self->chunked ? 2 : 0));
+    if (out == NULL)
+        return -1;
+    char *o = PyBytes_AS_STRING(out);
+    if (pre)
+        memcpy(o, PyBytes_AS_STRING(self->head), (size_t)pre);
+    memcpy(o + pre, frame, (size_t)h);
+    memcpy(o + pre + h, data, (size_t)len);
+    if (self->chunked)
+        memcpy(o + pre + h + len, "\r\n", 2);
     r = PyObject_CallOneArg(self->write, out);
     Py_DECREF(out);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
+    if (self->head != NULL) {
+        Py_CLEAR(self->head);
+        self->head_sent = 1;
+    }
     r = PyObject_CallNoArgs(self->buffer_size);
     if (r == NULL)
         return -1;
@@ -358,11 +385,23 @@ static int pump_write(Pump *self, const unsigned char *data, Py_ssize_t len) {
     return size <= self->high;
 }
 
-/* One CHUNK payload: -1 error (set), 0 pause, 1 go on. */
+/* Whether a pump waiting for its first chunk leaves this one to Python (and every chunk after it): an error
+ * status, no bytes, or -- with the response's head still to write -- bytes that are not SSE (a JSON answer). */
+static int declines(Pump *self, const Chunk *c) {
+    if (self->refused || (c->status != 0 && c->status != 200) || c->data_len == 0)
+        return 1;
+    return self->head != NULL && (c->data_len < 5 || memcmp(c->data, "data:", 5) != 0);
+}
+
+/* One CHUNK payload: -1 error (set), 0 pause, 1 go on, 2 declined (the first chunk is Python's: nothing done). */
 static int pump_feed(Pump *self, const unsigned char *p, Py_ssize_t size) {
     Chunk c;
     if (!parse_chunk(p, size, &c))
         return -1;
+    if (self->first && declines(self, &c)) {
+        self->refused = 1;
+        return 2;
+    }
     PyObject *text;
     if (c.text_len) {
         text = PyUnicode_DecodeUTF8((const char *)c.text, c.text_len, NULL);
@@ -371,17 +410,29 @@ static int pump_feed(Pump *self, const unsigned char *p, Py_ssize_t size) {
     } else {
         text = Py_NewRef(self->empty);
     }
-    double now = now_monotonic(), gap = now - self->last;
-    int i = 0;
-    while (i < self->nbounds - 1 && self->bounds[i] < gap)  /* bisect_left: the last bound is +Inf */
-        i++;
-    self->counts[i]++;
-    self->total += gap;
-    self->n++;
-    self->last = now;
-    if (self->n >= self->fold_every && !pump_fold(self)) {
-        Py_DECREF(text);
-        return -1;
+    double now = now_monotonic();
+    if (self->first) {  /* no gap before it: on_first times the first token */
+        self->first = 0;
+        self->last = now;
+        PyObject *r = PyObject_CallNoArgs(self->on_first);
+        if (r == NULL) {
+            Py_DECREF(text);
+            return -1;
+        }
+        Py_DECREF(r);
+    } else {
+        double gap = now - self->last;
+        int i = 0;
+        while (i < self->nbounds - 1 && self->bounds[i] < gap)  /* bisect_left: the last bound is +Inf */
+            i++;
+        self->counts[i]++;
+        self->total += gap;
+        self->n++;
+        self->last = now;
+        if (self->n >= self->fold_every && !pump_fold(self)) {
+            Py_DECREF(text);
+            return -1;
+        }
     }
     int go = 1;
     if (c.data_len || c.finish_len) {
@@ -414,6 +465,8 @@ static PyObject *Pump_feed(Pump *self, PyObject *payload) {
     PyBuffer_Release(&b);
     if (r < 0)
         return NULL;
+    if (r == 2)
+        Py_RETURN_NONE;
     return PyBool_FromLong(r);
 }
 
@@ -430,11 +483,13 @@ static PyObject *Pump_get_used(Pump *self, void *Py_UNUSED(closure)) {
 }
 
 static PyObject *Pump_get_bool(Pump *self, void *closure) {
-    return PyBool_FromLong(closure == (void *)0 ? self->resumable : self->sent);
+    long which = (long)(Py_intptr_t)closure;
+    return PyBool_FromLong(which == 0 ? self->resumable : which == 1 ? self->sent : self->head_sent);
 }
 
 static PyMethodDef Pump_methods[] = {
-    {"feed", (PyCFunction)Pump_feed, METH_O, "One CHUNK frame's payload; False: the client's buffer is full (pause)."},
+    {"feed", (PyCFunction)Pump_feed, METH_O,
+     "One CHUNK frame's payload; False: the client's buffer is full (pause); None: declined (the first chunk is Python's)."},
     {"flush", (PyCFunction)Pump_flush, METH_NOARGS, "Fold the gaps counted so far into the histogram."},
     {NULL, NULL, 0, NULL},
 };
@@ -449,6 +504,7 @@ static PyGetSetDef Pump_getset[] = {
     {"used", (getter)Pump_get_used, NULL, "The whole request's usage, from its finish chunk (None: not seen).", NULL},
     {"resumable", (getter)Pump_get_bool, NULL, "False once a kept chunk could not be resumed from.", (void *)0},
     {"sent", (getter)Pump_get_bool, NULL, "A chunk was kept (bytes went to the client).", (void *)1},
+    {"head_sent", (getter)Pump_get_bool, NULL, "The response head given at construction was written.", (void *)2},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -500,13 +556,13 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)self;
 }
 
-/* Give one chunk to the pump; 0 when that raised something other than the pump's own stop (set). */
+/* Give one chunk to the pump; 0 when that raised something other than the pump's own stop (set), 2 declined. */
 static int fp_pump(FrameProtocol *self, const unsigned char *p, Py_ssize_t size) {
     PyObject *pump = Py_NewRef(self->pump);  /* a Pump: FP_set_pump takes nothing else */
     int r = pump_feed((Pump *)pump, p, size);
     Py_DECREF(pump);
     if (r > 0)
-        return 1;
+        return r;  /* 1: taken; 2: declined, the connection's _frame takes it */
     /* A pause (0) or the handler's error (-1: the client's socket...): it ends the pump, not the connection. */
     PyObject *exc = NULL;
     if (r < 0) {
@@ -567,9 +623,11 @@ static PyObject *FP_data_received(FrameProtocol *self, PyObject *data) {
         const unsigned char *payload = h + HEADER_SIZE;
         pos = stop;
         if (kind == KIND_CHUNK && self->pump != NULL && self->pump != Py_None) {
-            if (!fp_pump(self, payload, (Py_ssize_t)size))
+            int r = fp_pump(self, payload, (Py_ssize_t)size);
+            if (!r)
                 goto done;
-            continue;
+            if (r == 1)
+                continue;
         }
         PyObject *bytes = PyBytes_FromStringAndSize((const char *)payload, (Py_ssize_t)size);
         if (bytes == NULL)

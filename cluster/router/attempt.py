@@ -4,13 +4,19 @@ The balancer (cluster/router/balancer.py) decides where a request goes and
 what happens when an attempt fails (retry, migrate, give up); this module is
 the relay of one attempt.  Its chunks are yielded up to the front end one by
 one, except when the front end has handed the request a sink
-(``RelayRequest.sink``: an HTTP SSE stream whose headers are out) and the
-replica answers over its relay stream: then the rest of the stream is
-*pumped* (``RelayCall.pump``): each chunk is counted and written to the
-client's socket inside the relay connection's own callback, and the relaying
-task wakes only when the stream ends, fails, stalls, or the client's buffer is
-full.  That saves the per-token task switch and the hops through the
-generators above, most of what the router spends per token.
+(``RelayRequest.sink``: the client's socket for an HTTP SSE stream) and the
+replica answers over its relay stream: then the stream is *pumped*
+(``RelayCall.pump``): each chunk is counted and written to the client's socket
+inside the relay connection's own callback, and the relaying task wakes only
+when the stream ends, fails, stalls, or the client's buffer is full.  That
+saves the per-token task switch and the hops through the generators above,
+most of what the router spends per token.  A sink given before the stream
+started (the fast HTTP front's, with the response's head still to write) is
+pumped from the first chunk on: the pump writes the head with the first bytes
+and calls back once (first-token time, the circuit breaker, the stall watch),
+so an ordinary stream never wakes the task before it ends; a first chunk that
+is not an ordinary SSE one (an error status, a JSON answer) is declined and
+comes back here, to be yielded as without a sink.
 
 Spec (both ways alike): every relayed chunk's token ids and text are kept for
 a migration (``RelayState``), counted for the tenant's charge
@@ -40,7 +46,7 @@ from cluster.router.circuit import CircuitBreaker
 from cluster.router.errors import RouterError
 from cluster.router.http_reply import SINK_HIGH
 from cluster.router.metrics import RouterMetrics, Tally
-from cluster.router.relay import EOF, PAUSED, RelayCall, RelayError
+from cluster.router.relay import DECLINED, EOF, PAUSED, RelayCall, RelayError
 from cluster.router.replicas import ReplicaHandle
 from cluster.router.stall import StallWatch
 from cluster.router.validation import RelayRequest
@@ -103,6 +109,14 @@ class Attempts:
                 try:
                     pool = replica.relay  # the replica's relay stream when it has one (cluster/router/relay.py)
                     call = await pool.call(rreq) if pool is not None else replica.stub.OpenAI(rreq, timeout=left)
+                    if relay.req.sink is not None and isinstance(call, RelayCall):
+                        # The whole stream, from its first chunk on, in the connection's callback; the first
+                        # chunk comes back here only when it is not an ordinary SSE one (an error, a JSON answer).
+                        itl = self.metrics.itl.labels(model)
+                        first = self._first_taken(replica, relay, model, itl, watch)
+                        if await self._pump(call, relay, itl, watch, first) is not DECLINED:
+                            self.metrics.e2e.labels(model).observe(monotonic() - relay.arrived)
+                            return
                     chunk = await call.read()  # call.read() per message, not an async iterator: one hop less
                     if chunk is EOF:
                         return
@@ -161,29 +175,48 @@ class Attempts:
             watch.got()
         self.metrics.e2e.labels(model).observe(monotonic() - relay.arrived)
 
-    async def _pump(self, call: RelayCall, relay: RelayState, itl: Any, watch: StallWatch) -> None:
-        """The rest of the stream, written to the client's socket in the relay connection's callback.
+    def _first_taken(self, replica: ReplicaHandle, relay: RelayState, model: str, itl: Any, watch: StallWatch) -> Any:
+        """What the pump calls when it takes the stream's first chunk (an ordinary SSE one: no error status)."""
+
+        def first() -> None:
+            watch.started()
+            watch.waiting()  # on the replica for the next chunk: the stall limit counts from here
+            self.breaker.success(replica)
+            self._observe(relay, model, itl)
+
+        return first
+
+    async def _pump(self, call: RelayCall, relay: RelayState, itl: Any, watch: StallWatch, first: Any = None) -> object:
+        """The stream (the rest of it; all of it given ``first``), written to the client's socket in the relay
+        connection's callback; returns ``EOF``, or ``DECLINED`` (with ``first``) when the first chunk is Python's.
 
         A :class:`cluster.router.pump.Pump` takes each chunk there: it does what ``_observe`` and ``_keep``
         do (the inter-token gaps counted and folded into the histogram every :data:`FOLD`), on the request's
-        own lists; what it counted is folded into the request's state when the pump ends, however it ends.
+        own lists, and writes the response's head with the first bytes if the front end left it to it
+        (``SseSink.head``); what it counted is folded into the request's state when the pump ends, however
+        it ends.
         """
         sink, req = relay.req.sink, relay.req
         tally = Tally(itl)
-        assert relay.last is not None  # the first chunk was observed
+        assert first is not None or relay.last is not None  # else the first chunk was observed
         pump = call.pump_type(sink.transport, sink.chunked, relay.sent_ids, relay.sent_text, tally.bounds, tally.add,
-                              FOLD, relay.last, SINK_HIGH)  # fmt: skip
+                              FOLD, relay.last or 0.0, SINK_HIGH, sink.head, first)  # fmt: skip
         watch.follow(pump)  # the stall watch counts from the pump's latest chunk on
-        watch.waiting()
+        if first is None:
+            watch.waiting()
         try:
-            while await call.pump(pump) is PAUSED:
+            while (outcome := await call.pump(pump)) is PAUSED:
                 watch.got()  # the client is slow, not the replica
                 await sink.drained()
                 watch.waiting()
+            return outcome
         finally:
             pump.flush()
             watch.follow(None)
-            relay.last = watch.last = pump.last
+            if pump.sent:  # its latest chunk's time is the stream's
+                relay.last = watch.last = pump.last
+            if pump.head_sent:
+                sink.head = None
             relay.sent = relay.sent or pump.sent
             relay.resumable = relay.resumable and pump.resumable
             req.tokens_sent += pump.tokens

@@ -131,11 +131,27 @@ def parse_head(head: bytes) -> tuple[str, dict[str, str], int] | None:
 class FastReply:
     """:class:`cluster.router.http_reply.Reply` on the connection's transport, framed as aiohttp frames it."""
 
-    __slots__ = ("status", "transport")
+    __slots__ = ("_prepared", "_status", "transport")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
-        self.status = 0
+        self._status = 0
+        self._prepared: SseSink | None = None
+
+    @property
+    def status(self) -> int:
+        """The answer's status once given (200 once a prepared sink's head is out)."""
+        if not self._status and self._prepared is not None and self._prepared.head is None:
+            self._status = 200
+        return self._status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self._status = value
+
+    def prepare(self) -> SseSink:
+        self._prepared = SseSink(self.transport, True, _status_line(200) + _SSE_HEAD + _Date.lines() + b"\r\n")
+        return self._prepared
 
     def answer(self, status: int, body: bytes, charset: bool = True, headers: dict[str, str] | None = None) -> None:
         self.status = status

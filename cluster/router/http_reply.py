@@ -24,12 +24,15 @@ class SseSink:
     is none this response needs: no compression, no length); :data:`SINK_HIGH` is where it asks to pause.
     """
 
-    __slots__ = ("chunked", "transport")
+    __slots__ = ("chunked", "head", "transport")
 
-    def __init__(self, transport: Any, chunked: bool) -> None:
+    def __init__(self, transport: Any, chunked: bool, head: bytes | None = None) -> None:
         self.transport = transport
         #: Each write is one HTTP/1.1 chunk.
         self.chunked = chunked
+        #: The response's head, while it is still to be written with the stream's first bytes (a sink given
+        #: before the stream started: :meth:`Reply.prepare`); None once it is out.
+        self.head = head
 
     @classmethod
     def of(cls, request: web.Request, resp: web.StreamResponse) -> SseSink | None:
@@ -55,6 +58,10 @@ class Reply(Protocol):
 
     async def start(self, status: int, first: bytes) -> SseSink | None:
         """An SSE stream's headers and first bytes; the sink the balancer may write the rest to."""
+
+    def prepare(self) -> SseSink | None:
+        """Before a stream request's first chunk: a sink whose ``head`` (200, SSE) the balancer's pump writes
+        with the first bytes, if they are an ordinary SSE chunk; None: the first chunk goes to :meth:`start`."""
 
     async def write(self, data: bytes) -> None: ...
 
@@ -82,6 +89,9 @@ class WebReply:
         await resp.prepare(self.request)
         await resp.write(first)
         return SseSink.of(self.request, resp)
+
+    def prepare(self) -> SseSink | None:
+        return None  # aiohttp writes its own head (at start)
 
     async def write(self, data: bytes) -> None:
         assert self.resp is not None

@@ -24,6 +24,15 @@ the whole request's usage, from the finish chunk), and writes its bytes to the
 client's transport (one HTTP/1.1 chunk when ``chunked``).  ``feed`` returns
 False when the client's buffer is above ``high``: the caller pauses.
 
+Given ``on_first``, a pump is attached before the stream's first chunk and
+takes that one too (``on_first()`` is called, no gap is timed before it), so
+an ordinary stream never wakes the request's task until it ends; ``head`` (the
+HTTP response's head, if not out yet) is written with the first bytes
+(``head_sent``).  A first chunk with an error status, without bytes, or not
+SSE while the head is still to write (a JSON answer) is *declined*: ``feed``
+returns None, having done nothing, and so does every chunk after it; the
+connection then hands it to Python, as when no pump is attached.
+
 Why two: the C one is what makes a relayed token cost less router CPU than a
 Rust gateway's (docs/routing.md, router overhead): uvloop calls its
 ``data_received`` straight into C, no Python frame, no protobuf object; this
@@ -61,14 +70,19 @@ class Pump:
         "_bounds",
         "_chunked",
         "_counts",
+        "_first",
         "_fold",
         "_fold_every",
+        "_head",
         "_high",
         "_ids",
         "_n",
+        "_on_first",
+        "_refused",
         "_text",
         "_total",
         "_transport",
+        "head_sent",
         "last",
         "resumable",
         "sent",
@@ -77,7 +91,8 @@ class Pump:
     )
 
     def __init__(self, transport: Any, chunked: bool, sent_ids: list[int], sent_text: list[str], bounds: Sequence[float],
-                 fold: Fold, fold_every: int, last: float, high: int) -> None:  # fmt: skip
+                 fold: Fold, fold_every: int, last: float, high: int, head: bytes | None = None,
+                 on_first: Callable[[], object] | None = None) -> None:  # fmt: skip
         self._transport, self._chunked, self._high = transport, chunked, high
         self._ids, self._text = sent_ids, sent_text
         self._bounds = list(bounds)
@@ -89,18 +104,33 @@ class Pump:
         self.used: int | None = None
         self.resumable = True
         self.sent = False
+        self._head, self.head_sent = head, False
+        self._on_first, self._first, self._refused = on_first, on_first is not None, False
 
-    def feed(self, payload: bytes) -> bool:
-        """One ``CHUNK`` frame's payload; False: the client's buffer is full, pause."""
+    def _declines(self, chunk: replica_pb2.OpenAIChunk) -> bool:
+        if self._refused or chunk.status not in (0, 200) or not chunk.data:
+            return True
+        return self._head is not None and not chunk.data.startswith(b"data:")
+
+    def feed(self, payload: bytes) -> bool | None:
+        """One ``CHUNK`` frame's payload; False: the client's buffer is full, pause; None: declined."""
         chunk = _parse_chunk(payload)
+        if self._first and self._declines(chunk):
+            self._refused = True
+            return None
         now = monotonic()
-        gap = now - self.last
-        self._counts[min(bisect_left(self._bounds, gap), len(self._counts) - 1)] += 1
-        self._total += gap
-        self._n += 1
-        self.last = now
-        if self._n >= self._fold_every:
-            self.flush()
+        if self._first:
+            self._first = False
+            self.last = now
+            self._on_first()  # type: ignore[misc]
+        else:
+            gap = now - self.last
+            self._counts[min(bisect_left(self._bounds, gap), len(self._counts) - 1)] += 1
+            self._total += gap
+            self._n += 1
+            self.last = now
+            if self._n >= self._fold_every:
+                self.flush()
         data = chunk.data
         if not data and not chunk.finish_reason:
             return True  # a progress note of a non-streamed request
@@ -118,7 +148,10 @@ class Pump:
         t = self._transport
         if t.is_closing():  # the client left: its request is cancelled, nothing to write to
             return True
-        t.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        if self._head is not None:
+            out, self._head, self.head_sent = self._head + out, None, True
+        t.write(out)
         return t.get_write_buffer_size() <= self._high
 
     def flush(self) -> None:
@@ -160,12 +193,16 @@ class FrameProtocol:
             pump = self.pump
             if kind == CHUNK and pump is not None:
                 try:
-                    if pump.feed(payload):
+                    took = pump.feed(payload)
+                    if took:
                         continue
-                    self._pump_stopped(None)  # the client's buffer is full
+                    if took is not None:
+                        self._pump_stopped(None)  # the client's buffer is full
+                        continue
                 except Exception as exc:  # the client's socket, a malformed chunk: ends the pump, not the connection
                     self._pump_stopped(exc)
-            elif not self._frame(kind, payload):
+                    continue
+            if not self._frame(kind, payload):  # declined by the pump, or not a chunk, or no pump
                 return None
         if pos < end:
             self._rest = data[pos:]

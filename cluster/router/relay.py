@@ -64,6 +64,8 @@ class RelayError(Exception):
 
 #: What :meth:`RelayCall.pump` returns when its pump asked to stop for a while (the client's buffer is full).
 PAUSED = object()
+#: What :meth:`RelayCall.pump` returns when its pump declined the stream's first chunk: :meth:`RelayCall.read` it.
+DECLINED = object()
 
 
 class RelayCall:
@@ -102,11 +104,15 @@ class RelayCall:
     async def pump(self, pump: pumps.Pump) -> object:
         """Feed each chunk's payload to ``pump`` as it arrives, inside the connection's own callback: no task
         wakes per chunk.  Returns ``EOF`` when the call ended, :data:`PAUSED` when the pump returned False (the
-        socket stays paused until the next ``pump``); raises :class:`RelayError` when the call failed, or what
-        the pump raised."""
+        socket stays paused until the next ``pump``), :data:`DECLINED` when it declined the first chunk (held
+        for :meth:`read`); raises :class:`RelayError` when the call failed, or what the pump raised."""
         pending = self._pending
         while pending:
-            if not pump.feed(pending.popleft()):
+            took = pump.feed(pending[0])
+            if took is None:
+                return DECLINED
+            pending.popleft()
+            if not took:
                 self._hold()
                 return PAUSED
         if self._held or self._paused:

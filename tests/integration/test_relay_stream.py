@@ -137,8 +137,8 @@ async def test_a_stream_paused_for_a_full_client_buffer_resumes_with_nothing_los
         def get_write_buffer_size(self):
             return http_reply.SINK_HIGH + 1 if writes[0] % 100 == 0 else self.t.get_write_buffer_size()
 
-    def init(self, transport, chunked):
-        real_init(self, FillingTransport(transport), chunked)
+    def init(self, transport, chunked, head=None):
+        real_init(self, FillingTransport(transport), chunked, head)
 
     async def drained(self):
         pauses[0] += 1
