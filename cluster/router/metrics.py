@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+
+from cluster.router.metric_families import Families, Family
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
@@ -28,70 +30,37 @@ _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300
 _P = "llm_cluster_router_"
 
 
-class Family:
-    """A labelled metric whose children are looked up once per label values, then from a dict.
-
-    ``prometheus_client``'s own ``labels()`` validates and takes a lock on every call (a few us); the router
-    asks for the same few children on every request.  Everything else is the metric's own (``__getattr__``).
-    """
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def labels(self, *values: str) -> Any:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._metric, name)
-
-
 class Tally:
     """One histogram child's observations, counted elsewhere (a stream's pump, cluster/router/pump.py) and
-    added here every :data:`FOLD` and at the stream's end: the per-token inter-token latency costs a bucket
-    count and an add, not ``Histogram.observe``'s two locked increments and its loop over the buckets.
-
-    It reads the child's bucket bounds and adds to its buckets and sum (``prometheus_client``'s own
-    ``_upper_bounds``, ``_buckets``, ``_sum``: ``observe`` does the same); the scrape sees a stream's
-    gaps at most :data:`FOLD` observations late.
+    added to it every :data:`FOLD` and at the stream's end: the per-token inter-token latency costs a bucket
+    count and an add, not an ``observe`` per token.  The scrape sees a stream's gaps at most :data:`FOLD`
+    observations late.
     """
 
-    __slots__ = ("_child", "bounds")
+    __slots__ = ("add", "bounds")
     FOLD = 64
 
     def __init__(self, child: Any) -> None:
-        self._child = child
-        self.bounds: list[float] = list(child._upper_bounds)
-
-    def add(self, counts: Sequence[int], total: float, n: int) -> None:
-        """``n`` observations summing to ``total``, ``counts[i]`` of them in bucket ``i``."""
-        child = self._child
-        for i, c in enumerate(counts):
-            if c:
-                child._buckets[i].inc(c)
-        if n:
-            child._sum.inc(total)
+        #: The child's bucket bounds (the last +Inf), and where the counts go (``metric_families.Histogram``).
+        self.bounds: list[float] = list(child.bounds)
+        self.add = child.add
 
 
 class RouterMetrics:
     """Every metric of one router, on its own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = r = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        families = Families(self.registry)
 
-        def counter(name: str, doc: str, labels: Sequence[str]) -> Any:
-            return Family(Counter(_P + name, doc, labels, registry=r))
+        def counter(name: str, doc: str, labels: Sequence[str]) -> Family:
+            return families.add(Family("counter", _P + name, doc, labels))
 
-        def gauge(name: str, doc: str, labels: Sequence[str]) -> Any:
-            return Family(Gauge(_P + name, doc, labels, registry=r))
+        def gauge(name: str, doc: str, labels: Sequence[str]) -> Family:
+            return families.add(Family("gauge", _P + name, doc, labels))
 
-        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Any:
-            return Family(Histogram(_P + name, doc, ["model"], buckets=buckets, registry=r))
+        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Family:
+            return families.add(Family("histogram", _P + name, doc, ["model"], buckets))
 
         self.requests = counter(
             "requests",
