@@ -37,42 +37,43 @@ class SilentAfterThree(ReplicaServicer):
             yield chunk
 
 
-class Unanswering(ReplicaServicer):
-    """Accepts its first request and never answers it; serves the rest."""
+class FirstCallFails(ReplicaServicer):
+    """Serves every request but its first, which ``first_call`` answers instead (a fault, injected once)."""
 
     calls = 0
 
     async def chunks(self, request):  # type: ignore[override]
         type(self).calls += 1
-        if type(self).calls == 1:
-            await asyncio.Event().wait()
-        async for chunk in super().chunks(request):
+        source = self.first_call() if type(self).calls == 1 else super().chunks(request)
+        async for chunk in source:
             yield chunk
 
-
-class FirstAnswer5xx(ReplicaServicer):
-    """Answers its first request with an engine's 503 (a JSON error as the first chunk); serves the rest."""
-
-    calls = 0
-
-    async def chunks(self, request):  # type: ignore[override]
-        type(self).calls += 1
-        if type(self).calls == 1:
-            yield replica_pb2.OpenAIChunk(data=b'{"error": {"message": "engine overloaded"}}', status=503)
-            return
-        async for chunk in super().chunks(request):
-            yield chunk
+    async def first_call(self):
+        raise NotImplementedError
+        yield  # pragma: no cover
 
 
-class FailsBeforeFirstToken(ReplicaServicer):
-    calls = 0
+class Unanswering(FirstCallFails):
+    """Accepts its first request and never answers it (a wedged engine)."""
 
-    async def chunks(self, request):  # type: ignore[override]
-        type(self).calls += 1
-        if type(self).calls == 1:
-            raise CallAborted(grpc.StatusCode.UNAVAILABLE, "injected failure")
-        async for chunk in super().chunks(request):
-            yield chunk
+    async def first_call(self):
+        await asyncio.Event().wait()
+        yield  # pragma: no cover
+
+
+class FirstAnswer5xx(FirstCallFails):
+    """Answers its first request with an engine's 503 (a JSON error as the first chunk)."""
+
+    async def first_call(self):
+        yield replica_pb2.OpenAIChunk(data=b'{"error": {"message": "engine overloaded"}}', status=503)
+
+
+class FailsBeforeFirstToken(FirstCallFails):
+    """Refuses its first request before any token (UNAVAILABLE)."""
+
+    async def first_call(self):
+        raise CallAborted(grpc.StatusCode.UNAVAILABLE, "injected failure")
+        yield  # pragma: no cover
 
 
 async def _start(sim_fleet, servicer: type[ReplicaServicer], pump: str, **router):

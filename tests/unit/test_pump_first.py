@@ -93,16 +93,22 @@ def test_what_on_first_raises_stops_the_pump_before_anything_is_written(impl):
     assert run.transport.out == []
 
 
+async def _attached(impl: str) -> tuple:
+    """A call on a relay connection, its pump attached before the first chunk (as an attempt attaches it)."""
+    pool = RelayPool("127.0.0.1", 1, pump=impl)
+    conn = pool.connection(pool)
+    call = conn.call = RelayCall(conn)
+    run = First(impl)
+    run.pump = call.pump_type(run.transport, True, run.ids, run.text, BOUNDS, lambda *a: None, 64, 0.0, HIGH, HEAD, run._first)
+    task = asyncio.ensure_future(call.pump(run.pump))
+    await asyncio.sleep(0)  # the pump is set on the connection
+    return run, conn, call, task
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_declined_first_chunk_is_read_by_python_and_the_calls_rest_after_it_in_order(impl):
     async def main() -> tuple:
-        pool = RelayPool("127.0.0.1", 1, pump=impl)
-        conn = pool.connection(pool)
-        call = conn.call = RelayCall(conn)
-        run = First(impl)
-        run.pump = call.pump_type(run.transport, True, run.ids, run.text, BOUNDS, lambda *a: None, 64, 0.0, HIGH, HEAD, run._first)
-        task = asyncio.ensure_future(call.pump(run.pump))
-        await asyncio.sleep(0)  # the pump is set on the connection
+        run, conn, call, task = await _attached(impl)
         conn.data_received(frame(CHUNK, _chunk(data=b"{}", status=503)) + frame(CHUNK, _sse(7)) + frame(END))
         outcome = await asyncio.wait_for(task, 5)
         return run, conn, outcome, [await call.read() for _ in range(3)]
@@ -115,13 +121,7 @@ def test_a_declined_first_chunk_is_read_by_python_and_the_calls_rest_after_it_in
 @pytest.mark.parametrize("impl", IMPLS)
 def test_an_ordinary_stream_is_pumped_whole_from_its_first_chunk_then_ends(impl):
     async def main() -> tuple:
-        pool = RelayPool("127.0.0.1", 1, pump=impl)
-        conn = pool.connection(pool)
-        call = conn.call = RelayCall(conn)
-        run = First(impl)
-        run.pump = call.pump_type(run.transport, True, run.ids, run.text, BOUNDS, lambda *a: None, 64, 0.0, HIGH, HEAD, run._first)
-        task = asyncio.ensure_future(call.pump(run.pump))
-        await asyncio.sleep(0)
+        run, conn, _, task = await _attached(impl)
         conn.data_received(b"".join(frame(CHUNK, _sse(i, status=200 if i == 0 else 0)) for i in range(5)) + frame(END))
         return run, await asyncio.wait_for(task, 5)
 
