@@ -47,10 +47,11 @@ static uint32_t crc32_run(uint32_t crc, const unsigned char *p, Py_ssize_t len) 
     return ~crc;
 }
 
-static PyObject *text_keys(PyObject *self, PyObject *args) {
+static PyObject *text_keys(PyObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"text", "block_bytes", "max_blocks", NULL};
     PyObject *text;
-    Py_ssize_t block, max_blocks;
-    if (!PyArg_ParseTuple(args, "Unn:text_keys", &text, &block, &max_blocks))
+    Py_ssize_t block = 128, max_blocks = 128;  /* prefix_hash.py's defaults (TEXT_BLOCK_BYTES, 128): tested alike */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "U|nn:text_keys", kwlist, &text, &block, &max_blocks))
         return NULL;
     if (block < 1) {
         PyErr_SetString(PyExc_ValueError, "block_bytes must be at least 1");
@@ -80,7 +81,7 @@ static PyObject *text_keys(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"text_keys", text_keys, METH_VARARGS, "Chained keys of the full blocks of a str's UTF-8 (see prefix_hash.text_keys)."},
+    {"text_keys", (PyCFunction)(void (*)(void))text_keys, METH_VARARGS | METH_KEYWORDS, "Chained keys of the full blocks of a str's UTF-8 (see prefix_hash.text_keys)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -87,9 +87,6 @@ try:
 except ImportError:  # built without a C compiler (setup.py: optional): the Python one
     _text_keys_c = None
 
-
-def text_keys(text: str, block_bytes: int = TEXT_BLOCK_BYTES, max_blocks: int = 128) -> list[int]:
-    """Chained keys of the full ``block_bytes`` blocks of ``text`` (see :func:`_text_keys_python`)."""
-    if _text_keys_c is not None:
-        return _text_keys_c(text, block_bytes, max_blocks)
-    return _text_keys_python(text, block_bytes, max_blocks)
+#: Chained keys of the full ``block_bytes`` blocks of ``text`` (see :func:`_text_keys_python`): the C one
+#: where it was built, else the Python statement.
+text_keys = _text_keys_c if _text_keys_c is not None else _text_keys_python

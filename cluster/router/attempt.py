@@ -45,14 +45,15 @@ from cluster.proto import replica_pb2
 from cluster.router.circuit import CircuitBreaker
 from cluster.router.errors import RouterError
 from cluster.router.http_reply import SINK_HIGH
-from cluster.router.metrics import RouterMetrics, Tally
+from cluster.router.metrics import RouterMetrics
 from cluster.router.relay import DECLINED, EOF, PAUSED, RelayCall, RelayError
 from cluster.router.replicas import ReplicaHandle
 from cluster.router.stall import StallWatch
 from cluster.router.validation import RelayRequest
 
 monotonic = time.monotonic
-FOLD = Tally.FOLD
+#: A pumped stream's inter-token gaps are added to the ITL histogram every FOLD chunks (and at its end).
+FOLD = 64
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
 
 
@@ -197,9 +198,8 @@ class Attempts:
         it ends.
         """
         sink, req = relay.req.sink, relay.req
-        tally = Tally(itl)
         assert first is not None or relay.last is not None  # else the first chunk was observed
-        pump = call.pump_type(sink.transport, sink.chunked, relay.sent_ids, relay.sent_text, tally.bounds, tally.add,
+        pump = call.pump_type(sink.transport, sink.chunked, relay.sent_ids, relay.sent_text, itl.bounds, itl.add,
                               FOLD, relay.last or 0.0, SINK_HIGH, sink.head, first)  # fmt: skip
         watch.follow(pump)  # the stall watch counts from the pump's latest chunk on
         if first is None:

@@ -88,6 +88,11 @@ def _status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 
 
+def _sse_head(status: int) -> bytes:
+    """An SSE response's head, its empty line included (the body is chunked)."""
+    return _status_line(status) + _SSE_HEAD + _Date.lines() + b"\r\n"
+
+
 class _Head:
     """httptools' callbacks for one request head: the method, path and the few headers the router reads."""
 
@@ -140,17 +145,16 @@ class FastReply:
 
     @property
     def status(self) -> int:
-        """The answer's status once given (200 once a prepared sink's head is out)."""
-        if not self._status and self._prepared is not None and self._prepared.head is None:
-            self._status = 200
-        return self._status
+        """The answer's status once given: also 200 once the pump wrote a prepared sink's head."""
+        p = self._prepared
+        return self._status or (200 if p is not None and p.head is None else 0)
 
     @status.setter
     def status(self, value: int) -> None:
         self._status = value
 
     def prepare(self) -> SseSink:
-        self._prepared = SseSink(self.transport, True, _status_line(200) + _SSE_HEAD + _Date.lines() + b"\r\n")
+        self._prepared = SseSink(self.transport, True, _sse_head(200))
         return self._prepared
 
     def answer(self, status: int, body: bytes, charset: bool = True, headers: dict[str, str] | None = None) -> None:
@@ -162,7 +166,7 @@ class FastReply:
     async def start(self, status: int, first: bytes) -> SseSink | None:
         self.status = status
         t = self.transport
-        t.write(_status_line(status) + _SSE_HEAD + _Date.lines() + b"\r\n%x\r\n%b\r\n" % (len(first), first))
+        t.write(_sse_head(status) + b"%x\r\n%b\r\n" % (len(first), first))
         return SseSink(t, True)
 
     async def write(self, data: bytes) -> None:

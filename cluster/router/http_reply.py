@@ -49,7 +49,8 @@ class SseSink:
 
 
 class Reply(Protocol):
-    """Where :meth:`OpenAIServer.relay` writes its answer; ``status``: the answer's, once given."""
+    """Where :meth:`OpenAIServer.relay` writes its answer; ``status``: the answer's once given, or its head's
+    once out (0 before: an error can still be answered with its own status)."""
 
     status: int
 

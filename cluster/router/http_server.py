@@ -35,7 +35,7 @@ from cluster.router.auth import bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
 from cluster.router.http_fast import FastFront, sweep_idle
-from cluster.router.http_reply import Reply, SseSink, WebReply, error_body
+from cluster.router.http_reply import Reply, WebReply, error_body
 from cluster.router.lora import AdapterAdmin, admin_body, check_admin, check_allowed, resolve_adapter
 from cluster.router.metrics import request_done
 from cluster.router.openapi import openapi_schema
@@ -276,15 +276,14 @@ class OpenAIServer:
         (cluster/router/attempt.py); a first chunk it leaves to this loop (an error, a JSON answer) is written
         here, as is every chunk without a sink (the aiohttp front's stream once its headers are out).
         """
-        prepared = reply.prepare() if req.stream else None
-        req.sink = prepared
-        started = False
+        req.sink = reply.prepare() if req.stream else None
+        # reply.status: nonzero once the answer is given, or its head is out (by reply.start, or by the pump).
         try:
             async with contextlib.aclosing(stream) as s:
                 async for c in s:
                     if not c.data:  # a chunk with a finish reason but no bytes: nothing to write
                         continue
-                    if not started and not _head_out(prepared):
+                    if not reply.status:
                         req.sink = None  # the first bytes are written here, not by a pump
                         if not c.data.startswith(b"data:"):  # a whole JSON body (answer or error)
                             async for _ in s:  # the stream's end (nothing more comes): its metrics are taken there
@@ -293,23 +292,17 @@ class OpenAIServer:
                         # Headers go out with the first bytes, so an error before
                         # them (no replica, a refusal) still gets a proper status.
                         req.sink = await reply.start(c.status or 200, c.data)
-                        started = True
                         continue
                     await reply.write(c.data)
         except RouterError as exc:
-            if not started and not _head_out(prepared):
+            if not reply.status:
                 return _router_error(reply, exc)
             status, etype = _HTTP_STATUS.get(exc.code, (500, "internal_error"))
             err = {"error": {"message": exc.message, "type": etype, "param": None, "code": status}}
             await reply.write(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
-        if not started and not _head_out(prepared):  # a stream with no chunk at all
+        if not reply.status:  # a stream with no chunk at all
             return _error(reply, 502, "the replica ended the request without an answer", "internal_error")
         await reply.end()
-
-
-def _head_out(prepared: SseSink | None) -> bool:
-    """The balancer's pump wrote the response's head (with the stream's first bytes)."""
-    return prepared is not None and prepared.head is None
 
 
 def _error(

@@ -72,12 +72,14 @@ class Histogram:
 class Family:
     """One metric's children, by label values (looked up from a dict: the router asks for the same few)."""
 
-    __slots__ = ("_children", "bounds", "doc", "kind", "labelnames", "name")
+    __slots__ = ("_children", "_series", "bounds", "doc", "kind", "labelnames", "name")
 
     def __init__(self, kind: str, name: str, doc: str, labelnames: Sequence[str], buckets: Sequence[float] = ()) -> None:
         self.kind, self.name, self.doc, self.labelnames = kind, name, doc, tuple(labelnames)
         self.bounds = (*sorted(float(b) for b in buckets if b != INF), INF) if kind == "histogram" else ()
+        #: Label values as given -> child (what ``labels`` looks up); label values as strings -> child (exposed).
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._series: dict[tuple[str, ...], Any] = {}
 
     def labels(self, *values: Any) -> Any:
         child = self._children.get(values)
@@ -85,15 +87,15 @@ class Family:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
             key = tuple(str(v) for v in values)
-            child = self._children.get(key)
+            child = self._series.get(key)
             if child is None:
-                child = self._children[key] = Histogram(self.bounds) if self.kind == "histogram" else Value()
+                child = self._series[key] = Histogram(self.bounds) if self.kind == "histogram" else Value()
             self._children[values] = child
         return child
 
     def collect(self) -> Metric:
         labels = list(self.labelnames)
-        kids = {k: c for k, c in self._children.items() if all(type(v) is str for v in k)}
+        kids = self._series
         if self.kind == "counter":
             fam: Metric = CounterMetricFamily(self.name, self.doc, labels=labels)
             for k, c in kids.items():

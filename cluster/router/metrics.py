@@ -17,7 +17,6 @@ Labels stay low-cardinality: model, status code, policy, outcome, replica.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -28,22 +27,6 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 
 _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 _P = "llm_cluster_router_"
-
-
-class Tally:
-    """One histogram child's observations, counted elsewhere (a stream's pump, cluster/router/pump.py) and
-    added to it every :data:`FOLD` and at the stream's end: the per-token inter-token latency costs a bucket
-    count and an add, not an ``observe`` per token.  The scrape sees a stream's gaps at most :data:`FOLD`
-    observations late.
-    """
-
-    __slots__ = ("add", "bounds")
-    FOLD = 64
-
-    def __init__(self, child: Any) -> None:
-        #: The child's bucket bounds (the last +Inf), and where the counts go (``metric_families.Histogram``).
-        self.bounds: list[float] = list(child.bounds)
-        self.add = child.add
 
 
 class RouterMetrics:

@@ -27,8 +27,8 @@ import grpc
 import uvloop
 
 from cluster.proto import replica_pb2, replica_pb2_grpc
-from cluster.router.http_fast import _SSE_HEAD, _Date, _status_line, parse_head
-from cluster.router.http_reply import SINK_HIGH, SseSink
+from cluster.router.http_fast import FastReply, parse_head
+from cluster.router.http_reply import SINK_HIGH
 from cluster.router.relay import PAUSED, RelayPool
 
 _BOUNDS = [0.001, 0.01, 0.1, 1.0]
@@ -75,13 +75,13 @@ class FloorFront(asyncio.Protocol):
         body = b'{"request_id":"%s",%s' % (rid.encode(), raw.lstrip()[1:])
         call = await next(self.pools).call(replica_pb2.OpenAIRequest(request_id=rid, endpoint=replica_pb2.CHAT, body=body))
         chunk = await call.read()
-        t = self.transport
-        assert t is not None and isinstance(chunk, replica_pb2.OpenAIChunk)
-        t.write(_status_line(200) + _SSE_HEAD + _Date.lines() + b"\r\n%x\r\n%b\r\n" % (len(chunk.data), chunk.data))
-        pump = call.pump_type(t, True, list(chunk.token_ids), [chunk.text], _BOUNDS, _fold, 64, time.monotonic(), SINK_HIGH)
+        assert isinstance(chunk, replica_pb2.OpenAIChunk)
+        reply = FastReply(self.transport)
+        sink = await reply.start(200, chunk.data)  # the head with the first bytes, as the router's fast front writes them
+        pump = call.pump_type(sink.transport, True, list(chunk.token_ids), [chunk.text], _BOUNDS, _fold, 64, time.monotonic(), SINK_HIGH)
         while await call.pump(pump) is PAUSED:
-            await SseSink(t, True).drained()
-        t.write(b"0\r\n\r\n")
+            await sink.drained()
+        await reply.end()
 
 
 async def serve(port: int, addresses: list[str]) -> None:

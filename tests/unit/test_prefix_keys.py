@@ -36,6 +36,12 @@ def test_the_c_keys_equal_the_python_keys_on_random_text_of_any_script(seed: int
         assert prefix_hash._text_keys_c(text, block, most) == _text_keys_python(text, block, most), (block, most)
 
 
+def test_both_take_the_same_defaults_and_keywords():
+    text = "é" * 1000
+    assert prefix_hash._text_keys_c(text) == _text_keys_python(text)
+    assert prefix_hash._text_keys_c(text, max_blocks=3, block_bytes=64) == _text_keys_python(text, 64, 3)
+
+
 def test_keys_stop_at_max_blocks():
     assert len(text_keys("x" * 10_000, 128, 16)) == 16
     assert text_keys("x" * 10_000, 128, 0) == []

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from cluster.config import PolicyOptions, PrefixAwareOptions
 from cluster.router.policies.base import RouteRequest, RoutingPolicy
 from cluster.router.policies.prefix_index import PrefixIndex
-from cluster.router.policies.signals import R, fresh_load_of, least_loaded, load_cap, usable
+from cluster.router.policies.signals import BoundedLoad, R, fresh_load_of, least_loaded, usable
 
 
 class PrefixAware(RoutingPolicy):
@@ -64,18 +64,16 @@ class PrefixAware(RoutingPolicy):
             best_score = float("-inf")
             over_cap = False
             now = time.monotonic()  # once for every holder scored
-            cap = mean = 0.0  # the model's bounded-load cap and mean load: alike for all its replicas, read once
+            bounded = BoundedLoad(o.balance_eps)
             for h, d in depth.items():
                 if d / n < o.min_match or d == 0 or not usable(h, request.model, now):
                     continue
                 if request.attempt and h not in candidates:
                     continue
-                if not cap:
-                    cap, mean = load_cap(h, o.balance_eps), h.group.mean_in_flight + 1
-                if h.in_flight + 1 > cap:  # over the bounded-load cap (signals.under_cap)
+                if bounded.over(h):
                     over_cap = True
                     continue
-                score = d / n - o.load_weight * fresh_load_of(h) / mean
+                score = d / n - o.load_weight * fresh_load_of(h) / bounded.mean
                 if score > best_score:
                     best, best_score = h, score
             if best is None:

@@ -64,6 +64,24 @@ def under_cap(h: ReplicaView, eps: float) -> bool:
     return h.in_flight + 1 <= load_cap(h, eps)
 
 
+class BoundedLoad:
+    """One decision's bounded-load cap and mean load (+1), for a policy that checks many of a model's replicas:
+    read from the first one asked about (a model's replicas share its group), then reused."""
+
+    __slots__ = ("cap", "eps", "mean")
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+        self.cap = 0
+        self.mean = 1.0
+
+    def over(self, h: ReplicaView) -> bool:
+        """``not under_cap(h, eps)``."""
+        if not self.cap:
+            self.cap, self.mean = load_cap(h, self.eps), h.group.mean_in_flight + 1
+        return h.in_flight + 1 > self.cap
+
+
 def sample(candidates: Sequence[R], k: int, rng: random.Random) -> Sequence[R]:
     """Up to ``k`` distinct candidates, uniformly at random (all of them when there are at most ``k``)."""
     n = len(candidates)

@@ -32,7 +32,7 @@ from cluster.config import PolicyOptions, PrefixAwareOptions, SessionAffinityOpt
 from cluster.router.policies.base import RouteRequest, RoutingPolicy
 from cluster.router.policies.prefix_index import PrefixIndex
 from cluster.router.policies.sessions import SessionMap
-from cluster.router.policies.signals import R, fresh_load_of, least_loaded, load_cap, sample, usable
+from cluster.router.policies.signals import BoundedLoad, R, fresh_load_of, least_loaded, sample, usable
 
 
 class Weighted(RoutingPolicy):
@@ -70,19 +70,15 @@ class Weighted(RoutingPolicy):
         best: R | None = None
         best_score = float("-inf")
         now = time.monotonic()  # once for every replica scored
-        cap = mean = 0.0  # the model's bounded-load cap and mean load: alike for all its replicas, read once
+        bounded = BoundedLoad(o.balance_eps)
         for h in scored:
-            if not usable(h, request.model, now) or (request.attempt and h not in candidates):
-                continue
-            if not cap:
-                cap, mean = load_cap(h, o.balance_eps), h.group.mean_in_flight + 1
-            if h.in_flight + 1 > cap:  # over the bounded-load cap (signals.under_cap)
+            if not usable(h, request.model, now) or (request.attempt and h not in candidates) or bounded.over(h):
                 continue
             rep = h.load
             score = (
                 o.prefix * depth.get(h, 0) / n
                 + (o.session if h is mine else 0.0)
-                - o.load * fresh_load_of(h) / mean
+                - o.load * fresh_load_of(h) / bounded.mean
                 - o.kv * (rep.kv_cache_usage if rep is not None else 0.0)
                 - o.ttft * (rep.recent_ttft_s if rep is not None else 0.0)
             )
