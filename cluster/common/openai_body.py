@@ -43,8 +43,30 @@ def _parse_float(s: str, flags: _Flags) -> float:
     return v
 
 
+class _Big(Exception):
+    """A number too large for a float: the body is parsed again with flags, to name its field."""
+
+
+def _int_or_big(s: str) -> int:
+    if len(s) > MAX_INT_DIGITS:  # a sign counts: refused a digit early, then parsed again and judged exactly
+        raise _Big
+    return int(s)
+
+
+def _float_or_big(s: str) -> float:
+    v = float(s)
+    if math.isinf(v):
+        raise _Big
+    return v
+
+
 def _no_constant(name: str) -> float:
     raise InvalidRequest("body", f"{name} is not valid JSON")
+
+
+#: One decoder for every body (building one per call costs more than a small body's parse); its hooks keep no
+#: state, so it is safe from any thread.
+_decoder = json.JSONDecoder(parse_int=_int_or_big, parse_float=_float_or_big, parse_constant=_no_constant)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -55,12 +77,15 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest("body", f"is not valid UTF-8 (byte {exc.start})") from None
     flags = _Flags()
     try:
-        body = json.loads(
-            text,
-            parse_int=lambda s: _parse_int(s, flags),
-            parse_float=lambda s: _parse_float(s, flags),
-            parse_constant=_no_constant,
-        )
+        try:
+            body = _decoder.decode(text)
+        except _Big:
+            body = json.loads(
+                text,
+                parse_int=lambda s: _parse_int(s, flags),
+                parse_float=lambda s: _parse_float(s, flags),
+                parse_constant=_no_constant,
+            )
     except RecursionError:
         raise InvalidRequest("body", "JSON nested too deep") from None
     except json.JSONDecodeError as exc:

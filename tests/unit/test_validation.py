@@ -48,7 +48,10 @@ def test_a_clients_request_id_becomes_the_response_id_for_every_replica():
         (b'{"model": "m", "x": ' + b"[" * 100 + b"]" * 100 + b"}", "x", "nested deeper"),
         (b'{"model": "m", "temperature": 1e400}', "temperature", "finite"),
         (b'{"model": "m", "top_p": ' + b"1" * 400 + b"}", "top_p", "finite"),
+        (b'{"model": "m", "top_p": -' + b"1" * 309 + b"}", "top_p", "finite"),
+        (b'{"model": "m", "seed": ' + b"1" * 5000 + b"}", "seed", "finite"),
         (b'{"model": "m", "temperature": NaN}', "body", "NaN"),
+        (b'{"model": "m", "temperature": -Infinity}', "body", "Infinity"),
         (b'{"model": "m", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content", "surrogate"),
         (b'{"model": "m", "stream": "yes"}', "stream", "boolean"),
         (b'{"model": 7}', "model", "required"),
@@ -59,6 +62,12 @@ def test_a_body_that_would_break_a_parser_further_on_is_refused_naming_the_field
         relay(parse_body(raw))
     assert err.value.param == param and why in str(err.value)
     assert str(err.value).startswith(param + ":")
+
+
+def test_the_largest_numbers_a_float_holds_are_accepted_with_their_values():
+    big = int("9" * 308)
+    body = parse_body(b'{"model": "m", "seed": %d, "logit_bias": {"1": -%d}, "top_p": 1.7e308}' % (big, big))
+    assert body["seed"] == big and body["logit_bias"]["1"] == -big and body["top_p"] == 1.7e308
 
 
 def test_an_unknown_routing_policy_header_is_refused_by_name():
