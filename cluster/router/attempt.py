@@ -2,8 +2,9 @@
 
 The balancer (cluster/router/balancer.py) decides where a request goes and
 what happens when an attempt fails (retry, migrate, give up); this module is
-the relay of one attempt.  Its chunks are yielded up to the front end one by
-one, except when the front end has handed the request a sink
+the relay of one attempt.  Its chunks are handed to the front end one by one
+(``emit``, a coroutine the front end passes down: plain calls, no generator
+between the layers), except when the front end has handed the request a sink
 (``RelayRequest.sink``: the client's socket for an HTTP SSE stream) and the
 replica answers over its relay stream: then the stream is *pumped*
 (``RelayCall.pump``): each chunk is counted and written to the client's socket
@@ -16,7 +17,7 @@ pumped from the first chunk on: the pump writes the head with the first bytes
 and calls back once (first-token time, the circuit breaker, the stall watch),
 so an ordinary stream never wakes the task before it ends; a first chunk that
 is not an ordinary SSE one (an error status, a JSON answer) is declined and
-comes back here, to be yielded as without a sink.
+comes back here, to be emitted as without a sink.
 
 Spec (both ways alike): every relayed chunk's token ids and text are kept for
 a migration (``RelayState``), counted for the tenant's charge
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,8 @@ from cluster.router.validation import RelayRequest
 monotonic = time.monotonic
 #: A pumped stream's inter-token gaps are added to the ITL histogram every FOLD chunks (and at its end).
 FOLD = 64
+#: What the front end does with each chunk the attempt does not pump itself (write it, collect it).
+Emit = Callable[[replica_pb2.OpenAIChunk], Awaitable[None]]
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
 
 
@@ -90,8 +93,8 @@ class Attempts:
     stall_timeout_s: float
 
     async def run(
-        self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None, relay: RelayState, model: str
-    ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
+        self, replica: ReplicaHandle, rreq: replica_pb2.OpenAIRequest, left: float | None, relay: RelayState, model: str, emit: Emit
+    ) -> None:
         """Relay one replica's stream; raises :class:`Failed` when the replica (not the request) failed.
 
         A replica that sends nothing (hung engine, stuck queue, a connect that hangs) is given up on after
@@ -124,8 +127,7 @@ class Attempts:
                     watch.started()
                     if chunk.status < 500:
                         self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
-                    async for out in self._stream(replica, call, chunk, relay, model, watch):
-                        yield out
+                    await self._stream(replica, call, chunk, relay, model, watch, emit)
                 finally:
                     watch.close()
         except TimeoutError:
@@ -153,9 +155,9 @@ class Attempts:
                 call.cancel()
 
     async def _stream(
-        self, replica: ReplicaHandle, call: Any, chunk: Any, relay: RelayState, model: str, watch: StallWatch
-    ) -> AsyncIterator[replica_pb2.OpenAIChunk]:
-        """From the first chunk on: yield each (or pump the rest once the front end gave a sink) until the end."""
+        self, replica: ReplicaHandle, call: Any, chunk: Any, relay: RelayState, model: str, watch: StallWatch, emit: Emit
+    ) -> None:
+        """From the first chunk on: emit each (or pump the rest once the front end gave a sink) until the end."""
         itl = self.metrics.itl.labels(model)  # once per attempt, not per chunk
         read, req = call.read, relay.req
         while True:
@@ -165,7 +167,7 @@ class Attempts:
             self._observe(relay, model, itl)
             if chunk.data or chunk.finish_reason:  # else a progress note of a non-streamed request
                 self._keep(relay, chunk)
-                yield chunk
+                await emit(chunk)
             if req.sink is not None and isinstance(call, RelayCall):
                 await self._pump(call, relay, itl, watch)
                 break

@@ -1,8 +1,9 @@
 """The balancer: one request's trip from a front end to a replica and back.
 
-Both front ends (gRPC and HTTP) call :meth:`Balancer.generate` with a
+Both front ends (gRPC and HTTP) call :meth:`Balancer.relay` with a
 :class:`RelayRequest` (the client's OpenAI body and the few fields the router
-read from it).  It waits (bounded) for a ready replica of the model, asks the
+read from it) and ``emit``, what they do with each chunk (a coroutine: the
+layers are plain calls, no async generator between them).  It waits (bounded) for a ready replica of the model, asks the
 policy for one, relays the replica's chunks (bytes already encoded for the
 client, see replica.proto), and keeps the router's own in-flight count per
 replica exact (the signal power-of-two and later policies use).
@@ -40,7 +41,7 @@ the last characters that could begin a stop string, so the failed replica
 may have produced more text than the client got, and the resuming engine
 sends that difference first.
 
-One attempt's relay (the first-token wait, yielding or pumping the chunks, the
+One attempt's relay (the first-token wait, emitting or pumping the chunks, the
 stall watch) is cluster/router/attempt.py; the decisions are here.
 
 A stream that gets no token for ``stall_timeout_s`` after its first one (hung
@@ -63,13 +64,12 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 
 from cluster.config import PolicyOptions
 from cluster.proto import replica_pb2
-from cluster.router.attempt import Attempts, Failed, RelayState
+from cluster.router.attempt import Attempts, Emit, Failed, RelayState
 from cluster.router.circuit import CircuitBreaker
 from cluster.router.errors import RouterError as RouterError
 from cluster.router.metrics import RouterMetrics
@@ -175,8 +175,10 @@ class Balancer:
             found = [c for c in found if c not in tried] or found
         return found
 
-    async def generate(self, req: RelayRequest, timeout_s: float | None = None) -> AsyncIterator[replica_pb2.OpenAIChunk]:
-        if not self.known_model(req.model):
+    async def relay(self, req: RelayRequest, timeout_s: float | None, emit: Emit) -> None:
+        """Relay ``req`` to a replica of its model, each chunk the attempt does not pump to ``emit``; raises
+        :class:`RouterError` when it cannot be served (no replica, attempts used up, a stream that cannot move)."""
+        if req.model not in self.replicas.models:
             msg = f"The model `{req.model}` does not exist; see ListModels / GET /v1/models"
             raise RouterError(grpc.StatusCode.NOT_FOUND, msg)
         deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -208,9 +210,7 @@ class Balancer:
                     rreq.resume.text = "".join(relay.sent_text)
                 try:
                     # Latency metrics by the name the client asked for: an adapter's apart from its base model's.
-                    async for chunk in self.attempts.run(replica, rreq, left, relay, req.adapter or req.model):
-                        yield chunk
-                    return
+                    return await self.attempts.run(replica, rreq, left, relay, req.adapter or req.model, emit)
                 except Failed as failed:
                     failure, reason = failed.message, failed.reason
                 if relay.sent:

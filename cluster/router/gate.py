@@ -6,11 +6,11 @@ alike:
 1. :meth:`Gate.authenticate` maps the presented key to a tenant (HTTP 401 /
    UNAUTHENTICATED when missing or unknown).  With ``router.auth.enabled``
    off, every request belongs to the one ``anonymous`` tenant.
-2. :meth:`Gate.generate` charges the tenant's limits (:mod:`limits`), then
+2. :meth:`Gate.relay` charges the tenant's limits (:mod:`limits`), then
    waits in the model's weighted-fair admission queue (:mod:`admission`) for
    one of its slots (the model's ready replicas x
    ``max_concurrent_per_replica``; one queue per model, so a flood on one
-   model never holds back another), then relays the balancer's stream.  A limit, a full queue or a queue deadline
+   model never holds back another), then has the balancer relay the stream.  A limit, a full queue or a queue deadline
    raises :class:`Refused` at once (HTTP 429 + ``Retry-After`` /
    RESOURCE_EXHAUSTED with ``retry-after`` trailing metadata), before any
    byte of the answer, so the front ends can still send a proper status.
@@ -26,16 +26,14 @@ took, which :meth:`Gate.leaks` checks (the soak test asserts it is empty).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 
 from cluster.config import ConfigError, RouterConfig
-from cluster.proto import replica_pb2
 from cluster.router.admission import AdmissionQueue, AdmissionRefused, QueueFull
+from cluster.router.attempt import Emit
 from cluster.router.auth import ANONYMOUS, AuthError, KeyStore, Tenant
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.limits import Limiter, LimitExceeded, estimate_tokens
@@ -111,8 +109,9 @@ class Gate:
             self.metrics.refused.labels("", "unauthenticated").inc()
             raise Unauthenticated(str(exc)) from None
 
-    async def generate(self, tenant: Tenant, req: RelayRequest, timeout_s: float) -> AsyncIterator[replica_pb2.OpenAIChunk]:
-        """Admit ``req`` for ``tenant`` and relay its stream; raises :class:`Refused` before the first chunk."""
+    async def relay(self, tenant: Tenant, req: RelayRequest, timeout_s: float, emit: Emit) -> None:
+        """Admit ``req`` for ``tenant`` and relay its stream (``emit``: :meth:`Balancer.relay`'s); raises
+        :class:`Refused` before the first chunk."""
         started = time.monotonic()
         est_prompt = req.prompt_chars // 4
         try:
@@ -142,9 +141,7 @@ class Gate:
         in_flight.inc()
         try:
             left = timeout_s - (time.monotonic() - started)
-            async with contextlib.aclosing(self.balancer.generate(req, max(left, 0.001))) as stream:
-                async for c in stream:
-                    yield c
+            await self.balancer.relay(req, max(left, 0.001), emit)
         finally:
             in_flight.dec()
             queue.release()

@@ -10,7 +10,6 @@ never raises.  TLS (and client certificates) come from ``router.tls``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -136,13 +135,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         remaining = context.time_remaining()
         timeout = min(remaining, self.config.request_timeout_s) if remaining is not None else self.config.request_timeout_s
         code = "CANCELLED"  # unless the stream ends or fails below: the client went away
+
+        async def emit(c: replica_pb2.OpenAIChunk) -> None:
+            if c.status >= 300:
+                raise _engine_error(c)
+            if c.data:
+                await context.write(c.data)
+
         try:
-            async with contextlib.aclosing(self.gate.generate(tenant, req, timeout)) as stream:  # type: ignore[arg-type]
-                async for c in stream:
-                    if c.status >= 300:
-                        raise _engine_error(c)
-                    if c.data:
-                        yield c.data
+            await self.gate.relay(tenant, req, timeout, emit)  # type: ignore[arg-type]
             code = "OK"
         except RouterError as exc:
             code = exc.code.name
@@ -162,11 +163,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         code, answer = "CANCELLED", b""
         try:
             check_allowed(tenant, req.model)
-            async with contextlib.aclosing(self.gate.generate(tenant, req, self.config.request_timeout_s)) as stream:  # type: ignore[arg-type]
-                async for c in stream:
-                    if c.status >= 300:
-                        raise _engine_error(c)
-                    answer += c.data
+            parts: list[bytes] = []
+
+            async def collect(c: replica_pb2.OpenAIChunk) -> None:
+                if c.status >= 300:
+                    raise _engine_error(c)
+                parts.append(c.data)
+
+            await self.gate.relay(tenant, req, self.config.request_timeout_s, collect)  # type: ignore[arg-type]
+            answer = b"".join(parts)
             code = "OK"
         except RouterError as exc:
             code = exc.code.name

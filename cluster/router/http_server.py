@@ -18,12 +18,11 @@ alike.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -31,7 +30,7 @@ from aiohttp import web
 
 from cluster.config import RouterConfig
 from cluster.proto import replica_pb2
-from cluster.router.auth import bearer
+from cluster.router.auth import Tenant, bearer
 from cluster.router.balancer import Balancer, RouterError
 from cluster.router.gate import Gate, Refused
 from cluster.router.http_fast import FastFront, sweep_idle
@@ -265,44 +264,58 @@ class OpenAIServer:
             msg = f"The model `{req.model}` does not exist; see GET /v1/models"
             _error(reply, 404, msg, "NotFoundError", "model")
         else:
-            await self._write(reply, req, self.gate.generate(tenant, req, self.config.request_timeout_s))
+            await self._write(reply, req, tenant)
         request_done(self.balancer, req.adapter or req.model, "http", str(reply.status))
 
-    async def _write(self, reply: Reply, req: RelayRequest, stream: AsyncIterator[replica_pb2.OpenAIChunk]) -> None:
-        """Write the replica's bytes: one JSON body, or SSE events as they come.
+    async def _write(self, reply: Reply, req: RelayRequest, tenant: Tenant) -> None:
+        """Relay ``req`` and write the replica's bytes: one JSON body, or SSE events as they come.
 
         A stream request gets a sink before it starts (``SseSink``, ``reply.prepare``): the balancer may then
         write the whole stream to the client's socket itself, the response's head with its first bytes
-        (cluster/router/attempt.py); a first chunk it leaves to this loop (an error, a JSON answer) is written
-        here, as is every chunk without a sink (the aiohttp front's stream once its headers are out).
+        (cluster/router/attempt.py); a first chunk it leaves to :class:`_Writer` (an error, a JSON answer) is
+        written there, as is every chunk without a sink (the aiohttp front's stream once its headers are out).
         """
         req.sink = reply.prepare() if req.stream else None
+        out = _Writer(reply, req)
         # reply.status: nonzero once the answer is given, or its head is out (by reply.start, or by the pump).
         try:
-            async with contextlib.aclosing(stream) as s:
-                async for c in s:
-                    if not c.data:  # a chunk with a finish reason but no bytes: nothing to write
-                        continue
-                    if not reply.status:
-                        req.sink = None  # the first bytes are written here, not by a pump
-                        if not c.data.startswith(b"data:"):  # a whole JSON body (answer or error)
-                            async for _ in s:  # the stream's end (nothing more comes): its metrics are taken there
-                                pass
-                            return reply.answer(c.status or 200, c.data, charset=False)
-                        # Headers go out with the first bytes, so an error before
-                        # them (no replica, a refusal) still gets a proper status.
-                        req.sink = await reply.start(c.status or 200, c.data)
-                        continue
-                    await reply.write(c.data)
+            await self.gate.relay(tenant, req, self.config.request_timeout_s, out.emit)
         except RouterError as exc:
             if not reply.status:
                 return _router_error(reply, exc)
             status, etype = _HTTP_STATUS.get(exc.code, (500, "internal_error"))
             err = {"error": {"message": exc.message, "type": etype, "param": None, "code": status}}
             await reply.write(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
+        if out.body is not None:  # a whole JSON body (answer or error), answered once the stream ended
+            return reply.answer(*out.body, charset=False)
         if not reply.status:  # a stream with no chunk at all
             return _error(reply, 502, "the replica ended the request without an answer", "internal_error")
         await reply.end()
+
+
+class _Writer:
+    """What the HTTP front does with each chunk the balancer emits (its ``emit``)."""
+
+    __slots__ = ("body", "reply", "req")
+
+    def __init__(self, reply: Reply, req: RelayRequest) -> None:
+        self.reply, self.req = reply, req
+        #: A whole JSON body (status, bytes) to answer with once the stream ends; None: none came.
+        self.body: tuple[int, bytes] | None = None
+
+    async def emit(self, c: replica_pb2.OpenAIChunk) -> None:
+        if not c.data or self.body is not None:  # no bytes (a finish reason alone), or after a whole body
+            return
+        reply = self.reply
+        if reply.status:
+            return await reply.write(c.data)
+        self.req.sink = None  # the first bytes are written here, not by a pump
+        if not c.data.startswith(b"data:"):
+            self.body = (c.status or 200, c.data)
+            return
+        # Headers go out with the first bytes, so an error before
+        # them (no replica, a refusal) still gets a proper status.
+        self.req.sink = await reply.start(c.status or 200, c.data)
 
 
 def _error(

@@ -23,15 +23,21 @@ class HeldBalancer:
         self.release = asyncio.Event()
         self.started: list[str] = []
 
-    async def generate(self, req, timeout_s):
+    async def relay(self, req, timeout_s, emit):
         self.started.append(req.model)
         await self.release.wait()
-        yield replica_pb2.OpenAIChunk(data=b"{}", status=200, text="x", finish_reason="length", prompt_tokens=3, completion_tokens=1)
+        await emit(replica_pb2.OpenAIChunk(data=b"{}", status=200, text="x", finish_reason="length", prompt_tokens=3, completion_tokens=1))
 
 
 async def drain(gate: Gate, model: str) -> list:
     req = relay_request("completions", {"model": model, "prompt": "hi", "max_tokens": 1}, models=[model])
-    return [c async for c in gate.generate(gate.anonymous, req, 10)]
+    chunks: list = []
+
+    async def collect(c) -> None:
+        chunks.append(c)
+
+    await gate.relay(gate.anonymous, req, 10, collect)
+    return chunks
 
 
 async def test_a_flood_on_one_model_does_not_hold_back_another():
