@@ -89,9 +89,7 @@ class AdmissionQueue:
 
     async def admit(self, flow: str, priority: str = "interactive", cost: float = 1.0, timeout_s: float | None = None) -> None:
         """Wait for a slot; call :meth:`release` exactly once after an admission."""
-        if self.waiting == 0 and self.in_flight < self._capacity():
-            self.in_flight += 1
-            self._advance(flow, cost / self._weight(priority))
+        if self.try_admit(flow, priority, cost):
             return
         if self.waiting >= self.max_queue:
             raise QueueFull(f"admission queue full ({self.max_queue} waiting)", 1.0)
@@ -115,6 +113,14 @@ class AdmissionQueue:
             else:  # admitted just as the client left: hand the slot on
                 self.release()
             raise
+
+    def try_admit(self, flow: str, priority: str = "interactive", cost: float = 1.0) -> bool:
+        """Admit at once when nobody waits and a slot is free (then :meth:`release` once); False: :meth:`admit`."""
+        if self.waiting == 0 and self.in_flight < self._capacity():
+            self.in_flight += 1
+            self._advance(flow, cost / self.weights.get(priority, 1.0))
+            return True
+        return False
 
     def _advance(self, flow: str, inc: float) -> None:
         self._last_tag[flow] = max(self._vtime, self._last_tag.get(flow, 0.0)) + inc
@@ -141,7 +147,8 @@ class AdmissionQueue:
 
     def release(self) -> None:
         self.in_flight -= 1
-        self.dispatch()
+        if self._heads:  # else nobody waits: nothing to dispatch
+            self.dispatch()
 
     def dispatch(self) -> None:
         """Admit waiters while capacity allows (also call when capacity grows)."""

@@ -108,28 +108,24 @@ class Attempts:
         call: Any = None
         watch: StallWatch | None = None
         try:
-            async with asyncio.timeout(None) as tm:  # no timer of its own: the watch expires it
-                watch = StallWatch(tm, self.stall_timeout_s, first_s, None if left is None else loop.time() + left)
-                try:
-                    pool = replica.relay  # the replica's relay stream when it has one (cluster/router/relay.py)
-                    call = await pool.call(rreq) if pool is not None else replica.stub.OpenAI(rreq, timeout=left)
-                    if relay.req.sink is not None and isinstance(call, RelayCall):
-                        # The whole stream, from its first chunk on, in the connection's callback; the first
-                        # chunk comes back here only when it is not an ordinary SSE one (an error, a JSON answer).
-                        itl = self.metrics.itl.labels(model)
-                        first = self._first_taken(replica, relay, model, itl, watch)
-                        if await self._pump(call, relay, itl, watch, first) is not DECLINED:
-                            self.metrics.e2e.labels(model).observe(monotonic() - relay.arrived)
-                            return
-                    chunk = await call.read()  # call.read() per message, not an async iterator: one hop less
-                    if chunk is EOF:
+            with StallWatch(self.stall_timeout_s, first_s, None if left is None else loop.time() + left) as watch:
+                pool = replica.relay  # the replica's relay stream when it has one (cluster/router/relay.py)
+                call = await pool.call(rreq) if pool is not None else replica.stub.OpenAI(rreq, timeout=left)
+                if relay.req.sink is not None and isinstance(call, RelayCall):
+                    # The whole stream, from its first chunk on, in the connection's callback; the first
+                    # chunk comes back here only when it is not an ordinary SSE one (an error, a JSON answer).
+                    itl = self.metrics.itl.labels(model)
+                    first = self._first_taken(replica, relay, model, itl, watch)
+                    if await self._pump(call, relay, itl, watch, first) is not DECLINED:
+                        self.metrics.e2e.labels(model).observe(monotonic() - relay.arrived)
                         return
-                    watch.started()
-                    if chunk.status < 500:
-                        self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
-                    await self._stream(replica, call, chunk, relay, model, watch, emit)
-                finally:
-                    watch.close()
+                chunk = await call.read()  # call.read() per message, not an async iterator: one hop less
+                if chunk is EOF:
+                    return
+                watch.started()
+                if chunk.status < 500:
+                    self.breaker.success(replica)  # an engine's 4xx is the request's fault, never the replica's
+                await self._stream(replica, call, chunk, relay, model, watch, emit)
         except TimeoutError:
             why = watch.why if watch is not None else None
             if why is None:

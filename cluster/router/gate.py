@@ -36,7 +36,7 @@ from cluster.router.admission import AdmissionQueue, AdmissionRefused, QueueFull
 from cluster.router.attempt import Emit
 from cluster.router.auth import ANONYMOUS, AuthError, KeyStore, Tenant
 from cluster.router.balancer import Balancer, RouterError
-from cluster.router.limits import Limiter, LimitExceeded, estimate_tokens
+from cluster.router.limits import Grant, Limiter, LimitExceeded, estimate_tokens
 from cluster.router.validation import RelayRequest
 
 log = logging.getLogger(__name__)
@@ -120,22 +120,10 @@ class Gate:
             self.refused += 1
             self.metrics.refused.labels(tenant.name, exc.limit).inc()
             raise Refused(str(exc), exc.retry_after_s) from None
-        depth = self.metrics.queue_depth.labels(req.model)
-        depth.inc()
         queue = self.queue(req.model)
-        try:
-            wait = min(self.config.admission.queue_timeout_s, timeout_s)
-            await queue.admit(tenant.name, tenant.spec.priority, cost=float(req.max_tokens + est_prompt), timeout_s=wait)
-        except AdmissionRefused as exc:
-            self.limiter.release(grant, used_tokens=0, refund_request=True)
-            self.refused += 1
-            self.metrics.refused.labels(tenant.name, "queue_full" if isinstance(exc, QueueFull) else "queue_timeout").inc()
-            raise Refused(str(exc), exc.retry_after_s) from None
-        except BaseException:
-            self.limiter.release(grant, used_tokens=0, refund_request=True)
-            raise
-        finally:
-            depth.dec()
+        cost = float(req.max_tokens + est_prompt)
+        if not queue.try_admit(tenant.name, tenant.spec.priority, cost):
+            await self._wait(tenant, req, queue, grant, cost, timeout_s)
         self.admitted += 1
         in_flight = self.metrics.tenant_in_flight.labels(tenant.name)
         in_flight.inc()
@@ -148,6 +136,24 @@ class Gate:
             # The balancer counted what it relayed (req.note), also what it wrote to the client itself.
             used = req.tokens_used
             self.limiter.release(grant, used if used is not None else est_prompt + req.tokens_sent)
+
+    async def _wait(self, tenant: Tenant, req: RelayRequest, queue: AdmissionQueue, grant: Grant, cost: float, timeout_s: float) -> None:
+        """Wait in the model's admission queue (counted in its depth gauge); a refusal gives the grant back."""
+        depth = self.metrics.queue_depth.labels(req.model)
+        depth.inc()
+        try:
+            wait = min(self.config.admission.queue_timeout_s, timeout_s)
+            await queue.admit(tenant.name, tenant.spec.priority, cost=cost, timeout_s=wait)
+        except AdmissionRefused as exc:
+            self.limiter.release(grant, used_tokens=0, refund_request=True)
+            self.refused += 1
+            self.metrics.refused.labels(tenant.name, "queue_full" if isinstance(exc, QueueFull) else "queue_timeout").inc()
+            raise Refused(str(exc), exc.retry_after_s) from None
+        except BaseException:
+            self.limiter.release(grant, used_tokens=0, refund_request=True)
+            raise
+        finally:
+            depth.dec()
 
     def held(self) -> dict[str, int]:
         """Requests each layer holds now (exported as ``llm_cluster_router_held_requests``); all zero when idle."""

@@ -8,16 +8,19 @@ whole attempt: per chunk the relay only notes the time it starts waiting
 (:meth:`StallWatch.waiting`; a pump keeps its own ``last``, :meth:`follow` ed) and
 that it got something (:meth:`got`); the first chunk ends the first-token
 phase (:meth:`started`).  When the timer fires it checks those notes and
-either re-arms itself or expires the attempt's ``asyncio.timeout`` block
-(``asyncio.timeout(None)``: no timer of its own), which cancels the wait on
-the replica and raises ``TimeoutError`` where the block ends; ``why`` then
-says which limit it was: ``"first_token"``, ``"stall"`` or ``"deadline"``.
-Time the caller holds a chunk (a slow client) never counts as a stall.
+either re-arms itself or expires the attempt: the watch is the attempt's
+``with`` block and does what ``asyncio.timeout`` does, without its objects
+and calls per request: it cancels the task (the wait on the replica), and
+where the block ends that cancellation becomes ``TimeoutError`` (a
+cancellation from outside, the client leaving, stays one); ``why`` then says
+which limit it was: ``"first_token"``, ``"stall"`` or ``"deadline"``.  Time
+the caller holds a chunk (a slow client) never counts as a stall.
 
 Cost: two attribute writes and a clock read per chunk; one timer-heap
 operation per ``limit_s`` of stream life (``asyncio.timeout`` per chunk cost a
 Timeout object and a heap push and cancel per token; one per phase, three
-timers per request).
+timers per request).  Failure mode: used outside a task (no current task),
+it raises at once.
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ from typing import Any
 
 
 class StallWatch:
-    __slots__ = ("_ends_at", "_first_s", "_handle", "_limit", "_loop", "_source", "_timeout", "_waiting", "last", "why")
+    """``with StallWatch(limit_s, first_s, ends_at) as watch:`` — ``TimeoutError`` at the block's end when it expired."""
 
-    def __init__(self, timeout: asyncio.Timeout, limit_s: float, first_s: float | None = None, ends_at: float | None = None) -> None:
+    __slots__ = ("_cancelling", "_ends_at", "_first_s", "_handle", "_limit", "_loop", "_source", "_task", "_waiting", "last", "why")
+
+    def __init__(self, limit_s: float, first_s: float | None = None, ends_at: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        self._timeout = timeout
+        task = asyncio.current_task(self._loop)
+        if task is None:
+            raise RuntimeError("StallWatch must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()  # cancellations already asked for (not this watch's)
         self._limit = limit_s
         #: Before the first chunk: the first-token limit (None once started, or when not watched).
         self._first_s = first_s
@@ -85,7 +94,13 @@ class StallWatch:
 
     def _expire(self, why: str, now: float) -> None:
         self.why = why
-        self._timeout.reschedule(now)  # expire: cancels the wait, TimeoutError at the block's end
+        self._task.cancel()  # the wait on the replica ends; TimeoutError where the block ends
 
-    def close(self) -> None:
+    def __enter__(self) -> StallWatch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self._handle.cancel()
+        # As asyncio.timeout: this watch's own cancellation (and no other) becomes TimeoutError.
+        if self.why is not None and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc

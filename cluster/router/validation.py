@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from cluster.common.openai_body import parse_body as parse_body
 #: Endpoints (the replica contract's names).
 CHAT, COMPLETIONS, TOKENIZE, DETOKENIZE, EMBEDDINGS = "chat", "completions", "tokenize", "detokenize", "embeddings"
 MAX_TOKENS_CAP = 1 << 20
+#: A request id JSON writes as it is, between quotes (ours, hex; most clients' uuids): no encoder call.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]+").fullmatch
 
 
 @dataclass(slots=True)
@@ -73,7 +76,9 @@ class RelayRequest:
         if raw is not None:
             if self.endpoint not in (CHAT, COMPLETIONS):
                 return raw
-            return b'{"request_id":' + json.dumps(self.request_id).encode() + b"," + raw.lstrip()[1:]
+            rid = self.request_id
+            quoted = b'"%s"' % rid.encode() if _PLAIN_ID(rid) else json.dumps(rid).encode()
+            return b'{"request_id":' + quoted + b"," + raw.lstrip()[1:]
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode()
 
     def note(self, chunk: Any) -> None:

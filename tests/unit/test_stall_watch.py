@@ -11,17 +11,13 @@ from cluster.router.stall import StallWatch
 async def relay(gaps: list[float], hold_s: float, limit_s: float) -> int:
     """Relay chunks that arrive after ``gaps`` seconds each, the caller holding each ``hold_s``; returns chunks got."""
     got = 0
-    async with asyncio.timeout(None) as tm:
-        watch = StallWatch(tm, limit_s)
-        try:
-            for gap in gaps:
-                watch.waiting()
-                await asyncio.sleep(gap)  # waiting on the replica
-                watch.got()
-                got += 1
-                await asyncio.sleep(hold_s)  # the caller holds the chunk
-        finally:
-            watch.close()
+    with StallWatch(limit_s) as watch:
+        for gap in gaps:
+            watch.waiting()
+            await asyncio.sleep(gap)  # waiting on the replica
+            watch.got()
+            got += 1
+            await asyncio.sleep(hold_s)  # the caller holds the chunk
     return got
 
 
@@ -44,15 +40,11 @@ async def _expiry(first_s: float | None, ends_in: float | None, first_chunk_afte
     ends_at = None if ends_in is None else loop.time() + ends_in
     watch = None
     try:
-        async with asyncio.timeout(None) as tm:
-            watch = StallWatch(tm, limit_s, first_s, ends_at)
-            try:
-                await asyncio.sleep(first_chunk_after)
-                watch.started()
-                watch.waiting()
-                await asyncio.sleep(0.3)
-            finally:
-                watch.close()
+        with StallWatch(limit_s, first_s, ends_at) as watch:
+            await asyncio.sleep(first_chunk_after)
+            watch.started()
+            watch.waiting()
+            await asyncio.sleep(0.3)
     except TimeoutError:
         return watch.why
     return None
@@ -73,18 +65,14 @@ async def _pumped(follow: bool, limit_s: float = 0.1) -> int:
         last = time.monotonic()
 
     pump, got = Pump(), 0
-    async with asyncio.timeout(None) as tm:
-        watch = StallWatch(tm, limit_s)
+    with StallWatch(limit_s) as watch:
         if follow:
             watch.follow(pump)
         watch.waiting()
-        try:
-            for _ in range(10):
-                await asyncio.sleep(0.03)
-                pump.last = time.monotonic()
-                got += 1
-        finally:
-            watch.close()
+        for _ in range(10):
+            await asyncio.sleep(0.03)
+            pump.last = time.monotonic()
+            got += 1
     return got
 
 
@@ -92,3 +80,25 @@ async def test_a_pumped_stream_with_steady_chunks_outlives_the_stall_limit_and_a
     assert await _pumped(follow=True) == 10
     with pytest.raises(TimeoutError):
         await _pumped(follow=False)  # the watch sees no chunk: a stall
+
+
+async def test_a_cancellation_from_outside_stays_a_cancellation_and_a_watch_leaves_no_timer_behind():
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(relay([5.0], hold_s=0.0, limit_s=10.0))
+    await asyncio.sleep(0.05)
+    task.cancel()  # the client left: not a stall, not a timeout
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with StallWatch(0.05) as watch:
+        watch.waiting()  # on the replica: were its timer left running, it would cancel this task at 0.05 s
+    await asyncio.sleep(0.15)  # its timer is cancelled with the block: nothing fires after it
+    assert watch.why is None and asyncio.current_task().cancelling() == 0 and not loop.is_closed()
+
+
+async def test_a_watch_expiring_inside_an_outer_timeout_leaves_the_outer_one_working():
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            with pytest.raises(TimeoutError):
+                await relay([1.0], hold_s=0.0, limit_s=0.05)  # the watch's stall
+            await asyncio.sleep(1.0)  # then the outer timeout's own expiry
+    assert asyncio.current_task().cancelling() == 0

@@ -21,6 +21,14 @@ def test_the_router_reads_only_model_stream_budget_prompt_and_session_and_leaves
     assert sent["request_id"] == r.request_id and len(r.request_id) == 32
 
 
+@pytest.mark.parametrize("rid", ["abc-123.4:5_6", 'quote"back\\slash', "\u00e9t\u00e9", "a b", "x/y+z"])
+def test_the_clients_own_bytes_are_relayed_with_any_request_id_spliced_in_as_valid_json(rid):
+    raw = b' {"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 7}'
+    r = relay(parse_body(raw), request_id=rid, raw=raw)
+    assert r.raw is not None  # the splice path, not a second encoding
+    assert json.loads(r.encoded_body()) == {"request_id": rid, **json.loads(raw)}
+
+
 def test_the_budget_is_the_requests_own_limit_times_n():
     assert relay({"model": "m", "messages": [], "max_completion_tokens": 9, "max_tokens": 3, "n": 2}).max_tokens == 18
     assert relay({"model": "m", "prompt": "x", "max_tokens": 5}, "completions").max_tokens == 5
