@@ -194,7 +194,7 @@ class Balancer:
         retries = migrations = 0
         self.in_flight += 1
         in_flight = self.metrics.in_flight.labels(req.model)
-        in_flight.inc()
+        in_flight.value += 1  # a gauge's child is a plain number (metric_families.Value): no call per request
         try:
             while True:
                 replica = await self._choose(req, route, policy, tried, relay)
@@ -235,7 +235,7 @@ class Balancer:
                     await asyncio.sleep(random.uniform(0.005, 0.02) * (2 ** (retries - 1)))
         finally:
             self.in_flight -= 1
-            in_flight.dec()
+            in_flight.value -= 1
 
     async def _choose(
         self, req: RelayRequest, route: RouteRequest, policy: RoutingPolicy, tried: list[ReplicaHandle], relay: RelayState
@@ -247,7 +247,7 @@ class Balancer:
             raise RouterError(grpc.StatusCode.UNAVAILABLE, f"{why} (model {req.model!r})")
         route.attempt = len(tried)
         replica = policy.choose(candidates, route)
-        self.metrics.routing_decisions.labels(req.model, policy.name, route.outcome).inc()
+        self.metrics.routing_decisions.labels(req.model, policy.name, route.outcome).value += 1
         tried.append(replica)
         return replica
 

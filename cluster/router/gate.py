@@ -126,12 +126,12 @@ class Gate:
             await self._wait(tenant, req, queue, grant, cost, timeout_s)
         self.admitted += 1
         in_flight = self.metrics.tenant_in_flight.labels(tenant.name)
-        in_flight.inc()
+        in_flight.value += 1  # a gauge's child is a plain number (metric_families.Value): no call per request
         try:
             left = timeout_s - (time.monotonic() - started)
             await self.balancer.relay(req, max(left, 0.001), emit)
         finally:
-            in_flight.dec()
+            in_flight.value -= 1
             queue.release()
             # The balancer counted what it relayed (req.note), also what it wrote to the client itself.
             used = req.tokens_used
