@@ -2,9 +2,11 @@
 
 - ``cluster.router._pump``: the per-token relay (cluster/router/_pump.c).
 - ``cluster.common._prefix_keys``: the prompt prefix keys of prefix-aware routing (cluster/common/_prefix_keys.c).
+- ``cluster.router._http_head``: an ordinary request head of the fast HTTP front (cluster/router/_http_head.c).
 
 ``optional``: where no C compiler is found the install goes on and the router runs their Python twins
-(cluster/router/pump.py says so at startup; cluster/common/prefix_hash.py falls back silently)."""
+(cluster/router/pump.py says so at startup; cluster/common/prefix_hash.py and cluster/router/http_fast.py fall back
+silently)."""
 
 from setuptools import Extension, setup
 
@@ -13,5 +15,6 @@ setup(
     ext_modules=[
         Extension("cluster.router._pump", ["cluster/router/_pump.c"], optional=True, extra_compile_args=_FLAGS),
         Extension("cluster.common._prefix_keys", ["cluster/common/_prefix_keys.c"], optional=True, extra_compile_args=_FLAGS),
+        Extension("cluster.router._http_head", ["cluster/router/_http_head.c"], optional=True, extra_compile_args=_FLAGS),
     ]
 )

@@ -15,6 +15,10 @@ written, the connection's transport is given to a fresh aiohttp protocol
 to it, so from then on the connection is aiohttp's, as it always was.  TLS is
 under both alike (the transport is the TLS one).
 
+An ordinary head is read in C (``cluster/router/_http_head.c``, built at
+install, optional): a strict subset of HTTP/1.1 it answers exactly as llhttp
+would, and ``None`` for anything else, which llhttp then parses as before.
+
 Why: aiohttp's request, response, router, middleware and writer objects cost
 about as much CPU per request as a Rust gateway's whole relay (see
 docs/routing.md, router overhead).  Here a request costs a head parse in C,
@@ -55,6 +59,13 @@ HOT = {b"/v1/chat/completions": CHAT, b"/v1/completions": COMPLETIONS}
 #: The headers the router reads (lower case), and those that send a request to aiohttp.
 WANTED = frozenset((b"authorization", b"x-request-id", b"x-session-id", b"x-routing-policy"))
 UNUSUAL = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"))
+try:
+    from cluster.router import _http_head  # type: ignore[attr-defined]
+
+    _http_head.configure(HOT, WANTED, UNUSUAL)
+    _c_head: Callable[[bytes], tuple[str, dict[str, str], int] | None] | None = _http_head.head
+except ImportError:  # built without a C compiler: llhttp alone
+    _c_head = None
 #: A head longer than this goes to aiohttp (which answers 431 / 400 as it always did).
 MAX_HEAD = 8190
 #: aiohttp's own keep-alive timeout (``RequestHandler``'s default), and how often idle connections are swept.
@@ -121,6 +132,15 @@ class _Head:
 
 def parse_head(head: bytes) -> tuple[str, dict[str, str], int] | None:
     """(endpoint, headers, body length) of a hot request's head (ending in an empty line); None: aiohttp's."""
+    if _c_head is not None:
+        ordinary = _c_head(head)  # an ordinary head's answer, without a Python call per header
+        if ordinary is not None:
+            return ordinary
+    return parse_head_llhttp(head)
+
+
+def parse_head_llhttp(head: bytes) -> tuple[str, dict[str, str], int] | None:
+    """:func:`parse_head` by llhttp's callbacks: every head the C reader is not sure of (and its statement)."""
     h = _Head()
     parser = httptools.HttpRequestParser(h)
     try:
