@@ -200,6 +200,12 @@ async def test_round_robin_spreads_requests_evenly_over_replicas(sim_fleet):
 
 async def test_power_of_two_spreads_concurrent_load(sim_fleet):
     router = await sim_fleet.start(4, policy="power_of_two")
+    # A replica whose load stream has not reported yet is stale, and power-of-two prefers fresh ones (by
+    # design): on a busy machine the first reports can lag the router's start, so wait for all four.
+    for _ in range(200):
+        if not any(h.load_stale for h in router.replicas.by_id.values()):
+            break
+        await asyncio.sleep(0.05)
     client = oai(router)
     await asyncio.gather(*(client.completions.create(model="sim", prompt=f"p{i}", max_tokens=20) for i in range(80)))
     routed = sorted(h.routed for h in router.replicas.by_id.values())
