@@ -25,26 +25,8 @@ class InvalidRequest(ValueError):
         self.param = param
 
 
-class _Flags:
-    big = False
-
-
-def _parse_int(s: str, flags: _Flags) -> int | float:
-    if len(s.lstrip("-")) > MAX_INT_DIGITS:
-        flags.big = True
-        return math.inf
-    return int(s)
-
-
-def _parse_float(s: str, flags: _Flags) -> float:
-    v = float(s)
-    if math.isinf(v):
-        flags.big = True
-    return v
-
-
 class _Big(Exception):
-    """A number too large for a float: the body is parsed again with flags, to name its field."""
+    """A number too large for a float: the body is parsed again (:data:`_inf_decoder`), to name its field."""
 
 
 def _int_or_big(s: str) -> int:
@@ -60,6 +42,10 @@ def _float_or_big(s: str) -> float:
     return v
 
 
+def _int_or_inf(s: str) -> int | float:
+    return math.inf if len(s.lstrip("-")) > MAX_INT_DIGITS else int(s)
+
+
 def _no_constant(name: str) -> float:
     raise InvalidRequest("body", f"{name} is not valid JSON")
 
@@ -67,6 +53,9 @@ def _no_constant(name: str) -> float:
 #: One decoder for every body (building one per call costs more than a small body's parse); its hooks keep no
 #: state, so it is safe from any thread.
 _decoder = json.JSONDecoder(parse_int=_int_or_big, parse_float=_float_or_big, parse_constant=_no_constant)
+#: The second parse, after :class:`_Big` only: a number beyond a float becomes inf (``float()`` makes one
+#: itself), which :func:`check_values` then finds and names.
+_inf_decoder = json.JSONDecoder(parse_int=_int_or_inf, parse_constant=_no_constant)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -75,27 +64,23 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequest("body", f"is not valid UTF-8 (byte {exc.start})") from None
-    flags = _Flags()
+    big = False
     try:
         try:
             body = _decoder.decode(text)
         except _Big:
-            body = json.loads(
-                text,
-                parse_int=lambda s: _parse_int(s, flags),
-                parse_float=lambda s: _parse_float(s, flags),
-                parse_constant=_no_constant,
-            )
+            big = True
+            body = _inf_decoder.decode(text)
     except RecursionError:
         raise InvalidRequest("body", "JSON nested too deep") from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest("body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body", "must be a JSON object")
-    if flags.big or b"\\u" in raw or raw.count(b"{") + raw.count(b"[") >= MAX_DEPTH:
+    if big or b"\\u" in raw or raw.count(b"{") + raw.count(b"[") >= MAX_DEPTH:
         # Else nothing to find: no lone surrogate without a \u escape (the bytes are UTF-8), no deep
-        # nesting with fewer brackets than the limit, no infinite number (the flag).
-        check_values(body, flags.big)
+        # nesting with fewer brackets than the limit, no infinite number (no second parse).
+        check_values(body, big)
     return body
 
 

@@ -41,7 +41,8 @@ static int same_lower(const char *p, Py_ssize_t n, const char *word) {
     return i == n && word[i] == 0;
 }
 
-/* One header line's value, [v, e): what the router does with it; 0: go on, 1: not sure (None). */
+/* One header line (name, value: vlen bytes at v), as the router reads it; 0: go on, 1: not sure (None),
+ * -1: a Python error is set. */
 static int take_header(const char *name, Py_ssize_t nlen, const char *v, Py_ssize_t vlen, PyObject *headers,
                        long long *length) {
     char low[MAX_NAME];
@@ -85,7 +86,8 @@ static int take_header(const char *name, Py_ssize_t nlen, const char *v, Py_ssiz
     return rc;
 }
 
-/* The request line: "POST " path " HTTP/1.1\r\n"; the endpoint (a new reference), or NULL without error. */
+/* The request line: "POST " path " HTTP/1.1\r\n"; the endpoint (a new reference), or NULL: not a hot
+ * request (no error set), or a Python error. */
 static PyObject *request_line(const char **pp, const char *end) {
     const char *p = *pp;
     if (end - p < 5 || memcmp(p, "POST ", 5) != 0)
