@@ -8,7 +8,10 @@ runs on its own task, each chunk is one ``transport.write`` (no extra
 buffering: a chunk goes out the moment the engine yields it), and the task
 waits only when the socket's buffer is full (the router reads slower than the
 engine writes).  A closed connection cancels its call, which aborts the
-request in the engine, as a cancelled gRPC call does.
+request in the engine, as a cancelled gRPC call does.  A connection that asks
+for ``LOAD`` gets the servicer's load reports (``load_reports``, what
+``StreamLoad`` yields) until it closes; that stream holds no call, so
+:meth:`RelayServer.close` does not wait for it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
-from cluster.common.relay_wire import CHUNK, END, MAGIC, REQUEST, FrameReader, ProtocolError, error_frame, frame
+from cluster.common.relay_wire import CHUNK, END, LOAD, MAGIC, REQUEST, FrameReader, ProtocolError, error_frame, frame
 from cluster.config import InternalTLSConfig
 from cluster.proto import replica_pb2
 from cluster.replica.errors import CallAborted
@@ -38,11 +41,14 @@ class ChunkSource(Protocol):
 
     def chunks(self, request: replica_pb2.OpenAIRequest) -> AsyncIterator[replica_pb2.OpenAIChunk]: ...
 
+    # Optional: ``load_reports(LoadStreamRequest) -> AsyncIterator[LoadReport]``; without it ``LOAD`` is UNIMPLEMENTED.
+
 
 log = logging.getLogger(__name__)
 
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 
 
 class _Connection(asyncio.Protocol):
@@ -51,6 +57,8 @@ class _Connection(asyncio.Protocol):
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
+        #: The load stream's task, when this connection asked for ``LOAD`` (no call: close() does not wait on it).
+        self.load_task: asyncio.Task[None] | None = None
         self._greeting = b""
         self._greeted = False
         self._writable: asyncio.Future[None] | None = None
@@ -72,9 +80,14 @@ class _Connection(asyncio.Protocol):
         except ProtocolError as exc:
             return self._refuse(str(exc))
         for kind, payload in frames:
-            if kind != REQUEST or self.task is not None:
+            if self.task is not None or self.load_task is not None or kind not in (REQUEST, LOAD):
                 return self._refuse(f"unexpected frame kind {kind}")
-            self.task = asyncio.get_running_loop().create_task(self._serve(payload))
+            serve = self._serve(payload) if kind == REQUEST else self._serve_load(payload)
+            task = asyncio.get_running_loop().create_task(serve)
+            if kind == REQUEST:
+                self.task = task
+            else:
+                self.load_task = task
 
     def _refuse(self, why: str) -> None:
         log.warning("relay connection refused", extra={"replica": self.server.servicer.replica_id, "error": why})
@@ -85,6 +98,8 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         if self.task is not None:
             self.task.cancel()  # the router went away or cancelled: abort the request in the engine
+        if self.load_task is not None:
+            self.load_task.cancel()
         self._wake()
 
     def pause_writing(self) -> None:
@@ -123,6 +138,30 @@ class _Connection(asyncio.Protocol):
                 write(error_frame(_INTERNAL, f"replica {servicer.replica_id}: {exc!r}"[:2000]))
         finally:
             self.task = None
+
+    async def _serve_load(self, payload: bytes) -> None:
+        """The servicer's load reports, a ``CHUNK`` each, until the router closes the connection."""
+        transport = self.transport
+        assert transport is not None
+        reports = getattr(self.server.servicer, "load_reports", None)
+        try:
+            request = replica_pb2.LoadStreamRequest.FromString(payload)
+        except DecodeError as exc:
+            transport.write(error_frame(_INVALID, f"the load request is no LoadStreamRequest: {exc}"))
+            return
+        if reports is None:
+            transport.write(error_frame(_UNIMPLEMENTED, "this replica serves its load stream over gRPC only"))
+            return
+        try:
+            async with contextlib.aclosing(reports(request)) as stream:
+                async for report in stream:
+                    if transport.is_closing():
+                        return
+                    transport.write(frame(CHUNK, report.SerializeToString()))
+        except Exception as exc:
+            log.exception("relay load stream failed", extra={"replica": self.server.servicer.replica_id})
+            if not transport.is_closing():
+                transport.write(error_frame(_INTERNAL, f"replica {self.server.servicer.replica_id}: {exc!r}"[:2000]))
 
 
 class RelayServer:

@@ -208,6 +208,12 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     async def StreamLoad(
         self, request: replica_pb2.LoadStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[replica_pb2.LoadReport]:
+        async with contextlib.aclosing(self.load_reports(request)) as reports:
+            async for report in reports:
+                yield report
+
+    async def load_reports(self, request: replica_pb2.LoadStreamRequest) -> AsyncIterator[replica_pb2.LoadReport]:
+        """The load stream, for the gRPC ``StreamLoad`` and the relay port's ``LOAD`` alike."""
         interval = max(request.interval_ms or 100, MIN_LOAD_INTERVAL_MS) / 1000
         feed = self.prefix_feed.subscribe() if self.prefix_feed is not None else None
         try:

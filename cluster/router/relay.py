@@ -30,12 +30,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from cluster.common.relay_wire import CHUNK, END, ERROR, MAGIC, REQUEST, frame, parse_error
 from cluster.proto import replica_pb2
 from cluster.router import pump as pumps
+from cluster.router import relay_load
 
 EOF = grpc.aio.EOF
 #: Chunks held for a call that its relay has not read yet, before the socket is paused.
@@ -60,6 +63,12 @@ class RelayError(Exception):
 
     def details(self) -> str:
         return self._details
+
+
+class LoadRefused(RelayError):
+    """A relay load stream ended before its first report: the replica has none on its relay port (one from before
+    ``LOAD`` closes the connection at the unknown frame kind; a ChunkSource without ``load_reports`` answers
+    UNIMPLEMENTED), so its load is followed over gRPC instead."""
 
 
 #: What :meth:`RelayCall.pump` returns when its pump asked to stop for a while (the client's buffer is full).
@@ -306,7 +315,8 @@ class RelayPool:
         conn.transport.write(payload)
         return call
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, factory: Callable[[], Any] | None = None) -> Any:
+        """A new connection (a call connection, or ``factory``'s protocol) with the pool's TLS."""
         if self._closed:
             raise RelayError(grpc.StatusCode.UNAVAILABLE, f"replica {self.address} left the endpoint set")
         loop = asyncio.get_running_loop()
@@ -314,10 +324,22 @@ class RelayPool:
         if self._ssl is not None:
             kwargs = {"ssl": self._ssl, "server_hostname": self._server_hostname}
         try:
-            _, conn = await loop.create_connection(lambda: self.connection(self), self.host, self.port, **kwargs)  # type: ignore[arg-type]
+            _, conn = await loop.create_connection(factory or (lambda: self.connection(self)), self.host, self.port, **kwargs)  # type: ignore[arg-type]
         except OSError as exc:  # refused, unreachable, TLS refused (ssl.SSLError is an OSError)
             raise RelayError(grpc.StatusCode.UNAVAILABLE, f"cannot connect to replica {self.address}: {exc}") from None
         return conn
+
+    async def follow_load(self, request: replica_pb2.LoadStreamRequest, on_report: relay_load.OnReport) -> None:
+        """The replica's load reports to ``on_report`` over a connection of their own (cluster/router/relay_load.py)
+        until it ends; always ends by raising :class:`RelayError` with the cause (:class:`LoadRefused`: the
+        replica took the connection but sent no report)."""
+        conn = await self._connect(lambda: relay_load.LoadConnection(self.address, on_report, RelayError))
+        try:
+            await relay_load.follow_load(conn, request)
+        except RelayError as exc:
+            if not conn.reports:
+                raise LoadRefused(exc.code(), exc.details()) from None
+            raise
 
     def release(self, conn: _Connection) -> None:
         if conn.closed:

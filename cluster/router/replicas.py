@@ -25,7 +25,7 @@ from cluster.proto import replica_pb2, replica_pb2_grpc
 from cluster.router.circuit import Circuit
 from cluster.router.policies.base import STALE_AFTER_S, ModelLoad
 from cluster.router.policies.published import PublishedPrefixes
-from cluster.router.relay import RelayPool
+from cluster.router.relay import LoadRefused, RelayError, RelayPool
 from cluster.tls import relay_server_name, replica_channel_credentials, replica_client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -114,21 +114,37 @@ class ReplicaHandle:
             self.relay = None
 
     async def _follow_load(self) -> None:
-        """Keep ``load`` current from the replica's pushed reports; reconnect on errors."""
+        """Keep ``load`` current from the replica's pushed reports; reconnect on errors.
+
+        Over the replica's relay port when it has one (cluster/router/relay_load.py: a fraction of gRPC's
+        cost per report); over gRPC's ``StreamLoad`` otherwise, and for a replica that refused the relay's
+        load stream (one from before it), until that gRPC stream breaks (the replica may have been upgraded).
+        """
+        request = replica_pb2.LoadStreamRequest(interval_ms=LOAD_INTERVAL_MS)
+        over_relay = True
         while not self.removed:
             try:
                 await self._find_relay()
-                call = self.stub.StreamLoad(replica_pb2.LoadStreamRequest(interval_ms=LOAD_INTERVAL_MS))
-                async for report in call:
-                    self.load = report
-                    self.load_at = time.monotonic()
-                    if report.prefix_block_bytes and self.published is not None:
-                        self.published.apply(self, report)
+                if self.relay is not None and over_relay:
+                    await self.relay.follow_load(request, self._take_load)
+                else:
+                    over_relay = True
+                    async for report in self.stub.StreamLoad(request):
+                        self._take_load(report)
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError:
+            except LoadRefused:
+                over_relay = False
+                continue
+            except (grpc.aio.AioRpcError, RelayError):
                 pass
             await asyncio.sleep(0.5)
+
+    def _take_load(self, report: replica_pb2.LoadReport) -> None:
+        self.load = report
+        self.load_at = time.monotonic()
+        if report.prefix_block_bytes and self.published is not None:
+            self.published.apply(self, report)
 
     async def close(self) -> None:
         self.removed = True

@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("replicas", nargs="+", help="the backends' gRPC addresses (host:port)")
     args = p.parse_args(argv)
-    uvloop.run(serve(args.port, args.replicas))
+    try:
+        uvloop.run(serve(args.port, args.replicas))
+    except KeyboardInterrupt:  # the benchmark stops it with SIGINT: an ordinary end, no traceback
+        pass
     return 0
 
 

@@ -8,7 +8,7 @@ Every request streams ``max_tokens`` one-token chunks, pre-encoded, back to
 back or ``--token-interval-ms`` apart (an engine step: then every token is
 its own network write, as with a real engine), then the finish chunk with
 usage: no model, no tokenizer, so what a benchmark measures in front of it is
-the router's own work.  ``Replica/StreamLoad`` reports an idle replica.
+the router's own work.  ``Replica/StreamLoad`` (and the relay port's load stream) report an idle replica.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ class NullReplica(replica_pb2_grpc.ReplicaServicer):
         )
 
     async def StreamLoad(self, request, context):  # type: ignore[override]
+        async for report in self.load_reports(request):
+            yield report
+
+    async def load_reports(self, request: replica_pb2.LoadStreamRequest) -> AsyncIterator[replica_pb2.LoadReport]:
+        """An idle replica's reports, for ``StreamLoad`` and the relay port's load stream alike."""
         while True:
             yield replica_pb2.LoadReport(replica_id="null", timestamp=time.time(), kv_capacity_tokens=1 << 20)
             await asyncio.sleep(max(request.interval_ms, 100) / 1000)

@@ -27,7 +27,8 @@ all its threads and children), and from the two the CPU per relayed token
 requests/s of the 16-token runs; TTFT p50/p99 of the 16-token runs and what
 the router adds to the direct baseline's; then the per-token and per-request
 CPU cut into user time (the router's own code) and system time (the kernel's
-socket work, which every router pays alike).  The client shares this machine's
+socket work, which every router pays alike), and each system's CPU with no
+traffic at all (``--idle`` s, all systems in one window before the rounds).  The client shares this machine's
 cores with everything else, so req/s and TTFT are comparable side by side
 only; the CPU figures are each router's own (``direct``'s: the backends' own, aiohttp writing pre-encoded
 SSE from memory, what a Python HTTP server of these streams costs before it does anything else).  ``--profile FILE``: py-spy our
@@ -261,6 +262,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                 url, pid = start_floor(procs, grpc_addrs)
                 fronts[s] = ([url], [pid])
         await asyncio.sleep(2.0)  # gateways probe their workers before they route
+        idle = await idle_cpu(fronts, args.idle)
         for rnd in range(args.rounds):
             for s in systems:
                 if s not in fronts:
@@ -274,10 +276,23 @@ async def main_async(args: argparse.Namespace) -> dict:
                     await measure(urls, pids, args.streams, n, args.duration, runs[(s, n)])
                     if prof is not None:
                         prof.wait(60)
-    return report(systems, runs, notes, args)
+    return report(systems, runs, notes, args, idle)
 
 
-def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], args: argparse.Namespace) -> dict:
+async def idle_cpu(fronts: dict[str, tuple[list[str], list[int]]], seconds: float) -> dict[str, float]:
+    """Each system's CPU ms per second with no traffic (load streams, health checks, timers), all in one window:
+    a part of the per-request figure that is not per request at all (it is paid per second)."""
+    before = {s: [tree_cpu(p) for p in pids] for s, (_, pids) in fronts.items()}
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    wall = time.perf_counter() - t0
+    after = {s: [tree_cpu(p) for p in pids] for s, (_, pids) in fronts.items()}
+    return {s: (sum(u + k for u, k in after[s]) - sum(u + k for u, k in before[s])) / wall * 1e3 for s in fronts}
+
+
+def report(
+    systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], args: argparse.Namespace, idle: dict[str, float]
+) -> dict:
     short, long_ = LENGTHS
     hdr = (
         f"{'system':<16} {'CPU/16-tok':>11} {'CPU/256-tok':>12} {'CPU/token':>10} {'CPU/request':>12} {'req/s':>7} "
@@ -316,7 +331,7 @@ def report(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str
             "added_ttft_p99_ms": add99,
             "errors": a.errors + b.errors,
         }
-    split(systems, runs, notes, out)
+    split(systems, runs, notes, out, idle)
     print("\nCPU: the router's process tree (/proc/PID/stat); per token = slope 16 -> 256 tokens; per request = the rest")
     print("direct's CPU is the null backends' own: aiohttp writing pre-encoded SSE from memory (Python's HTTP alone)")
     if args.profile and os.path.exists(args.profile):
@@ -337,19 +352,21 @@ def _per_request(run: Run, seconds: str) -> float:
     return getattr(run, seconds) / run.requests * 1e6 if run.requests else float("nan")
 
 
-def split(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], out: dict) -> None:
+def split(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], out: dict, idle: dict[str, float]) -> None:
     """The same CPU figures cut into user time (the process's own code: for ours, mostly the interpreter) and system
-    time (the kernel's, for the sockets): what a faster interpreter path could cut, and what every router pays."""
+    time (the kernel's, for the sockets): what a faster interpreter path could cut, and what every router pays;
+    and the CPU each spends idle (ms a second), which the per-request figure includes at the 16-token runs' rate."""
     short, long_ = LENGTHS
-    hdr = f"\n{'system':<16} {'user/token':>11} {'sys/token':>10} {'user/request':>13} {'sys/request':>12}"
+    hdr = f"\n{'system':<16} {'user/token':>11} {'sys/token':>10} {'user/request':>13} {'sys/request':>12} {'idle CPU':>10}"
     print(hdr + "\n" + "-" * (len(hdr) - 1))
     for s in systems:
         if s in notes:
             continue
         tok, req = out[s]["cpu_us_per_token"], out[s]["cpu_us_per_request"]  # report()'s, cut in two here
         sys_tok, sys_req = _slope(runs[(s, short)], runs[(s, long_)], "sys_s")
-        print(f"{s:<16} {_us(tok - sys_tok):>11} {_us(sys_tok):>10} {_us(req - sys_req):>13} {_us(sys_req):>12}")
-        out[s] |= {"sys_us_per_token": sys_tok, "sys_us_per_request": sys_req}
+        idle_ms = idle.get(s, float("nan"))
+        print(f"{s:<16} {_us(tok - sys_tok):>11} {_us(sys_tok):>10} {_us(req - sys_req):>13} {_us(sys_req):>12} {idle_ms:6.1f} ms/s")
+        out[s] |= {"sys_us_per_token": sys_tok, "sys_us_per_request": sys_req, "idle_cpu_ms_per_s": idle_ms}
 
 
 def _us(v: float) -> str:
@@ -366,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token-interval-ms", type=float, default=1.0, help="backend pause between tokens (0: back to back, coalesced by TCP)")
     p.add_argument("--ours-set", action="append", default=[], metavar="PATH=VALUE", help="config override for our router")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--idle", type=float, default=5.0, help="seconds of no traffic in which each system's idle CPU is read")
     p.add_argument("--profile", metavar="FILE", help="py-spy our router during its last 256-token run; raw stacks to FILE")
     p.add_argument("--profile-length", type=int, choices=LENGTHS, default=LENGTHS[-1], help="profile the runs of this many tokens")
     args = p.parse_args(argv)
