@@ -82,12 +82,11 @@ class _Connection(asyncio.Protocol):
         for kind, payload in frames:
             if self.task is not None or self.load_task is not None or kind not in (REQUEST, LOAD):
                 return self._refuse(f"unexpected frame kind {kind}")
-            serve = self._serve(payload) if kind == REQUEST else self._serve_load(payload)
-            task = asyncio.get_running_loop().create_task(serve)
+            loop = asyncio.get_running_loop()
             if kind == REQUEST:
-                self.task = task
+                self.task = loop.create_task(self._serve(payload))
             else:
-                self.load_task = task
+                self.load_task = loop.create_task(self._serve_load(payload))
 
     def _refuse(self, why: str) -> None:
         log.warning("relay connection refused", extra={"replica": self.server.servicer.replica_id, "error": why})

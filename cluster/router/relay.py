@@ -46,7 +46,6 @@ PAUSE_AFTER = 64
 #: Idle connections kept per replica (more are closed when their call ends).
 MAX_IDLE = 256
 
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
 _parse_chunk = replica_pb2.OpenAIChunk.FromString
 
 
@@ -226,7 +225,7 @@ class _Connection:
             self._end(call, None)
         elif kind == ERROR:
             code, details = parse_error(payload)
-            self._end(call, RelayError(_CODES.get(code, grpc.StatusCode.UNKNOWN), details))
+            self._end(call, RelayError(relay_load.CODES.get(code, grpc.StatusCode.UNKNOWN), details))
         else:
             self._broken(f"unexpected frame kind {kind}")
             return False
@@ -333,13 +332,9 @@ class RelayPool:
         """The replica's load reports to ``on_report`` over a connection of their own (cluster/router/relay_load.py)
         until it ends; always ends by raising :class:`RelayError` with the cause (:class:`LoadRefused`: the
         replica took the connection but sent no report)."""
-        conn = await self._connect(lambda: relay_load.LoadConnection(self.address, on_report, RelayError))
-        try:
-            await relay_load.follow_load(conn, request)
-        except RelayError as exc:
-            if not conn.reports:
-                raise LoadRefused(exc.code(), exc.details()) from None
-            raise
+        conn = await self._connect(lambda: relay_load.LoadConnection(self.address, on_report))
+        code, details = await relay_load.follow_load(conn, request)
+        raise (RelayError if conn.reports else LoadRefused)(code, details)
 
     def release(self, conn: _Connection) -> None:
         if conn.closed:

@@ -8,10 +8,11 @@ one protobuf parse.
 
 Spec: :func:`follow_load` opens a connection of its own (not one of the
 pool's call connections, with the pool's TLS), sends ``LOAD`` and hands each
-``LoadReport`` to ``on_report`` until the connection ends; it then raises
-:class:`RelayError` (UNAVAILABLE for a lost connection, the replica's code for
-an ``ERROR`` frame, UNIMPLEMENTED from a replica without the load stream on
-its relay port).  Cancelling it closes the connection.
+``LoadReport`` to ``on_report`` until the connection ends; it then returns
+the gRPC code and details that ended it (UNAVAILABLE for a lost connection,
+the replica's code for an ``ERROR`` frame, UNIMPLEMENTED from a replica
+without the load stream on its relay port), which ``RelayPool.follow_load``
+raises as a ``RelayError``.  Cancelling it closes the connection.
 
 Failure modes: a replica from before ``LOAD`` refuses the frame kind and
 closes the connection before any report (``RelayPool.follow_load`` raises
@@ -36,13 +37,13 @@ OnReport = Callable[[replica_pb2.LoadReport], None]
 
 
 class LoadConnection(asyncio.Protocol):
-    """One load stream: reports go to ``on_report``; ``ended`` gets the error that ended it."""
+    """One load stream: reports go to ``on_report``; ``ended`` gets the (gRPC code, details) that ended it."""
 
-    def __init__(self, address: str, on_report: OnReport, error: type[Exception]) -> None:
-        self.address, self.on_report, self.error = address, on_report, error
+    def __init__(self, address: str, on_report: OnReport) -> None:
+        self.address, self.on_report = address, on_report
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
-        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ended: asyncio.Future[tuple[grpc.StatusCode, str]] = asyncio.get_running_loop().create_future()
         #: Reports received (none before the end: the replica has no load stream on its relay port).
         self.reports = 0
 
@@ -51,36 +52,33 @@ class LoadConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            frames = self.reader.feed(data)
-            for kind, payload in frames:
+            for kind, payload in self.reader.feed(data):
                 if kind == CHUNK:
                     self.reports += 1
                     self.on_report(replica_pb2.LoadReport.FromString(payload))
                 elif kind == ERROR:
                     code, details = parse_error(payload)
-                    return self._end(self.error(CODES.get(code, grpc.StatusCode.UNKNOWN), details))  # type: ignore[call-arg]
+                    return self._end(CODES.get(code, grpc.StatusCode.UNKNOWN), details)
                 else:
                     raise ProtocolError(f"unexpected frame kind {kind} on a load stream")
         except (ProtocolError, DecodeError) as exc:
-            self._end(self.error(grpc.StatusCode.INTERNAL, f"load stream from {self.address}: {exc}"))  # type: ignore[call-arg]
+            self._end(grpc.StatusCode.INTERNAL, f"load stream from {self.address}: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        why = f"load stream from {self.address} lost" + (f": {exc}" if exc else "")
-        self._end(self.error(grpc.StatusCode.UNAVAILABLE, why))  # type: ignore[call-arg]
+        self._end(grpc.StatusCode.UNAVAILABLE, f"load stream from {self.address} lost" + (f": {exc}" if exc else ""))
 
-    def _end(self, error: Exception) -> None:
+    def _end(self, code: grpc.StatusCode, details: str) -> None:
         if not self.ended.done():
-            self.ended.set_exception(error)
+            self.ended.set_result((code, details))
         if self.transport is not None:
             self.transport.close()
 
 
-async def follow_load(conn: LoadConnection, request: replica_pb2.LoadStreamRequest) -> None:
-    """Ask ``conn`` (just connected) for the load stream and wait until it ends (raises its error)."""
+async def follow_load(conn: LoadConnection, request: replica_pb2.LoadStreamRequest) -> tuple[grpc.StatusCode, str]:
+    """Ask ``conn`` (just connected) for the load stream; returns what ended it (closes it when cancelled)."""
     assert conn.transport is not None
     conn.transport.write(MAGIC + frame(LOAD, request.SerializeToString()))
     try:
-        await conn.ended
+        return await conn.ended
     finally:
-        if conn.transport is not None:
-            conn.transport.close()
+        conn.transport.close()
