@@ -203,7 +203,9 @@ typedef struct {
     PyObject *empty;
     PyObject *head;                              /* the HTTP response head, written with the first bytes (or NULL) */
     PyObject *on_first;                          /* called when the first chunk is taken (NULL: none expected) */
-    int chunked, resumable, sent, first, refused, head_sent;
+    char *out;                                   /* the bytes taken but not written yet (one write per read) */
+    Py_ssize_t out_len, out_cap;
+    int chunked, resumable, sent, first, refused, head_sent, ends, ended;
     Py_ssize_t high, fold_every, n;
     int nbounds;
     double bounds[MAX_BOUNDS];
@@ -239,6 +241,9 @@ static int Pump_clear(Pump *self) {
     Py_CLEAR(self->empty);
     Py_CLEAR(self->head);
     Py_CLEAR(self->on_first);
+    PyMem_Free(self->out);
+    self->out = NULL;
+    self->out_len = self->out_cap = 0;
     return 0;
 }
 
@@ -250,13 +255,14 @@ static void Pump_dealloc(Pump *self) {
 
 static int Pump_init(Pump *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"transport", "chunked", "sent_ids", "sent_text", "bounds", "fold", "fold_every", "last", "high",
-                             "head", "on_first", NULL};
+                             "head", "on_first", "ends", NULL};
     PyObject *transport, *ids, *text, *bounds, *fold, *head = Py_None, *on_first = Py_None;
-    int chunked;
+    int chunked, ends = 0;
     Py_ssize_t fold_every, high;
     double last;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OpO!O!OOndn|OO", kwlist, &transport, &chunked, &PyList_Type, &ids,
-                                     &PyList_Type, &text, &bounds, &fold, &fold_every, &last, &high, &head, &on_first))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OpO!O!OOndn|OOp", kwlist, &transport, &chunked, &PyList_Type, &ids,
+                                     &PyList_Type, &text, &bounds, &fold, &fold_every, &last, &high, &head, &on_first,
+                                     &ends))
         return -1;
     if (head != Py_None && !PyBytes_CheckExact(head)) {
         PyErr_SetString(PyExc_TypeError, "head must be bytes or None");
@@ -305,6 +311,8 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds) {
     self->head_sent = 0;
     self->nbounds = (int)nb;
     self->chunked = chunked;
+    self->ends = ends;
+    self->ended = 0;
     self->fold_every = fold_every < 1 ? 1 : fold_every;
     self->high = high;
     self->last = last;
@@ -343,8 +351,58 @@ static int pump_fold(Pump *self) {
     return 1;
 }
 
-/* The client's socket: -1 error, 0 its buffer is full (pause), 1 go on. */
-static int pump_write(Pump *self, const unsigned char *data, Py_ssize_t len) {
+/* Room for ``more`` bytes after what is pending; 0 (MemoryError set) when there is none. */
+static int out_reserve(Pump *self, Py_ssize_t more) {
+    if (self->out_len + more <= self->out_cap)
+        return 1;
+    Py_ssize_t cap = self->out_cap ? self->out_cap : 512;
+    while (cap < self->out_len + more)
+        cap *= 2;
+    char *out = PyMem_Realloc(self->out, (size_t)cap);
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    self->out = out;
+    self->out_cap = cap;
+    return 1;
+}
+
+/* One chunk's bytes, framed as one HTTP chunk when chunked, after what is pending: 1, or -1 (set). */
+static int pump_take(Pump *self, const unsigned char *data, Py_ssize_t len) {
+    char frame[24];
+    int h = self->chunked ? snprintf(frame, sizeof(frame), "%zx\r\n", len) : 0;
+    if (!out_reserve(self, h + len + 2))
+        return -1;
+    char *o = self->out + self->out_len;
+    memcpy(o, frame, (size_t)h);
+    memcpy(o + h, data, (size_t)len);
+    if (self->chunked)
+        memcpy(o + h + len, "\r\n", 2);
+    self->out_len += h + len + (self->chunked ? 2 : 0);
+    return 1;
+}
+
+/* The stream ended cleanly (the replica's END): given ``ends``, the body's last chunk goes with what is pending,
+ * unless the response is not this pump's stream (its first chunk declined, or none came: its head unsent). */
+static int pump_end(Pump *self) {
+    if (!self->ends || !self->chunked || self->refused || self->ended || (self->head != NULL && self->out_len == 0))
+        return 1;
+    if (!out_reserve(self, 5))
+        return -1;
+    memcpy(self->out + self->out_len, "0\r\n\r\n", 5);
+    self->out_len += 5;
+    self->ended = 1;
+    return 1;
+}
+
+/* What is pending, to the client's socket in one write (the response's head first, the first time):
+ * -1 error, 0 its buffer is full (pause), 1 go on. */
+static int pump_send(Pump *self) {
+    Py_ssize_t len = self->out_len;
+    if (len == 0)
+        return 1;
+    self->out_len = 0;
     PyObject *r = PyObject_CallNoArgs(self->is_closing);
     if (r == NULL)
         return -1;
@@ -352,20 +410,14 @@ static int pump_write(Pump *self, const unsigned char *data, Py_ssize_t len) {
     Py_DECREF(r);
     if (closing)
         return closing < 0 ? -1 : 1;  /* the client left: its request is cancelled, nothing to write to */
-    /* The response head, the first time (one write with the first bytes), then the chunk's own framing. */
     Py_ssize_t pre = self->head ? PyBytes_GET_SIZE(self->head) : 0;
-    char frame[24];
-    int h = self->chunked ? snprintf(frame, sizeof(frame), "%zx\r\n", len) : 0;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, pre + h + len + (self->chunked ? 2 : 0));
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pre + len);
     if (out == NULL)
         return -1;
     char *o = PyBytes_AS_STRING(out);
     if (pre)
         memcpy(o, PyBytes_AS_STRING(self->head), (size_t)pre);
-    memcpy(o + pre, frame, (size_t)h);
-    memcpy(o + pre + h, data, (size_t)len);
-    if (self->chunked)
-        memcpy(o + pre + h + len, "\r\n", 2);
+    memcpy(o + pre, self->out, (size_t)len);
     r = PyObject_CallOneArg(self->write, out);
     Py_DECREF(out);
     if (r == NULL)
@@ -393,7 +445,8 @@ static int declines(Pump *self, const Chunk *c) {
     return self->head != NULL && (c->data_len < 5 || memcmp(c->data, "data:", 5) != 0);
 }
 
-/* One CHUNK payload: -1 error (set), 0 pause, 1 go on, 2 declined (the first chunk is Python's: nothing done). */
+/* One CHUNK payload, its bytes left pending (pump_send writes them): -1 error (set), 1 go on, 2 declined (the
+ * first chunk is Python's: nothing done). */
 static int pump_feed(Pump *self, const unsigned char *p, Py_ssize_t size) {
     Chunk c;
     if (!parse_chunk(p, size, &c))
@@ -447,7 +500,7 @@ static int pump_feed(Pump *self, const unsigned char *p, Py_ssize_t size) {
         if (c.finish_len && self->used < 0)
             self->used = (long long)(c.prompt + c.completion);
         if (c.data_len)
-            go = pump_write(self, c.data, c.data_len);
+            go = pump_take(self, c.data, c.data_len);
     }
     Py_DECREF(text);
     return go;
@@ -463,6 +516,8 @@ static PyObject *Pump_feed(Pump *self, PyObject *payload) {
         return NULL;
     int r = pump_feed(self, (const unsigned char *)b.buf, b.len);
     PyBuffer_Release(&b);
+    if (r == 1)
+        r = pump_send(self);
     if (r < 0)
         return NULL;
     if (r == 2)
@@ -484,7 +539,7 @@ static PyObject *Pump_get_used(Pump *self, void *Py_UNUSED(closure)) {
 
 static PyObject *Pump_get_bool(Pump *self, void *closure) {
     long which = (long)(Py_intptr_t)closure;
-    return PyBool_FromLong(which == 0 ? self->resumable : which == 1 ? self->sent : self->head_sent);
+    return PyBool_FromLong(which == 0 ? self->resumable : which == 1 ? self->sent : which == 2 ? self->head_sent : self->ended);
 }
 
 static PyMethodDef Pump_methods[] = {
@@ -505,6 +560,7 @@ static PyGetSetDef Pump_getset[] = {
     {"resumable", (getter)Pump_get_bool, NULL, "False once a kept chunk could not be resumed from.", (void *)0},
     {"sent", (getter)Pump_get_bool, NULL, "A chunk was kept (bytes went to the client).", (void *)1},
     {"head_sent", (getter)Pump_get_bool, NULL, "The response head given at construction was written.", (void *)2},
+    {"ended", (getter)Pump_get_bool, NULL, "The body's last chunk was written (``ends``: at the replica's END).", (void *)3},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -556,14 +612,9 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)self;
 }
 
-/* Give one chunk to the pump; 0 when that raised something other than the pump's own stop (set), 2 declined. */
-static int fp_pump(FrameProtocol *self, const unsigned char *p, Py_ssize_t size) {
-    PyObject *pump = Py_NewRef(self->pump);  /* a Pump: FP_set_pump takes nothing else */
-    int r = pump_feed((Pump *)pump, p, size);
-    Py_DECREF(pump);
-    if (r > 0)
-        return r;  /* 1: taken; 2: declined, the connection's _frame takes it */
-    /* A pause (0) or the handler's error (-1: the client's socket...): it ends the pump, not the connection. */
+/* The pump's pause (``r`` 0) or its error (``r`` -1, set: the client's socket, a malformed chunk) ends the pump,
+ * not the connection: ``_pump_stopped(exc or None)``; 0 when that raised (set). */
+static int fp_stop(FrameProtocol *self, int r) {
     PyObject *exc = NULL;
     if (r < 0) {
         PyObject *type, *tb;
@@ -579,6 +630,53 @@ static int fp_pump(FrameProtocol *self, const unsigned char *p, Py_ssize_t size)
     if (res == NULL)
         return 0;
     Py_DECREF(res);
+    return 1;
+}
+
+/* Write what ``*held`` (a pump, or NULL) took from this read, before anything else happens: every Python call
+ * of the connection's may detach its pump.  0 when stopping the pump raised (set). */
+static int fp_send(FrameProtocol *self, Pump **held) {
+    Pump *pump = *held;
+    if (pump == NULL)
+        return 1;
+    *held = NULL;
+    int r = pump_send(pump);
+    Py_DECREF(pump);
+    return r > 0 ? 1 : fp_stop(self, r);
+}
+
+/* One chunk to the connection's pump, its bytes held for one write with the rest of this read: 1 taken, 2
+ * declined (the connection's _frame takes it), 0 when the pump's error could not be handed on (set). */
+static int fp_pump(FrameProtocol *self, Pump **held, const unsigned char *p, Py_ssize_t size) {
+    Pump *pump = (Pump *)Py_NewRef(self->pump);  /* a Pump: FP_set_pump takes nothing else */
+    int r = pump_feed(pump, p, size);
+    if (r == 1 && *held == NULL) {
+        *held = pump;  /* the same pump until a Python call: fp_send runs before every one */
+        return 1;
+    }
+    Py_DECREF(pump);
+    if (r > 0)
+        return r;
+    PyObject *type, *exc, *tb;  /* what it took before this chunk is written before it stops */
+    PyErr_Fetch(&type, &exc, &tb);
+    if (!fp_send(self, held)) {
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        return 0;
+    }
+    PyErr_Restore(type, exc, tb);
+    return fp_stop(self, -1);
+}
+
+/* The replica ended the stream cleanly: the pump writes the body's end with what it holds (``ends``). */
+static int fp_end(FrameProtocol *self, Pump **held) {
+    if (self->pump == NULL || self->pump == Py_None)
+        return 1;
+    if (pump_end((Pump *)self->pump) < 0)
+        return 0;
+    if (*held == NULL)
+        *held = (Pump *)Py_NewRef(self->pump);
     return 1;
 }
 
@@ -605,11 +703,14 @@ static PyObject *FP_data_received(FrameProtocol *self, PyObject *data) {
     const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(buf);
     Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(buf);
     PyObject *res = NULL;
+    Pump *held = NULL;  /* the pump holding what it took from this read, written at once before anything else */
     while (end - pos >= HEADER_SIZE) {
         const unsigned char *h = base + pos;
         unsigned int size = ((unsigned int)h[0] << 24) | ((unsigned int)h[1] << 16) | ((unsigned int)h[2] << 8) | h[3];
         int kind = h[4];
         if (size > MAX_FRAME || kind < KIND_REQUEST || kind > KIND_ERROR) {
+            if (!fp_send(self, &held))
+                goto done;
             PyObject *why = PyUnicode_FromFormat("bad frame header (length %u, kind %d)", size, kind);
             if (why != NULL) {
                 res = PyObject_CallMethod((PyObject *)self, "_broken", "O", why);
@@ -623,12 +724,14 @@ static PyObject *FP_data_received(FrameProtocol *self, PyObject *data) {
         const unsigned char *payload = h + HEADER_SIZE;
         pos = stop;
         if (kind == KIND_CHUNK && self->pump != NULL && self->pump != Py_None) {
-            int r = fp_pump(self, payload, (Py_ssize_t)size);
+            int r = fp_pump(self, &held, payload, (Py_ssize_t)size);
             if (!r)
                 goto done;
             if (r == 1)
                 continue;
         }
+        if ((kind == KIND_END && !fp_end(self, &held)) || !fp_send(self, &held))
+            goto done;
         PyObject *bytes = PyBytes_FromStringAndSize((const char *)payload, (Py_ssize_t)size);
         if (bytes == NULL)
             goto done;
@@ -650,8 +753,10 @@ static PyObject *FP_data_received(FrameProtocol *self, PyObject *data) {
         if (self->rest == NULL)
             goto done;
     }
-    res = Py_NewRef(Py_None);
+    if (fp_send(self, &held))
+        res = Py_NewRef(Py_None);
 done:
+    Py_XDECREF(held);
     Py_DECREF(buf);
     if (res != NULL && res != Py_None) {
         Py_DECREF(res);

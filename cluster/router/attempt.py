@@ -198,7 +198,7 @@ class Attempts:
         sink, req = relay.req.sink, relay.req
         assert first is not None or relay.last is not None  # else the first chunk was observed
         pump = call.pump_type(sink.transport, sink.chunked, relay.sent_ids, relay.sent_text, itl.bounds, itl.add,
-                              FOLD, relay.last or 0.0, SINK_HIGH, sink.head, first)  # fmt: skip
+                              FOLD, relay.last or 0.0, SINK_HIGH, sink.head, first, sink.ends)  # fmt: skip
         watch.follow(pump)  # the stall watch counts from the pump's latest chunk on
         if first is None:
             watch.waiting()
@@ -215,6 +215,8 @@ class Attempts:
                 relay.last = watch.last = pump.last
             if pump.head_sent:
                 sink.head = None
+            if pump.ended:
+                sink.ended = True
             relay.sent = relay.sent or pump.sent
             relay.resumable = relay.resumable and pump.resumable
             req.tokens_sent += pump.tokens

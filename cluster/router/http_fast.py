@@ -156,12 +156,14 @@ def parse_head_llhttp(head: bytes) -> tuple[str, dict[str, str], int] | None:
 class FastReply:
     """:class:`cluster.router.http_reply.Reply` on the connection's transport, framed as aiohttp frames it."""
 
-    __slots__ = ("_prepared", "_status", "transport")
+    __slots__ = ("_prepared", "_sink", "_status", "transport")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self._status = 0
         self._prepared: SseSink | None = None
+        #: The sink of a stream whose head went out here (``start``).
+        self._sink: SseSink | None = None
 
     @property
     def status(self) -> int:
@@ -174,7 +176,7 @@ class FastReply:
         self._status = value
 
     def prepare(self) -> SseSink:
-        self._prepared = SseSink(self.transport, True, _sse_head(200))
+        self._prepared = SseSink(self.transport, True, _sse_head(200), ends=True)
         return self._prepared
 
     def answer(self, status: int, body: bytes, charset: bool = True, headers: dict[str, str] | None = None) -> None:
@@ -187,7 +189,8 @@ class FastReply:
         self.status = status
         t = self.transport
         t.write(_sse_head(status) + b"%x\r\n%b\r\n" % (len(first), first))
-        return SseSink(t, True)
+        self._sink = SseSink(t, True, ends=True)
+        return self._sink
 
     async def write(self, data: bytes) -> None:
         t = self.transport
@@ -198,6 +201,8 @@ class FastReply:
             await SseSink(t, True).drained()
 
     async def end(self) -> None:
+        if any(s is not None and s.ended for s in (self._prepared, self._sink)):
+            return  # the pump wrote the body's end with the stream's last bytes
         if not self.transport.is_closing():
             self.transport.write(b"0\r\n\r\n")
 

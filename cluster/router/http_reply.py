@@ -24,15 +24,20 @@ class SseSink:
     is none this response needs: no compression, no length); :data:`SINK_HIGH` is where it asks to pause.
     """
 
-    __slots__ = ("chunked", "head", "transport")
+    __slots__ = ("chunked", "ended", "ends", "head", "transport")
 
-    def __init__(self, transport: Any, chunked: bool, head: bytes | None = None) -> None:
+    def __init__(self, transport: Any, chunked: bool, head: bytes | None = None, ends: bool = False) -> None:
         self.transport = transport
         #: Each write is one HTTP/1.1 chunk.
         self.chunked = chunked
         #: The response's head, while it is still to be written with the stream's first bytes (a sink given
         #: before the stream started: :meth:`Reply.prepare`); None once it is out.
         self.head = head
+        #: The body's last chunk is the pump's to write, with the stream's last bytes, when the replica ends the
+        #: stream cleanly (the fast front's sinks; aiohttp writes its own at ``write_eof``).
+        self.ends = ends
+        #: The pump wrote it: the front end must not.
+        self.ended = False
 
     @classmethod
     def of(cls, request: web.Request, resp: web.StreamResponse) -> SseSink | None:

@@ -21,8 +21,13 @@ chunk with bytes or a finish reason it keeps what a migration needs (its token
 ids and text, appended to the request's lists; resumable), what the tenant's
 charge needs (``tokens``: its token ids, or 1 for text without ids; ``used``:
 the whole request's usage, from the finish chunk), and writes its bytes to the
-client's transport (one HTTP/1.1 chunk when ``chunked``).  ``feed`` returns
-False when the client's buffer is above ``high``: the caller pauses.
+client's transport (one HTTP/1.1 chunk when ``chunked``).  The frame split
+writes what one read brought in one write, before any other frame is handled
+and at the read's end (never later); ``feed`` writes its chunk at once.  Either
+way False (``feed``) or a stop (the split) says the client's buffer is above
+``high``: the caller pauses.  Given ``ends``, a clean ``END`` of a stream the
+pump relayed (head written or written before it) puts the chunked body's end
+(``0\r\n\r\n``) in that write (``ended``): the front end writes nothing after it.
 
 Given ``on_first``, a pump is attached before the stream's first chunk and
 takes that one too (``on_first()`` is called, no gap is timed before it), so
@@ -51,7 +56,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.common.relay_wire import CHUNK, HEADER, HEADER_SIZE, KINDS, MAX_FRAME
+from cluster.common.relay_wire import CHUNK, END, HEADER, HEADER_SIZE, KINDS, MAX_FRAME
 from cluster.proto import replica_pb2
 
 log = logging.getLogger(__name__)
@@ -78,10 +83,13 @@ class Pump:
         "_ids",
         "_n",
         "_on_first",
+        "_out",
         "_refused",
         "_text",
         "_total",
         "_transport",
+        "ended",
+        "ends",
         "head_sent",
         "last",
         "resumable",
@@ -92,7 +100,7 @@ class Pump:
 
     def __init__(self, transport: Any, chunked: bool, sent_ids: list[int], sent_text: list[str], bounds: Sequence[float],
                  fold: Fold, fold_every: int, last: float, high: int, head: bytes | None = None,
-                 on_first: Callable[[], object] | None = None) -> None:  # fmt: skip
+                 on_first: Callable[[], object] | None = None, ends: bool = False) -> None:  # fmt: skip
         self._transport, self._chunked, self._high = transport, chunked, high
         self._ids, self._text = sent_ids, sent_text
         self._bounds = list(bounds)
@@ -106,6 +114,9 @@ class Pump:
         self.sent = False
         self._head, self.head_sent = head, False
         self._on_first, self._first, self._refused = on_first, on_first is not None, False
+        #: What this read's chunks brought, written at once when the read is split (or by ``feed``).
+        self._out: list[bytes] = []
+        self.ends, self.ended = ends, False
 
     def _declines(self, chunk: replica_pb2.OpenAIChunk) -> bool:
         if self._refused or chunk.status not in (0, 200) or not chunk.data:
@@ -114,6 +125,11 @@ class Pump:
 
     def feed(self, payload: bytes) -> bool | None:
         """One ``CHUNK`` frame's payload; False: the client's buffer is full, pause; None: declined."""
+        took = self._take(payload)
+        return took if took is None else self._send()
+
+    def _take(self, payload: bytes) -> bool | None:
+        """One chunk, its bytes held for :meth:`_send`; None: declined."""
         chunk = _parse_chunk(payload)
         if self._first and self._declines(chunk):
             self._refused = True
@@ -143,12 +159,26 @@ class Pump:
         self.tokens += len(ids) or (1 if text else 0)
         if chunk.finish_reason and self.used is None:
             self.used = chunk.prompt_tokens + chunk.completion_tokens
-        if not data:
+        if data:
+            self._out.append(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        return True
+
+    def _end(self) -> None:
+        """The replica ended the stream cleanly: given ``ends``, the body's last chunk goes with what is held,
+        unless the response is not this pump's stream (its first chunk declined, or none came: its head unsent)."""
+        if self.ends and self._chunked and not self._refused and not self.ended and (self._head is None or self._out):
+            self._out.append(b"0\r\n\r\n")
+            self.ended = True
+
+    def _send(self) -> bool:
+        """What is held, to the client's socket in one write (the response's head first, the first time);
+        False: its buffer is full, pause."""
+        if not self._out:
             return True
+        out, self._out = b"".join(self._out), []
         t = self._transport
         if t.is_closing():  # the client left: its request is cancelled, nothing to write to
             return True
-        out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
         if self._head is not None:
             out, self._head, self.head_sent = self._head + out, None, True
         t.write(out)
@@ -181,9 +211,11 @@ class FrameProtocol:
         if self._rest:
             data, self._rest = self._rest + data, b""
         pos, end = 0, len(data)
+        held = None  # the pump holding what it took from this read: written before anything else happens
         while end - pos >= HEADER_SIZE:
             size, kind = _unpack_from(data, pos)
             if size > MAX_FRAME or kind not in KINDS:
+                self._send(held)
                 return self._broken(f"bad frame header (length {size}, kind {kind})")
             stop = pos + HEADER_SIZE + size
             if stop > end:
@@ -193,19 +225,35 @@ class FrameProtocol:
             pump = self.pump
             if kind == CHUNK and pump is not None:
                 try:
-                    took = pump.feed(payload)
-                    if took:
-                        continue
-                    if took is not None:
-                        self._pump_stopped(None)  # the client's buffer is full
-                        continue
-                except Exception as exc:  # the client's socket, a malformed chunk: ends the pump, not the connection
+                    took = pump._take(payload)
+                except Exception as exc:  # a malformed chunk: ends the pump, not the connection
+                    self._send(held)
+                    held = None
                     self._pump_stopped(exc)
                     continue
+                if took is not None:
+                    held = pump
+                    continue
+            if kind == END and pump is not None:
+                pump._end()
+                held = pump
+            self._send(held)
+            held = None
             if not self._frame(kind, payload):  # declined by the pump, or not a chunk, or no pump
                 return None
         if pos < end:
             self._rest = data[pos:]
+        self._send(held)
+
+    def _send(self, pump: Pump | None) -> None:
+        """``pump``'s held bytes to the client; its pause (the buffer is full) or error ends the pump."""
+        if pump is None:
+            return
+        try:
+            if not pump._send():
+                self._pump_stopped(None)
+        except Exception as exc:  # the client's socket: ends the pump, not the connection
+            self._pump_stopped(exc)
 
 
 def implementation(name: str) -> tuple[type, type]:

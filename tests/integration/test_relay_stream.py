@@ -121,8 +121,9 @@ async def test_the_relay_port_takes_no_client_without_the_cluster_certificate(si
 @pytest.mark.parametrize("pump", ["native", "python"])
 async def test_a_stream_paused_for_a_full_client_buffer_resumes_with_nothing_lost(sim_fleet, monkeypatch, pump):
     # A loopback client's kernel buffers take a whole sim stream, so "full" is reported by the client's
-    # transport here, every 100 writes, and draining takes 50 ms: meanwhile the replica's chunks pile up behind
-    # a paused socket.  The pump (C or Python) writes to the transport itself, so the transport is what reports.
+    # transport here, every other write (a write carries what one read of the replica brought), and draining
+    # takes 50 ms: meanwhile the replica's chunks pile up behind a paused socket.  The pump (C or Python)
+    # writes to the transport itself, so the transport is what reports.
     from cluster.router import http_reply
 
     writes, pauses = [0], [0]
@@ -140,10 +141,10 @@ async def test_a_stream_paused_for_a_full_client_buffer_resumes_with_nothing_los
             return self.t.is_closing()
 
         def get_write_buffer_size(self):
-            return http_reply.SINK_HIGH + 1 if writes[0] % 100 == 0 else self.t.get_write_buffer_size()
+            return http_reply.SINK_HIGH + 1 if writes[0] % 2 == 0 else self.t.get_write_buffer_size()
 
-    def init(self, transport, chunked, head=None):
-        real_init(self, FillingTransport(transport), chunked, head)
+    def init(self, transport, chunked, head=None, ends=False):
+        real_init(self, FillingTransport(transport), chunked, head, ends)
 
     async def drained(self):
         pauses[0] += 1
@@ -163,7 +164,7 @@ async def test_a_stream_paused_for_a_full_client_buffer_resumes_with_nothing_los
                     texts += [c["text"] for c in event["choices"]]
                     usage = event.get("usage") or usage
     assert usage["completion_tokens"] == 1000 and len(texts) == 1000
-    assert pauses[0] >= 9  # the stream really was paused and resumed
+    assert pauses[0] >= 2, writes  # the stream really was paused and resumed
     # The same request without pauses: the same text, in the same order.
     monkeypatch.undo()
     async with aiohttp.ClientSession() as s:

@@ -210,28 +210,62 @@ def test_both_pumps_do_the_same_with_random_streams():
         assert runs[0].outcome() == runs[1].outcome()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("cut", [1, 3, 64, 10_000])
-def test_a_pumped_call_writes_every_chunk_whatever_the_cut_then_ends(impl, cut):
-    chunks = [_chunk(data=f"data: {i}\n\n".encode(), token_ids=[i], text=str(i), resumable=True) for i in range(20)]
-    wire = b"".join(frame(CHUNK, c) for c in chunks) + frame(END)
+def _pumped(impl: str, wire: bytes, cut: int, ends: bool = False, head: bytes | None = None) -> tuple:
+    """``wire`` fed to a connection in pieces of ``cut`` bytes while a pump relays its call: (the pump's run,
+    the connection, what the call's pump returned)."""
 
     async def main() -> tuple:
         pool = RelayPool("127.0.0.1", 1, pump=impl)
         conn = pool.connection(pool)
         call = conn.call = RelayCall(conn)
         run = Run(impl)
-        run.pump = call.pump_type(run.transport, True, run.ids, run.text, BOUNDS, run._fold, 64, time.monotonic(), HIGH)
+        run.pump = call.pump_type(run.transport, True, run.ids, run.text, BOUNDS, run._fold, 64, time.monotonic(), HIGH, head, None, ends)
         task = asyncio.ensure_future(call.pump(run.pump))
         await asyncio.sleep(0)  # the pump is set on the connection
         for i in range(0, len(wire), cut):
             conn.data_received(wire[i : i + cut])
-        assert await asyncio.wait_for(task, 5) is EOF
-        return run, conn
+        return run, conn, await asyncio.wait_for(task, 5)
 
-    run, conn = asyncio.run(main())
-    assert run.transport.out == [b"%x\r\n%b\r\n" % (len(c.data), c.data) for c in map(replica_pb2.OpenAIChunk.FromString, chunks)]
+    return asyncio.run(main())
+
+
+TOKENS = [_chunk(data=f"data: {i}\n\n".encode(), token_ids=[i], text=str(i), resumable=True) for i in range(20)]
+HTTP = b"".join(b"%x\r\n%b\r\n" % (len(c.data), c.data) for c in map(replica_pb2.OpenAIChunk.FromString, TOKENS))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cut", [1, 3, 64, 10_000])
+def test_a_pumped_call_writes_every_chunk_whatever_the_cut_then_ends(impl, cut):
+    wire = b"".join(frame(CHUNK, c) for c in TOKENS) + frame(END)
+    run, conn, outcome = _pumped(impl, wire, cut)
+    assert outcome is EOF and b"".join(run.transport.out) == HTTP  # the body's end is the front end's to write
     assert run.ids == list(range(20)) and run.pump.tokens == 20 and conn.pump is None and conn.call is None
+    assert run.pump.ended is False
+
+
+@pytest.mark.parametrize("cut", [1, 7, 64, 10_000])
+def test_what_one_read_brings_goes_to_the_client_in_one_write_in_both_pumps(cut):
+    wire = b"".join(frame(CHUNK, c) for c in TOKENS) + frame(END)
+    native, python = (_pumped(impl, wire, cut, ends=True)[0].transport.out for impl in IMPLS)
+    assert native == python and b"".join(native) == HTTP + b"0\r\n\r\n"
+    reads = -(-len(wire) // cut)
+    assert len(native) <= reads and (cut < len(wire) or len(native) == 1)  # never more writes than reads
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_pump_that_ends_the_body_writes_its_last_chunk_with_the_streams_last_bytes(impl):
+    wire = frame(CHUNK, TOKENS[0]) + frame(CHUNK, TOKENS[1]) + frame(END)
+    run, _, outcome = _pumped(impl, wire, len(wire), ends=True, head=b"HEAD")
+    assert outcome is EOF and run.transport.out == [b"HEAD" + HTTP[:28] + b"0\r\n\r\n"] and run.pump.ended is True
+    # An END alone (the last chunk came in an earlier read) still ends the body, in a write of its own.
+    run, _, _ = _pumped(impl, frame(CHUNK, TOKENS[0]) + frame(END), len(frame(CHUNK, TOKENS[0])), ends=True)
+    assert run.transport.out == [HTTP[:14], b"0\r\n\r\n"] and run.pump.ended is True
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_stream_with_no_chunk_or_a_declined_one_is_not_ended_by_the_pump(impl):
+    run, _, outcome = _pumped(impl, frame(END), 100, ends=True, head=b"HEAD")  # the front answers 502 instead
+    assert outcome is EOF and run.transport.out == [] and run.pump.ended is False
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -248,7 +282,7 @@ def test_a_pause_holds_the_rest_for_the_next_pump_and_the_next_call_never_reache
         await asyncio.sleep(0)
         conn.data_received(b"".join(chunks))
         assert await asyncio.wait_for(task, 5) is PAUSED
-        assert len(run.transport.out) == 1  # the rest waits, unwritten
+        assert len(run.transport.out) == 1  # what that read brought, in one write
         run.transport.buffered = 0
         conn.data_received(frame(END))
         assert await asyncio.wait_for(call.pump(run.pump), 5) is EOF
@@ -260,5 +294,5 @@ def test_a_pause_holds_the_rest_for_the_next_pump_and_the_next_call_never_reache
         return run, got, await nxt.read()
 
     run, got, end = asyncio.run(main())
-    assert run.transport.out == [b"1\r\n%d\r\n" % i for i in range(4)] and run.ids == [0, 1, 2, 3]
+    assert run.transport.out == [b"".join(b"1\r\n%d\r\n" % i for i in range(4))] and run.ids == [0, 1, 2, 3]
     assert got.data == b"next" and end is EOF
