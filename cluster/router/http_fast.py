@@ -156,19 +156,18 @@ def parse_head_llhttp(head: bytes) -> tuple[str, dict[str, str], int] | None:
 class FastReply:
     """:class:`cluster.router.http_reply.Reply` on the connection's transport, framed as aiohttp frames it."""
 
-    __slots__ = ("_prepared", "_sink", "_status", "transport")
+    __slots__ = ("_sink", "_status", "transport")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self._status = 0
-        self._prepared: SseSink | None = None
-        #: The sink of a stream whose head went out here (``start``).
+        #: The stream's sink: ``prepare``'s (its head the pump's to write), then ``start``'s if the first chunk came here.
         self._sink: SseSink | None = None
 
     @property
     def status(self) -> int:
         """The answer's status once given: also 200 once the pump wrote a prepared sink's head."""
-        p = self._prepared
+        p = self._sink
         return self._status or (200 if p is not None and p.head is None else 0)
 
     @status.setter
@@ -176,8 +175,8 @@ class FastReply:
         self._status = value
 
     def prepare(self) -> SseSink:
-        self._prepared = SseSink(self.transport, True, _sse_head(200), ends=True)
-        return self._prepared
+        self._sink = SseSink(self.transport, True, _sse_head(200), ends=True)
+        return self._sink
 
     def answer(self, status: int, body: bytes, charset: bool = True, headers: dict[str, str] | None = None) -> None:
         self.status = status
@@ -201,7 +200,8 @@ class FastReply:
             await SseSink(t, True).drained()
 
     async def end(self) -> None:
-        if any(s is not None and s.ended for s in (self._prepared, self._sink)):
+        sink = self._sink
+        if sink is not None and sink.ended:
             return  # the pump wrote the body's end with the stream's last bytes
         if not self.transport.is_closing():
             self.transport.write(b"0\r\n\r\n")
