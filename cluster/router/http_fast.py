@@ -295,12 +295,8 @@ class FastFront(asyncio.Protocol):
 
     async def _one(self, endpoint: str, headers: dict[str, str], body: bytes) -> None:
         reply = FastReply(self.transport)
-
-        async def read() -> bytes:
-            return body
-
         try:
-            await self.front.relay(endpoint, headers, read, reply)
+            await self.front.relay(endpoint, headers, body, reply)
         except Exception:
             log.exception("unhandled error in HTTP handler")
             if reply.status:  # the headers are out: all that is left is to end the connection

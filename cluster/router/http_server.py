@@ -244,16 +244,17 @@ class OpenAIServer:
         assert reply.resp is not None
         return reply.resp
 
-    async def relay(self, endpoint: str, headers: Any, read: Callable[[], Awaitable[bytes]], reply: Reply) -> None:
+    async def relay(self, endpoint: str, headers: Any, read: bytes | Callable[[], Awaitable[bytes]], reply: Reply) -> None:
         """One inference request, for either HTTP front (aiohttp's, or the fast path's, cluster/router/http_fast.py):
-        ``headers.get(name)`` with lower-case names, ``read()`` the body, the answer written through ``reply``."""
+        ``headers.get(name)`` with lower-case names, ``read()`` the body (or the body, already read: the fast
+        front's), the answer written through ``reply``."""
         # Authenticate before reading the body: a caller without a key learns nothing else.
         try:
             tenant = self.gate.authenticate(bearer(headers.get("authorization")))
         except RouterError as exc:
             return _router_error(reply, exc)
         try:
-            req = self._read(await read(), headers, endpoint)
+            req = self._read(read if isinstance(read, bytes) else await read(), headers, endpoint)
         except InvalidRequest as exc:
             return _error(reply, 400, str(exc), param=exc.param)
         try:

@@ -17,6 +17,7 @@ Labels stay low-cardinality: model, status code, policy, outcome, replica.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -106,10 +107,8 @@ class RouterMetrics:
             self.replicas_healthy.labels(model).set(sum(1 for h in handles if not h.load_stale and h.routable))
 
 
-def request_done(balancer: object, model: str, api: str, code: str) -> None:
+def request_done(balancer: Any, model: str, api: str, code: str) -> None:
     """Count one finished request; unknown model names share one label value (bounded cardinality)."""
-    known = getattr(balancer, "known_model", None)
-    adapters = getattr(getattr(balancer, "replicas", None), "adapters", {})
-    m: RouterMetrics = balancer.metrics  # type: ignore[attr-defined]
-    ok = (known is not None and known(model)) or model in adapters  # a LoRA adapter counts under its own name
-    m.requests.labels(model if ok else "unknown", api, code).inc()
+    reps = balancer.replicas
+    ok = model in reps.models or model in reps.adapters  # a LoRA adapter counts under its own name
+    balancer.metrics.requests.labels(model if ok else "unknown", api, code).inc()

@@ -110,11 +110,12 @@ def routing_text(endpoint: str, body: dict[str, Any]) -> str:
 
 
 def _budget(body: dict[str, Any], default: int) -> int:
-    for key in ("max_completion_tokens", "max_tokens"):
-        v = body.get(key)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return min(v, MAX_TOKENS_CAP)
-    return default
+    v = body.get("max_completion_tokens")
+    if type(v) is not int or v <= 0:  # bool is not int here; an int subclass cannot come out of JSON
+        v = body.get("max_tokens")
+        if type(v) is not int or v <= 0:
+            return default
+    return v if v < MAX_TOKENS_CAP else MAX_TOKENS_CAP
 
 
 def relay_request(
@@ -143,7 +144,9 @@ def relay_request(
         raise InvalidRequest("stream", "must be a boolean")
     n = body.get("n", 1)
     n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-    rid = body.get("request_id") if isinstance(body.get("request_id"), str) and body.get("request_id") else request_id
+    rid = body.get("request_id")
+    if not rid or not isinstance(rid, str):
+        rid = request_id
     if rid:
         if len(rid) > 128 or not rid.isprintable():
             raise InvalidRequest("request_id", "at most 128 printable characters")
