@@ -17,11 +17,14 @@ Labels stay low-cardinality: model, status code, policy, outcome, replica.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from cluster.router.metric_families import Families, Family
+
+if TYPE_CHECKING:  # the balancer imports this module
+    from cluster.router.balancer import Balancer
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
@@ -107,7 +110,7 @@ class RouterMetrics:
             self.replicas_healthy.labels(model).set(sum(1 for h in handles if not h.load_stale and h.routable))
 
 
-def request_done(balancer: Any, model: str, api: str, code: str) -> None:
+def request_done(balancer: Balancer, model: str, api: str, code: str) -> None:
     """Count one finished request; unknown model names share one label value (bounded cardinality)."""
     reps = balancer.replicas
     ok = model in reps.models or model in reps.adapters  # a LoRA adapter counts under its own name

@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-_running_loop, _current_task = asyncio.get_running_loop, asyncio.current_task
-
 
 class StallWatch:
     """``with StallWatch(limit_s, first_s, ends_at) as watch:`` — ``TimeoutError`` at the block's end when it expired."""
@@ -37,8 +35,8 @@ class StallWatch:
     __slots__ = ("_cancelling", "_ends_at", "_first_s", "_handle", "_limit", "_loop", "_source", "_task", "_waiting", "last", "why")
 
     def __init__(self, limit_s: float, first_s: float | None = None, ends_at: float | None = None) -> None:
-        self._loop = loop = _running_loop()
-        task = _current_task(loop)
+        self._loop = loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("StallWatch must be used inside a task")
         self._task = task
@@ -52,8 +50,7 @@ class StallWatch:
         self.last = now = loop.time()
         #: While a pump relays the stream: it keeps the latest chunk's time itself (its ``last``).
         self._source: Any = None
-        due = now + (limit_s if first_s is None else first_s)
-        self._handle = loop.call_at(due if ends_at is None or due < ends_at else ends_at, self._check)
+        self._handle = loop.call_at(self._cap(now + (limit_s if first_s is None else first_s)), self._check)
 
     def _cap(self, when: float) -> float:
         ends = self._ends_at
