@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py cluster/router/_pump.c cluster/common/_prefix_keys.c
+$(STAMP): pyproject.toml setup.py $(wildcard cluster/router/_pump*.[ch]) cluster/router/_http_head.c cluster/common/_prefix_keys.c
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip

@@ -4,215 +4,24 @@
  *   FrameProtocol  the base of a relay connection (cluster/router/relay.py): ``data_received`` splits the
  *                  replica's frames; a CHUNK while ``self.pump`` is set goes to the pump here, anything else
  *                  to the Python methods ``_frame(kind, payload)``, ``_broken(why)``, ``_pump_stopped(exc)``.
+ *                  In cluster/router/_pump_frames.c.
  *   Pump           one stream's chunks to the client's socket: reads the few OpenAIChunk fields the router
- *                  needs straight off the wire, keeps what a migration and the tenant's charge need, times the
- *                  inter-token gap and writes the SSE bytes as one HTTP chunk; given ``on_first``, it takes
- *                  the stream from its first chunk on (writing the response's ``head`` with it), or declines
- *                  it to Python (an error status, no bytes, a JSON answer), and every chunk after it.
+ *                  needs straight off the wire (cluster/router/_pump_wire.c), keeps what a migration and the
+ *                  tenant's charge need, times the inter-token gap and writes the SSE bytes as one HTTP chunk;
+ *                  given ``on_first``, it takes the stream from its first chunk on (writing the response's
+ *                  ``head`` with it), or declines it to Python (an error status, no bytes, a JSON answer), and
+ *                  every chunk after it.  Here, with the module's init; _pump.h has what crosses the files.
  *
  * Why: the same work in Python costs the router more CPU per relayed token than a Rust gateway spends
  * (docs/routing.md, router overhead); here uvloop calls ``data_received`` straight into C, so a token costs
  * no Python frame, no protobuf message object and no attribute lookups.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_pump.h"
+
 #include <structmember.h>
 #include <time.h>
 
-#define HEADER_SIZE 5
-#define MAX_FRAME (64u * 1024u * 1024u)
-#define KIND_REQUEST 1
-#define KIND_CHUNK 2
-#define KIND_END 3
-#define KIND_ERROR 4
-#define MAX_BOUNDS 64
-
-/* ---- OpenAIChunk off the wire (proto/llm_cluster/v1/replica.proto) ---------------------------------- */
-
-typedef struct {
-    const unsigned char *data, *text, *finish;
-    Py_ssize_t data_len, text_len, finish_len;
-    unsigned long long prompt, completion, status;
-    Py_ssize_t n_ids;
-    int resumable;
-} Chunk;
-
-/* One varint at *p (before end); 0 on a truncated or over-long one. */
-static int read_varint(const unsigned char **p, const unsigned char *end, unsigned long long *out) {
-    unsigned long long v = 0;
-    int shift = 0;
-    while (*p < end && shift < 64) {
-        unsigned char b = *(*p)++;
-        v |= (unsigned long long)(b & 0x7F) << shift;
-        if (!(b & 0x80)) {
-            *out = v;
-            return 1;
-        }
-        shift += 7;
-    }
-    return 0;
-}
-
-/* A length-delimited field's span; 0 when it runs past the message. */
-static int read_span(const unsigned char **p, const unsigned char *end, const unsigned char **span, Py_ssize_t *len) {
-    unsigned long long n;
-    if (!read_varint(p, end, &n) || n > (unsigned long long)(end - *p))
-        return 0;
-    *span = *p;
-    *len = (Py_ssize_t)n;
-    *p += n;
-    return 1;
-}
-
-/* Skip a field of an unknown number; 0 on a wire type this message cannot hold. */
-static int skip_field(const unsigned char **p, const unsigned char *end, int wire) {
-    unsigned long long v;
-    const unsigned char *span;
-    Py_ssize_t len;
-    switch (wire) {
-    case 0:
-        return read_varint(p, end, &v);
-    case 1:
-        if (end - *p < 8)
-            return 0;
-        *p += 8;
-        return 1;
-    case 2:
-        return read_span(p, end, &span, &len);
-    case 5:
-        if (end - *p < 4)
-            return 0;
-        *p += 4;
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-/* Count the varints of a packed span; -1 when one is truncated. */
-static Py_ssize_t count_varints(const unsigned char *p, const unsigned char *end) {
-    Py_ssize_t n = 0;
-    unsigned long long v;
-    while (p < end) {
-        if (!read_varint(&p, end, &v))
-            return -1;
-        n++;
-    }
-    return n;
-}
-
-/* Pass 1: the fields' spans and the token ids' count; sets ValueError and returns 0 on a malformed message. */
-static int parse_chunk(const unsigned char *p, Py_ssize_t size, Chunk *c) {
-    const unsigned char *end = p + size;
-    memset(c, 0, sizeof(*c));
-    while (p < end) {
-        unsigned long long key, v;
-        const unsigned char *span;
-        Py_ssize_t len, n;
-        if (!read_varint(&p, end, &key))
-            goto bad;
-        int field = (int)(key >> 3), wire = (int)(key & 7);
-        if (field == 1 && wire == 2) {
-            if (!read_span(&p, end, &c->data, &c->data_len))
-                goto bad;
-        } else if (field == 2 && wire == 0) {
-            if (!read_varint(&p, end, &v))
-                goto bad;
-            c->status = v & 0xFFFFFFFFull;
-        } else if (field == 3 && wire == 2) {  /* packed token ids */
-            if (!read_span(&p, end, &span, &len) || (n = count_varints(span, span + len)) < 0)
-                goto bad;
-            c->n_ids += n;
-        } else if (field == 3 && wire == 0) {  /* one unpacked token id */
-            if (!read_varint(&p, end, &v))
-                goto bad;
-            c->n_ids++;
-        } else if (field == 4 && wire == 2) {
-            if (!read_span(&p, end, &c->text, &c->text_len))
-                goto bad;
-        } else if (field == 5 && wire == 0) {
-            if (!read_varint(&p, end, &v))
-                goto bad;
-            c->resumable = v != 0;
-        } else if (field == 7 && wire == 2) {
-            if (!read_span(&p, end, &c->finish, &c->finish_len))
-                goto bad;
-        } else if ((field == 8 || field == 9) && wire == 0) {
-            if (!read_varint(&p, end, &v))
-                goto bad;
-            if (field == 8)
-                c->prompt = v & 0xFFFFFFFFull;  /* uint32, as protobuf truncates */
-            else
-                c->completion = v & 0xFFFFFFFFull;
-        } else if (field == 0 || !skip_field(&p, end, wire)) {
-            goto bad;
-        }
-    }
-    return 1;
-bad:
-    PyErr_SetString(PyExc_ValueError, "malformed OpenAIChunk from the replica");
-    return 0;
-}
-
-/* Pass 2: append the token ids (packed or not) to ``out``; the message was checked by pass 1. */
-static int append_id(PyObject *out, unsigned long long v) {
-    PyObject *id = PyLong_FromUnsignedLongLong(v & 0xFFFFFFFFull);  /* uint32, as protobuf truncates */
-    if (id == NULL)
-        return 0;
-    int r = PyList_Append(out, id);
-    Py_DECREF(id);
-    return r == 0;
-}
-
-static int append_ids(const unsigned char *p, Py_ssize_t size, PyObject *out) {
-    const unsigned char *end = p + size;
-    while (p < end) {
-        unsigned long long key = 0, v = 0;
-        const unsigned char *span = NULL;
-        Py_ssize_t len = 0;
-        if (!read_varint(&p, end, &key))
-            return 1;  /* not reached: pass 1 checked the message */
-        int field = (int)(key >> 3), wire = (int)(key & 7);
-        if (field == 3 && wire == 2) {
-            if (!read_span(&p, end, &span, &len))
-                return 1;
-            const unsigned char *q = span, *qend = span + len;
-            while (q < qend && read_varint(&q, qend, &v)) {
-                if (!append_id(out, v))
-                    return 0;
-            }
-        } else if (field == 3 && wire == 0) {
-            if (!read_varint(&p, end, &v))
-                return 1;
-            if (!append_id(out, v))
-                return 0;
-        } else if (!skip_field(&p, end, wire)) {
-            return 1;
-        }
-    }
-    return 1;
-}
-
 /* ---- Pump ------------------------------------------------------------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *is_closing, *write, *buffer_size;  /* the client's transport's bound methods */
-    PyObject *sent_ids, *sent_text;              /* RelayState's lists (shared, appended to) */
-    PyObject *fold;                              /* fold(counts, total, n): the ITL tally into its histogram */
-    PyObject *empty;
-    PyObject *head;                              /* the HTTP response head, written with the first bytes (or NULL) */
-    PyObject *on_first;                          /* called when the first chunk is taken (NULL: none expected) */
-    char *out;                                   /* the bytes taken but not written yet (one write per read) */
-    Py_ssize_t out_len, out_cap;
-    int chunked, resumable, sent, first, refused, head_sent, ends, ended;
-    Py_ssize_t high, fold_every, n;
-    int nbounds;
-    double bounds[MAX_BOUNDS];
-    long long counts[MAX_BOUNDS];
-    double total, last;
-    long long tokens, used;
-} Pump;
 
 static double now_monotonic(void) {
     struct timespec ts;
@@ -385,7 +194,7 @@ static int pump_take(Pump *self, const unsigned char *data, Py_ssize_t len) {
 
 /* The stream ended cleanly (the replica's END): given ``ends``, the body's last chunk goes with what is pending,
  * unless the response is not this pump's stream (its first chunk declined, or none came: its head unsent). */
-static int pump_end(Pump *self) {
+int pumpc_end(Pump *self) {
     if (!self->ends || !self->chunked || self->refused || self->ended || (self->head != NULL && self->out_len == 0))
         return 1;
     if (!out_reserve(self, 5))
@@ -398,7 +207,7 @@ static int pump_end(Pump *self) {
 
 /* What is pending, to the client's socket in one write (the response's head first, the first time):
  * -1 error, 0 its buffer is full (pause), 1 go on. */
-static int pump_send(Pump *self) {
+int pumpc_send(Pump *self) {
     Py_ssize_t len = self->out_len;
     if (len == 0)
         return 1;
@@ -445,11 +254,11 @@ static int declines(Pump *self, const Chunk *c) {
     return self->head != NULL && (c->data_len < 5 || memcmp(c->data, "data:", 5) != 0);
 }
 
-/* One CHUNK payload, its bytes left pending (pump_send writes them): -1 error (set), 1 go on, 2 declined (the
+/* One CHUNK payload, its bytes left pending (pumpc_send writes them): -1 error (set), 1 go on, 2 declined (the
  * first chunk is Python's: nothing done). */
-static int pump_feed(Pump *self, const unsigned char *p, Py_ssize_t size) {
+int pumpc_feed(Pump *self, const unsigned char *p, Py_ssize_t size) {
     Chunk c;
-    if (!parse_chunk(p, size, &c))
+    if (!pumpc_parse_chunk(p, size, &c))
         return -1;
     if (self->first && declines(self, &c)) {
         self->refused = 1;
@@ -489,7 +298,7 @@ static int pump_feed(Pump *self, const unsigned char *p, Py_ssize_t size) {
     }
     int go = 1;
     if (c.data_len || c.finish_len) {
-        if (!append_ids(p, size, self->sent_ids) || PyList_Append(self->sent_text, text) < 0) {
+        if (!pumpc_append_ids(p, size, self->sent_ids) || PyList_Append(self->sent_text, text) < 0) {
             Py_DECREF(text);
             return -1;
         }
@@ -514,10 +323,10 @@ static PyObject *Pump_feed(Pump *self, PyObject *payload) {
     Py_buffer b;
     if (PyObject_GetBuffer(payload, &b, PyBUF_SIMPLE) < 0)
         return NULL;
-    int r = pump_feed(self, (const unsigned char *)b.buf, b.len);
+    int r = pumpc_feed(self, (const unsigned char *)b.buf, b.len);
     PyBuffer_Release(&b);
     if (r == 1)
-        r = pump_send(self);
+        r = pumpc_send(self);
     if (r < 0)
         return NULL;
     if (r == 2)
@@ -564,7 +373,7 @@ static PyGetSetDef Pump_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject PumpType = {
+PyTypeObject pumpc_PumpType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "cluster.router._pump.Pump",
     .tp_basicsize = sizeof(Pump),
@@ -580,242 +389,18 @@ static PyTypeObject PumpType = {
     .tp_getset = Pump_getset,
 };
 
-/* ---- FrameProtocol ---------------------------------------------------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *rest;  /* bytes of a frame not complete yet, or NULL */
-    PyObject *pump;  /* the Pump while a stream is pumped, else None */
-} FrameProtocol;
-
-static int FP_traverse(FrameProtocol *self, visitproc visit, void *arg) {
-    Py_VISIT(self->pump);  /* a Python subclass's own traverse visits its type and __dict__ */
-    return 0;
-}
-
-static int FP_clear(FrameProtocol *self) {
-    Py_CLEAR(self->rest);
-    Py_CLEAR(self->pump);
-    return 0;
-}
-
-static void FP_dealloc(FrameProtocol *self) {  /* a Python subclass's dealloc drops its type's reference */
-    PyObject_GC_UnTrack(self);
-    FP_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    FrameProtocol *self = (FrameProtocol *)type->tp_alloc(type, 0);
-    if (self != NULL)
-        self->pump = Py_NewRef(Py_None);
-    return (PyObject *)self;
-}
-
-/* The pump's pause (``r`` 0) or its error (``r`` -1, set: the client's socket, a malformed chunk) ends the pump,
- * not the connection: ``_pump_stopped(exc or None)``; 0 when that raised (set). */
-static int fp_stop(FrameProtocol *self, int r) {
-    PyObject *exc = NULL;
-    if (r < 0) {
-        PyObject *type, *tb;
-        PyErr_Fetch(&type, &exc, &tb);
-        PyErr_NormalizeException(&type, &exc, &tb);
-        if (exc != NULL && tb != NULL)
-            PyException_SetTraceback(exc, tb);
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
-    }
-    PyObject *res = PyObject_CallMethod((PyObject *)self, "_pump_stopped", "O", exc ? exc : Py_None);
-    Py_XDECREF(exc);
-    if (res == NULL)
-        return 0;
-    Py_DECREF(res);
-    return 1;
-}
-
-/* Write what ``*held`` (a pump, or NULL) took from this read, before anything else happens: every Python call
- * of the connection's may detach its pump.  0 when stopping the pump raised (set). */
-static int fp_send(FrameProtocol *self, Pump **held) {
-    Pump *pump = *held;
-    if (pump == NULL)
-        return 1;
-    *held = NULL;
-    int r = pump_send(pump);
-    Py_DECREF(pump);
-    return r > 0 ? 1 : fp_stop(self, r);
-}
-
-/* One chunk to the connection's pump, its bytes held for one write with the rest of this read: 1 taken, 2
- * declined (the connection's _frame takes it), 0 when the pump's error could not be handed on (set). */
-static int fp_pump(FrameProtocol *self, Pump **held, const unsigned char *p, Py_ssize_t size) {
-    Pump *pump = (Pump *)Py_NewRef(self->pump);  /* a Pump: FP_set_pump takes nothing else */
-    int r = pump_feed(pump, p, size);
-    if (r == 1 && *held == NULL) {
-        *held = pump;  /* the same pump until a Python call: fp_send runs before every one */
-        return 1;
-    }
-    Py_DECREF(pump);
-    if (r > 0)
-        return r;
-    PyObject *type, *exc, *tb;  /* what it took before this chunk is written before it stops */
-    PyErr_Fetch(&type, &exc, &tb);
-    if (!fp_send(self, held)) {
-        Py_XDECREF(type);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
-        return 0;
-    }
-    PyErr_Restore(type, exc, tb);
-    return fp_stop(self, -1);
-}
-
-/* The replica ended the stream cleanly: the pump writes the body's end with what it holds (``ends``). */
-static int fp_end(FrameProtocol *self, Pump **held) {
-    if (self->pump == NULL || self->pump == Py_None)
-        return 1;
-    if (pump_end((Pump *)self->pump) < 0)
-        return 0;
-    if (*held == NULL)
-        *held = (Pump *)Py_NewRef(self->pump);
-    return 1;
-}
-
-static PyObject *FP_data_received(FrameProtocol *self, PyObject *data) {
-    PyObject *buf;
-    if (self->rest != NULL) {
-        buf = PyBytes_FromObject(self->rest);
-        Py_CLEAR(self->rest);
-        if (buf == NULL)
-            return NULL;
-        PyObject *more = PyBytes_FromObject(data);
-        if (more == NULL) {
-            Py_DECREF(buf);
-            return NULL;
-        }
-        PyBytes_ConcatAndDel(&buf, more);
-        if (buf == NULL)
-            return NULL;
-    } else if (PyBytes_CheckExact(data)) {
-        buf = Py_NewRef(data);
-    } else if ((buf = PyBytes_FromObject(data)) == NULL) {
-        return NULL;
-    }
-    const unsigned char *base = (const unsigned char *)PyBytes_AS_STRING(buf);
-    Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(buf);
-    PyObject *res = NULL;
-    Pump *held = NULL;  /* the pump holding what it took from this read, written at once before anything else */
-    while (end - pos >= HEADER_SIZE) {
-        const unsigned char *h = base + pos;
-        unsigned int size = ((unsigned int)h[0] << 24) | ((unsigned int)h[1] << 16) | ((unsigned int)h[2] << 8) | h[3];
-        int kind = h[4];
-        if (size > MAX_FRAME || kind < KIND_REQUEST || kind > KIND_ERROR) {
-            if (!fp_send(self, &held))
-                goto done;
-            PyObject *why = PyUnicode_FromFormat("bad frame header (length %u, kind %d)", size, kind);
-            if (why != NULL) {
-                res = PyObject_CallMethod((PyObject *)self, "_broken", "O", why);
-                Py_DECREF(why);
-            }
-            goto done;
-        }
-        Py_ssize_t stop = pos + HEADER_SIZE + (Py_ssize_t)size;
-        if (stop > end)
-            break;
-        const unsigned char *payload = h + HEADER_SIZE;
-        pos = stop;
-        if (kind == KIND_CHUNK && self->pump != NULL && self->pump != Py_None) {
-            int r = fp_pump(self, &held, payload, (Py_ssize_t)size);
-            if (!r)
-                goto done;
-            if (r == 1)
-                continue;
-        }
-        if ((kind == KIND_END && !fp_end(self, &held)) || !fp_send(self, &held))
-            goto done;
-        PyObject *bytes = PyBytes_FromStringAndSize((const char *)payload, (Py_ssize_t)size);
-        if (bytes == NULL)
-            goto done;
-        PyObject *go = PyObject_CallMethod((PyObject *)self, "_frame", "iO", kind, bytes);
-        Py_DECREF(bytes);
-        if (go == NULL)
-            goto done;
-        int more = PyObject_IsTrue(go);
-        Py_DECREF(go);
-        if (more < 0)
-            goto done;
-        if (!more) {  /* the connection is broken: nothing more is read off it */
-            res = Py_NewRef(Py_None);
-            goto done;
-        }
-    }
-    if (pos < end) {
-        self->rest = PyBytes_FromStringAndSize((const char *)base + pos, end - pos);
-        if (self->rest == NULL)
-            goto done;
-    }
-    if (fp_send(self, &held))
-        res = Py_NewRef(Py_None);
-done:
-    Py_XDECREF(held);
-    Py_DECREF(buf);
-    if (res != NULL && res != Py_None) {
-        Py_DECREF(res);
-        res = Py_NewRef(Py_None);
-    }
-    return res;
-}
-
-static PyObject *FP_get_pump(FrameProtocol *self, void *Py_UNUSED(closure)) {
-    return Py_NewRef(self->pump ? self->pump : Py_None);
-}
-
-static int FP_set_pump(FrameProtocol *self, PyObject *value, void *Py_UNUSED(closure)) {
-    if (value == NULL)
-        value = Py_None;
-    if (value != Py_None && !(Py_IS_TYPE(value, &PumpType) && ((Pump *)value)->write != NULL)) {
-        PyErr_SetString(PyExc_TypeError, "pump must be an initialised _pump.Pump or None");
-        return -1;
-    }
-    Py_XSETREF(self->pump, Py_NewRef(value));
-    return 0;
-}
-
-static PyMethodDef FP_methods[] = {
-    {"data_received", (PyCFunction)FP_data_received, METH_O, "Split the replica's bytes into frames."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef FP_getset[] = {
-    {"pump", (getter)FP_get_pump, (setter)FP_set_pump, "Where CHUNK frames go while a stream is pumped (None: _frame).", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject FrameProtocolType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "cluster.router._pump.FrameProtocol",
-    .tp_basicsize = sizeof(FrameProtocol),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The base of a relay connection: frames split in C (cluster/router/pump.py's FrameProtocol).",
-    .tp_new = FP_new,
-    .tp_dealloc = (destructor)FP_dealloc,
-    .tp_traverse = (traverseproc)FP_traverse,
-    .tp_clear = (inquiry)FP_clear,
-    .tp_methods = FP_methods,
-    .tp_getset = FP_getset,
-};
-
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_pump", "The router's per-token relay in C (see cluster/router/pump.py).", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__pump(void) {
-    if (PyType_Ready(&PumpType) < 0 || PyType_Ready(&FrameProtocolType) < 0)
+    if (PyType_Ready(&pumpc_PumpType) < 0 || PyType_Ready(&pumpc_FrameProtocolType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Pump", (PyObject *)&PumpType) < 0 ||
-        PyModule_AddObjectRef(m, "FrameProtocol", (PyObject *)&FrameProtocolType) < 0) {
+    if (PyModule_AddObjectRef(m, "Pump", (PyObject *)&pumpc_PumpType) < 0 ||
+        PyModule_AddObjectRef(m, "FrameProtocol", (PyObject *)&pumpc_FrameProtocolType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,7 +1,7 @@
 """The per-token relay: a relay connection's frame split and one stream's chunks to the client's socket.
 
 Two implementations of the same two types, chosen by ``router.relay_pump``:
-``native`` (the default: ``cluster/router/_pump.c``, a C extension built at
+``native`` (the default: ``cluster/router/_pump*.c``, a C extension built at
 install) and ``python`` (this module), which is also what runs when the
 extension was not built (no C compiler), with a warning at startup.
 ``tests/unit/test_pump.py`` feeds both the same bytes and checks they do the

@@ -1,4 +1,4 @@
-"""The per-token relay (cluster/router/pump.py and its C twin, cluster/router/_pump.c): for the same replica bytes
+"""The per-token relay (cluster/router/pump.py and its C twin, cluster/router/_pump*.c): for the same replica bytes
 both write the same bytes to the client, keep the same token ids and text for a migration, charge the same tokens
 and count the same inter-token gaps."""
 
@@ -14,27 +14,7 @@ from cluster.common.relay_wire import CHUNK, END, frame
 from cluster.proto import replica_pb2
 from cluster.router import pump as pumps
 from cluster.router.relay import EOF, PAUSED, RelayCall, RelayPool
-
-BOUNDS = (0.001, 0.0025, 0.005, 0.01, float("inf"))
-HIGH = 1000
-
-
-class Transport:
-    """The client's transport as the pump sees it: what was written, and a buffer that fills when told to."""
-
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.buffered = 0
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
+from tests.unit.pump_cases import BOUNDS, HIGH, IMPLS, Transport, chunk
 
 
 class Run:
@@ -58,13 +38,6 @@ class Run:
         return self.transport.out, self.ids, self.text, p.tokens, p.used, p.resumable, p.sent, folded
 
 
-def _chunk(**fields) -> bytes:
-    return replica_pb2.OpenAIChunk(**fields).SerializeToString()
-
-
-IMPLS = ["native", "python"]
-
-
 def test_the_install_built_the_native_pump():
     frame_protocol, pump = pumps.implementation("native")
     assert pump.__module__ == "cluster.router._pump" and frame_protocol.__module__ == "cluster.router._pump"
@@ -83,7 +56,7 @@ def test_the_native_connection_takes_only_its_own_pump():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_token_chunk_is_written_as_one_http_chunk_and_kept_for_a_migration(impl):
     run = Run(impl)
-    assert run.pump.feed(_chunk(data=b"data: {}\n\n", token_ids=[7, 8], text="hé", resumable=True)) is True
+    assert run.pump.feed(chunk(data=b"data: {}\n\n", token_ids=[7, 8], text="hé", resumable=True)) is True
     assert run.transport.out == [b"a\r\ndata: {}\n\n\r\n"]
     assert (run.ids, run.text, run.pump.tokens, run.pump.sent, run.pump.resumable, run.pump.used) == ([7, 8], ["hé"], 2, True, True, None)
 
@@ -91,14 +64,14 @@ def test_a_token_chunk_is_written_as_one_http_chunk_and_kept_for_a_migration(imp
 @pytest.mark.parametrize("impl", IMPLS)
 def test_unchunked_sinks_get_the_bytes_as_they_are(impl):
     run = Run(impl, chunked=False)
-    run.pump.feed(_chunk(data=b"data: x\n\n", token_ids=[1], resumable=True))
+    run.pump.feed(chunk(data=b"data: x\n\n", token_ids=[1], resumable=True))
     assert run.transport.out == [b"data: x\n\n"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_progress_note_is_timed_but_neither_kept_nor_written(impl):
     run = Run(impl, fold_every=1)
-    assert run.pump.feed(_chunk(token_ids=[3], text="t")) is True
+    assert run.pump.feed(chunk(token_ids=[3], text="t")) is True
     assert (run.transport.out, run.ids, run.text, run.pump.tokens, run.pump.sent) == ([], [], [], 0, False)
     assert [n for _, _, n in run.folds] == [1]
 
@@ -106,16 +79,16 @@ def test_a_progress_note_is_timed_but_neither_kept_nor_written(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_the_finish_chunk_sets_the_whole_requests_usage_once(impl):
     run = Run(impl)
-    run.pump.feed(_chunk(finish_reason="stop", prompt_tokens=5, completion_tokens=9, text="", resumable=True))
-    run.pump.feed(_chunk(finish_reason="stop", prompt_tokens=50, completion_tokens=90, resumable=True))
+    run.pump.feed(chunk(finish_reason="stop", prompt_tokens=5, completion_tokens=9, text="", resumable=True))
+    run.pump.feed(chunk(finish_reason="stop", prompt_tokens=50, completion_tokens=90, resumable=True))
     assert run.pump.used == 14 and run.transport.out == [] and run.pump.sent
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_text_without_token_ids_is_charged_one_token_and_a_tool_call_is_not_resumable(impl):
     run = Run(impl)
-    run.pump.feed(_chunk(data=b"d", text="abc", resumable=True))
-    run.pump.feed(_chunk(data=b"d", token_ids=[1], resumable=False, tool_call=True))
+    run.pump.feed(chunk(data=b"d", text="abc", resumable=True))
+    run.pump.feed(chunk(data=b"d", token_ids=[1], resumable=False, tool_call=True))
     assert run.pump.tokens == 2 and run.pump.resumable is False and run.text == ["abc", ""]
 
 
@@ -123,21 +96,21 @@ def test_text_without_token_ids_is_charged_one_token_and_a_tool_call_is_not_resu
 def test_a_full_client_buffer_asks_for_a_pause_and_a_gone_client_gets_nothing(impl):
     run = Run(impl)
     run.transport.buffered = HIGH + 1
-    assert run.pump.feed(_chunk(data=b"x", token_ids=[1])) is False
+    assert run.pump.feed(chunk(data=b"x", token_ids=[1])) is False
     run.transport.closing = True
-    assert run.pump.feed(_chunk(data=b"y", token_ids=[2])) is True
+    assert run.pump.feed(chunk(data=b"y", token_ids=[2])) is True
     assert run.transport.out == [b"1\r\nx\r\n"] and run.ids == [1, 2]  # kept for the charge all the same
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_the_gap_since_the_last_chunk_lands_in_its_histogram_bucket(impl):
     run = Run(impl, fold_every=2, last=time.monotonic() - 0.004)
-    run.pump.feed(_chunk(data=b"a", token_ids=[1]))
+    run.pump.feed(chunk(data=b"a", token_ids=[1]))
     assert run.folds == []  # not yet: every 2
-    run.pump.feed(_chunk(data=b"b", token_ids=[2]))
+    run.pump.feed(chunk(data=b"b", token_ids=[2]))
     ((counts, total, n),) = run.folds
     assert n == 2 and counts[2] == 1 and sum(counts) == 2 and 0.004 <= total < 1.0  # 4 ms: (2.5, 5] ms
-    run.pump.feed(_chunk(data=b"c", token_ids=[3]))
+    run.pump.feed(chunk(data=b"c", token_ids=[3]))
     run.pump.flush()
     assert [f[2] for f in run.folds] == [2, 1]
     run.pump.flush()  # nothing counted since: nothing folded
@@ -200,7 +173,7 @@ def test_both_pumps_do_the_same_with_random_streams():
             fields["resumable"] = rng.random() < 0.9
             if rng.random() < 0.1:
                 fields.update(finish_reason="length", prompt_tokens=rng.randrange(1000), completion_tokens=rng.randrange(1000))
-            chunks.append(_chunk(**fields))
+            chunks.append(chunk(**fields))
         every = rng.randint(1, 8)
         runs = [Run(impl, fold_every=every) for impl in IMPLS]
         for c in chunks:
@@ -229,7 +202,7 @@ def _pumped(impl: str, wire: bytes, cut: int, ends: bool = False, head: bytes | 
     return asyncio.run(main())
 
 
-TOKENS = [_chunk(data=f"data: {i}\n\n".encode(), token_ids=[i], text=str(i), resumable=True) for i in range(20)]
+TOKENS = [chunk(data=f"data: {i}\n\n".encode(), token_ids=[i], text=str(i), resumable=True) for i in range(20)]
 HTTP = b"".join(b"%x\r\n%b\r\n" % (len(c.data), c.data) for c in map(replica_pb2.OpenAIChunk.FromString, TOKENS))
 
 
@@ -270,7 +243,7 @@ def test_a_stream_with_no_chunk_or_a_declined_one_is_not_ended_by_the_pump(impl)
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_pause_holds_the_rest_for_the_next_pump_and_the_next_call_never_reaches_the_old_pump(impl):
-    chunks = [frame(CHUNK, _chunk(data=b"%d" % i, token_ids=[i])) for i in range(4)]
+    chunks = [frame(CHUNK, chunk(data=b"%d" % i, token_ids=[i])) for i in range(4)]
 
     async def main() -> tuple:
         pool = RelayPool("127.0.0.1", 1, pump=impl)
@@ -289,7 +262,7 @@ def test_a_pause_holds_the_rest_for_the_next_pump_and_the_next_call_never_reache
         # The connection carries the next call: its chunks go to that call, not to the old pump.
         assert pool._idle.pop() is conn
         nxt = conn.call = RelayCall(conn)
-        conn.data_received(frame(CHUNK, _chunk(data=b"next", token_ids=[99])) + frame(END))
+        conn.data_received(frame(CHUNK, chunk(data=b"next", token_ids=[99])) + frame(END))
         got = await nxt.read()
         return run, got, await nxt.read()
 

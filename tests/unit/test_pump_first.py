@@ -14,7 +14,7 @@ from cluster.common.relay_wire import CHUNK, END, frame
 from cluster.proto import replica_pb2
 from cluster.router import pump as pumps
 from cluster.router.relay import DECLINED, EOF, RelayCall, RelayPool
-from tests.unit.test_pump import BOUNDS, HIGH, IMPLS, Transport, _chunk
+from tests.unit.pump_cases import BOUNDS, HIGH, IMPLS, Transport, chunk
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
 
@@ -37,7 +37,7 @@ class First:
 
 
 def _sse(i: int, **more) -> bytes:
-    return _chunk(data=b"data: %d\n\n" % i, token_ids=[i], text=str(i), resumable=True, **more)
+    return chunk(data=b"data: %d\n\n" % i, token_ids=[i], text=str(i), resumable=True, **more)
 
 
 def _http(i: int) -> bytes:
@@ -67,10 +67,10 @@ def test_without_a_head_to_write_the_first_chunk_is_written_as_any_other(impl):
 @pytest.mark.parametrize(
     "first",
     [
-        _chunk(data=b'{"error": {"message": "boom"}}', status=500),  # the replica failed: retried elsewhere
-        _chunk(data=b'{"error": {"message": "too long"}}', status=400),  # the request's fault: answered as JSON
-        _chunk(data=b'{"id": "x", "choices": []}', status=200),  # a JSON answer, not SSE
-        _chunk(finish_reason="stop", prompt_tokens=1, completion_tokens=0),  # no bytes
+        chunk(data=b'{"error": {"message": "boom"}}', status=500),  # the replica failed: retried elsewhere
+        chunk(data=b'{"error": {"message": "too long"}}', status=400),  # the request's fault: answered as JSON
+        chunk(data=b'{"id": "x", "choices": []}', status=200),  # a JSON answer, not SSE
+        chunk(finish_reason="stop", prompt_tokens=1, completion_tokens=0),  # no bytes
     ],
     ids=["5xx", "4xx", "json", "no-bytes"],
 )
@@ -109,7 +109,7 @@ async def _attached(impl: str) -> tuple:
 def test_a_declined_first_chunk_is_read_by_python_and_the_calls_rest_after_it_in_order(impl):
     async def main() -> tuple:
         run, conn, call, task = await _attached(impl)
-        conn.data_received(frame(CHUNK, _chunk(data=b"{}", status=503)) + frame(CHUNK, _sse(7)) + frame(END))
+        conn.data_received(frame(CHUNK, chunk(data=b"{}", status=503)) + frame(CHUNK, _sse(7)) + frame(END))
         outcome = await asyncio.wait_for(task, 5)
         return run, conn, outcome, [await call.read() for _ in range(3)]
 
