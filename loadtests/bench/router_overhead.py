@@ -2,39 +2,31 @@
 
     python -m loadtests.bench.router_overhead [--duration 6] [--streams 16] [--rounds 2] [--systems ...]
 
-Backends: ``--replicas`` (2) processes of :mod:`loadtests.bench.null_backend`,
-each speaking ``replica.proto`` (our router's gRPC hop) and OpenAI SSE (the
-gateways' HTTP hop), streaming one-token chunks at next to no cost, so what is
-measured is the router.  Systems: ``direct`` (the client spreads requests
-round robin over the backends' own HTTP: the baseline), ``ours`` (`llm-cluster
-router`, HTTP front, round robin, tokens over the replicas' relay stream),
-``ours-python-pump`` (the same with its per-token relay in Python, ``router.relay_pump: python``, not
-the C one), ``ours-grpc`` (the same over the OpenAI RPC, ``router.replica_transport: grpc``),
-``python-floor`` (:mod:`loadtests.bench.floor_router`: our router's I/O parts and none of its features,
-the floor under its per-request cost in Python), ``vllm-router`` and ``smg`` (PyPI, ``pip
-install -e '.[bench]'``; HTTP to HTTP, round robin; skipped with a note when
-missing).  The backends pause ``--token-interval-ms`` (1) between tokens, as
-an engine's steps do, so each token is its own network write for every
-system; 0 sends them back to back, where TCP coalesces them for the HTTP
-gateways.  Each system gets a closed loop of ``--streams`` concurrent OpenAI
-chat streams for ``--duration`` s with 16 output tokens, then with 256, in
-``--rounds`` interleaved rounds.
+Backends: ``--replicas`` (2) processes of :mod:`loadtests.bench.null_backend`, each speaking ``replica.proto`` (our
+router's gRPC hop) and OpenAI SSE (the gateways' HTTP hop), streaming one-token chunks at next to no cost, so what is
+measured is the router. Systems: ``direct`` (the client spreads requests round robin over the backends' own HTTP: the
+baseline), ``ours`` (`llm-cluster router`, HTTP front, round robin, tokens over the replicas' relay stream,
+``router.workers`` at its default: this machine's cores), ``ours-1-worker`` (the same with one worker process),
+``ours-python-pump`` (the same with its per-token relay in Python, ``router.relay_pump: python``, not the C one),
+``ours-grpc`` (the same over the OpenAI RPC, ``router.replica_transport: grpc``), ``python-floor``
+(:mod:`loadtests.bench.floor_router`: our router's I/O parts and none of its features, the floor under its per-request
+cost in Python), ``vllm-router`` and ``smg`` (PyPI, ``pip install -e '.[bench]'``; HTTP to HTTP, round robin; skipped
+with a note when missing). The backends pause ``--token-interval-ms`` (1) between tokens, as an engine's steps do, so
+each token is its own network write for every system; 0 sends them back to back, where TCP coalesces them for the HTTP
+gateways. Each system gets a closed loop of ``--streams`` concurrent OpenAI chat streams for ``--duration`` s with 16
+output tokens, then with 256, in ``--rounds`` interleaved rounds.
 
-Printed per system (summed over rounds): CPU per 16-token and per 256-token
-stream, from the router process tree's own ``/proc/PID/stat`` (utime + stime,
-all its threads and children), and from the two the CPU per relayed token
-(the slope) and per request (the 16-token figure less 16 tokens' worth);
-requests/s of the 16-token runs; TTFT p50/p99 of the 16-token runs and what
-the router adds to the direct baseline's; then the per-token and per-request
-CPU cut into user time (the router's own code) and system time (the kernel's
-socket work, which every router pays alike), and each system's CPU with no
-traffic at all (``--idle`` s, all systems in one window before the rounds).  The client shares this machine's
-cores with everything else, so req/s and TTFT are comparable side by side
-only; the CPU figures are each router's own (``direct``'s: the backends' own, aiohttp writing pre-encoded
-SSE from memory, what a Python HTTP server of these streams costs before it does anything else).  ``--profile FILE``: py-spy our
-router during its last 256-token run (``--profile-length 16``: its last 16-token run, where the per-request
-work shows).  Target: ours <= vllm-router's CPU per
-request and per token.
+Printed per system (summed over rounds): CPU per 16-token and per 256-token stream, from the router process tree's own
+``/proc/PID/stat`` (utime + stime, all its threads and children), and from the two the CPU per relayed token (the
+slope) and per request (the 16-token figure less 16 tokens' worth); requests/s of the 16-token runs; TTFT p50/p99 of
+the 16-token runs and what the router adds to the direct baseline's; then the per-token and per-request CPU cut into
+user time (the router's own code) and system time (the kernel's socket work, which every router pays alike), and each
+system's CPU with no traffic at all (``--idle`` s, all systems in one window before the rounds). The client shares
+this machine's cores with everything else, so req/s and TTFT are comparable side by side only; the CPU figures are
+each router's own (``direct``'s: the backends' own, aiohttp writing pre-encoded SSE from memory, what a Python HTTP
+server of these streams costs before it does anything else). ``--profile FILE``: py-spy our router during its last
+256-token run (``--profile-length 16``: its last 16-token run, where the per-request work shows). Target: ours <=
+vllm-router's CPU per request and per token.
 """
 
 from __future__ import annotations
@@ -57,9 +49,14 @@ import aiohttp
 from loadtests.procs import Procs, free_port, running, start_router, wait_port
 
 MODEL = "smollm2-135m-instruct"
-SYSTEMS = ("direct", "ours", "ours-python-pump", "ours-grpc", "python-floor", "vllm-router", "smg")
+SYSTEMS = ("direct", "ours", "ours-1-worker", "ours-python-pump", "ours-grpc", "python-floor", "vllm-router", "smg")
 #: Our router's variants: the config each adds to ``--ours-set``.
-OURS = {"ours": [], "ours-python-pump": ["router.relay_pump=python"], "ours-grpc": ["router.replica_transport=grpc"]}
+OURS = {
+    "ours": [],
+    "ours-1-worker": ["router.workers=1"],
+    "ours-python-pump": ["router.relay_pump=python"],
+    "ours-grpc": ["router.replica_transport=grpc"],
+}
 LENGTHS = (16, 256)
 TICK = os.sysconf("SC_CLK_TCK")
 
