@@ -16,17 +16,19 @@ each token is its own network write for every system; 0 sends them back to back,
 gateways. Each system gets a closed loop of ``--streams`` concurrent OpenAI chat streams for ``--duration`` s with 16
 output tokens, then with 256, in ``--rounds`` interleaved rounds.
 
-Printed per system (summed over rounds): CPU per 16-token and per 256-token stream, from the router process tree's own
-``/proc/PID/stat`` (utime + stime, all its threads and children), and from the two the CPU per relayed token (the
-slope) and per request (the 16-token figure less 16 tokens' worth); requests/s of the 16-token runs; TTFT p50/p99 of
-the 16-token runs and what the router adds to the direct baseline's; then the per-token and per-request CPU cut into
-user time (the router's own code) and system time (the kernel's socket work, which every router pays alike), and each
-system's CPU with no traffic at all (``--idle`` s, all systems in one window before the rounds). The client shares
-this machine's cores with everything else, so req/s and TTFT are comparable side by side only; the CPU figures are
-each router's own (``direct``'s: the backends' own, aiohttp writing pre-encoded SSE from memory, what a Python HTTP
-server of these streams costs before it does anything else). ``--profile FILE``: py-spy our router during its last
-256-token run (``--profile-length 16``: its last 16-token run, where the per-request work shows). Target: ours <=
-vllm-router's CPU per request and per token.
+Printed (loadtests/bench/overhead_report.py) per system, summed over rounds: CPU per 16-token and per 256-token
+stream, from the router process tree's own ``/proc/PID/stat`` (utime + stime, all its threads and children), and from
+the two the CPU per relayed token (the slope) and per request (the 16-token figure less 16 tokens' worth); requests/s
+of the 16-token runs; TTFT p50/p99 of the 16-token runs and what the router adds to the direct baseline's; then the
+per-token and per-request CPU cut into user time (the router's own code) and system time (the kernel's socket work,
+which every router pays alike), and each system's CPU with no traffic at all (``--idle`` s, all systems in one window
+before the rounds). The client shares this machine's cores with everything else, so req/s and TTFT are comparable
+side by side only; the CPU figures are each router's own (``direct``'s: the backends' own, aiohttp writing
+pre-encoded SSE from memory, what a Python HTTP server of these streams costs before it does anything else). Then
+each system's ratio to ``vllm-router`` per figure, taken inside each round and shown as min / median / max over the
+rounds: the measurement's own noise. ``--profile FILE``: py-spy our router during its last 256-token run
+(``--profile-length 16``: its last 16-token run, where the per-request work shows). Target: ours <= vllm-router's
+CPU per request and per token.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
+from loadtests.bench.overhead_report import LENGTHS, Run, Runs, report
 from loadtests.procs import Procs, free_port, running, start_router, wait_port
 
 MODEL = "smollm2-135m-instruct"
@@ -57,7 +59,6 @@ OURS = {
     "ours-python-pump": ["router.relay_pump=python"],
     "ours-grpc": ["router.replica_transport=grpc"],
 }
-LENGTHS = (16, 256)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -125,18 +126,6 @@ def tree_cpu(pid: int) -> tuple[float, float]:
     return sum(u for u, _ in picked), sum(k for _, k in picked)
 
 
-@dataclass
-class Run:
-    requests: int = 0
-    tokens: int = 0
-    cpu_s: float = 0.0
-    #: The part of ``cpu_s`` spent in the kernel (system time: the sockets' reads and writes, mostly).
-    sys_s: float = 0.0
-    wall_s: float = 0.0
-    ttft: list[float] = field(default_factory=list)
-    errors: int = 0
-
-
 async def closed_loop(urls: list[str], streams: int, max_tokens: int, duration_s: float, run: Run) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": True}
     data = json.dumps(body).encode()
@@ -172,13 +161,6 @@ async def closed_loop(urls: list[str], streams: int, max_tokens: int, duration_s
                     run.ttft.append(first)
 
         await asyncio.gather(*(one_stream(k) for k in range(streams)))
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q / 100 * len(s)))] * 1000
 
 
 def start_profiler(pid: int, seconds: float, out: str) -> subprocess.Popen | None:
@@ -237,7 +219,8 @@ async def measure(urls: list[str], pids: list[int], streams: int, max_tokens: in
 
 async def main_async(args: argparse.Namespace) -> dict:
     systems = [s for s in args.systems.split(",") if s]
-    runs = {(s, n): Run() for s in systems for n in LENGTHS}
+    runs: Runs = {(s, n): Run() for s in systems for n in LENGTHS}
+    rounds: list[Runs] = []
     notes: dict[str, str] = {}
     with running() as procs:
         backends = [start_backend(procs, args.token_interval_ms) for _ in range(args.replicas)]
@@ -261,6 +244,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         await asyncio.sleep(2.0)  # gateways probe their workers before they route
         idle = await idle_cpu(fronts, args.idle)
         for rnd in range(args.rounds):
+            rounds.append({})
             for s in systems:
                 if s not in fronts:
                     continue
@@ -270,10 +254,12 @@ async def main_async(args: argparse.Namespace) -> dict:
                     profiled = args.profile and s == "ours" and last and pids
                     prof = start_profiler(pids[0], args.duration, args.profile) if profiled else None
                     print(f"... round {rnd + 1}: {s}, {n} tokens", file=sys.stderr, flush=True)
-                    await measure(urls, pids, args.streams, n, args.duration, runs[(s, n)])
+                    one = rounds[-1][(s, n)] = Run()
+                    await measure(urls, pids, args.streams, n, args.duration, one)
+                    runs[(s, n)].add(one)
                     if prof is not None:
                         prof.wait(60)
-    return report(systems, runs, notes, args, idle)
+    return report(systems, runs, rounds, notes, args, idle)
 
 
 async def idle_cpu(fronts: dict[str, tuple[list[str], list[int]]], seconds: float) -> dict[str, float]:
@@ -285,89 +271,6 @@ async def idle_cpu(fronts: dict[str, tuple[list[str], list[int]]], seconds: floa
     wall = time.perf_counter() - t0
     after = {s: [tree_cpu(p) for p in pids] for s, (_, pids) in fronts.items()}
     return {s: (sum(u + k for u, k in after[s]) - sum(u + k for u, k in before[s])) / wall * 1e3 for s in fronts}
-
-
-def report(
-    systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], args: argparse.Namespace, idle: dict[str, float]
-) -> dict:
-    short, long_ = LENGTHS
-    hdr = (
-        f"{'system':<16} {'CPU/16-tok':>11} {'CPU/256-tok':>12} {'CPU/token':>10} {'CPU/request':>12} {'req/s':>7} "
-        f"{'TTFT p50':>9} {'p99':>8} {'added p50':>10} {'p99':>8} {'tok/req':>8} {'err':>4}"
-    )
-    print(
-        f"{args.replicas} null backends ({args.token_interval_ms:g} ms between tokens), {args.streams} concurrent streams, "
-        f"{args.duration:g} s per run, {args.rounds} rounds\n"
-    )
-    print(hdr + "\n" + "-" * len(hdr))
-    out: dict = {}
-    d = runs.get(("direct", short))
-    for s in systems:
-        if s in notes:
-            print(f"{s:<16} {notes[s]}")
-            continue
-        a, b = runs[(s, short)], runs[(s, long_)]
-        per16, per256 = _per_request(a, "cpu_s"), _per_request(b, "cpu_s")
-        per_tok, per_req = _slope(a, b, "cpu_s")
-        add50 = pct(a.ttft, 50) - pct(d.ttft, 50) if d else float("nan")
-        add99 = pct(a.ttft, 99) - pct(d.ttft, 99) if d else float("nan")
-        print(
-            f"{s:<16} {_us(per16):>11} {_us(per256):>12} {_us(per_tok):>10} {_us(per_req):>12} "
-            f"{a.requests / a.wall_s if a.wall_s else 0:7.0f} {pct(a.ttft, 50):7.2f}ms {pct(a.ttft, 99):6.2f}ms "
-            f"{add50:8.2f}ms {add99:6.2f}ms {b.tokens / max(b.requests, 1):8.0f} {a.errors + b.errors:4d}"
-        )
-        out[s] = {
-            "cpu_us_per_16_token_stream": per16,
-            "cpu_us_per_256_token_stream": per256,
-            "cpu_us_per_token": per_tok,
-            "cpu_us_per_request": per_req,
-            "req_s": a.requests / a.wall_s if a.wall_s else 0.0,
-            "ttft_p50_ms": pct(a.ttft, 50),
-            "ttft_p99_ms": pct(a.ttft, 99),
-            "added_ttft_p50_ms": add50,
-            "added_ttft_p99_ms": add99,
-            "errors": a.errors + b.errors,
-        }
-    split(systems, runs, notes, out, idle)
-    print("\nCPU: the router's process tree (/proc/PID/stat); per token = slope 16 -> 256 tokens; per request = the rest")
-    print("direct's CPU is the null backends' own: aiohttp writing pre-encoded SSE from memory (Python's HTTP alone)")
-    if args.profile and os.path.exists(args.profile):
-        out["profile"] = summarize_profile(args.profile)
-    return out
-
-
-def _slope(a: Run, b: Run, seconds: str) -> tuple[float, float]:
-    """(per token, per request) of the ``seconds`` field (cpu_s or sys_s) of a 16- and a 256-token run."""
-    short, long_ = LENGTHS
-    per16, per256 = _per_request(a, seconds), _per_request(b, seconds)
-    per_tok = (per256 - per16) / (long_ - short)
-    return per_tok, per16 - short * per_tok
-
-
-def _per_request(run: Run, seconds: str) -> float:
-    """µs of ``seconds`` (cpu_s or sys_s) per request of ``run``."""
-    return getattr(run, seconds) / run.requests * 1e6 if run.requests else float("nan")
-
-
-def split(systems: list[str], runs: dict[tuple[str, int], Run], notes: dict[str, str], out: dict, idle: dict[str, float]) -> None:
-    """The same CPU figures cut into user time (the process's own code: for ours, mostly the interpreter) and system
-    time (the kernel's, for the sockets): what a faster interpreter path could cut, and what every router pays;
-    and the CPU each spends idle (ms a second), which the per-request figure includes at the 16-token runs' rate."""
-    short, long_ = LENGTHS
-    hdr = f"\n{'system':<16} {'user/token':>11} {'sys/token':>10} {'user/request':>13} {'sys/request':>12} {'idle CPU':>10}"
-    print(hdr + "\n" + "-" * (len(hdr) - 1))
-    for s in systems:
-        if s in notes:
-            continue
-        tok, req = out[s]["cpu_us_per_token"], out[s]["cpu_us_per_request"]  # report()'s, cut in two here
-        sys_tok, sys_req = _slope(runs[(s, short)], runs[(s, long_)], "sys_s")
-        idle_ms = idle.get(s, float("nan"))
-        print(f"{s:<16} {_us(tok - sys_tok):>11} {_us(sys_tok):>10} {_us(req - sys_req):>13} {_us(sys_req):>12} {idle_ms:6.1f} ms/s")
-        out[s] |= {"sys_us_per_token": sys_tok, "sys_us_per_request": sys_req, "idle_cpu_ms_per_s": idle_ms}
-
-
-def _us(v: float) -> str:
-    return f"{v:,.0f} us" if v == v else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     if "direct" not in args.systems.split(","):
         args.systems = "direct," + args.systems
     out = asyncio.run(main_async(args))
+    if args.profile and os.path.exists(args.profile):
+        out["profile"] = summarize_profile(args.profile)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
