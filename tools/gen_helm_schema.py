@@ -3,7 +3,7 @@
 The chart's own values are described here; the `cluster` value (rendered into cluster.yaml) takes its schema from
 the pydantic model in cluster/config.py, so the chart rejects exactly the fields and types the code rejects, plus a
 few chart-only rules: at least one model, each naming its `source`, and `router.policy` limited to the known
-policies.  tests/helm/test_chart.py fails when the committed file differs from what this script writes.
+policies.  tests/helm/test_chart_schemas.py fails when the committed file differs from what this script writes.
 """
 
 from __future__ import annotations
