@@ -47,6 +47,7 @@ from pathlib import Path
 
 import aiohttp
 
+from loadtests.bench import overhead_workers as workers
 from loadtests.bench.overhead_report import LENGTHS, Run, Runs, report
 from loadtests.procs import Procs, free_port, running, start_router, wait_port
 
@@ -60,6 +61,8 @@ OURS = {
     "ours-grpc": ["router.replica_transport=grpc"],
 }
 TICK = os.sysconf("SC_CLK_TCK")
+#: Our router's worker pids (oldest first), its metrics port, and each worker's figures.
+Workers = tuple[list[int], int, list[workers.Worker]]
 
 
 def start_backend(procs: Procs, interval_ms: float) -> tuple[str, str, int]:
@@ -206,13 +209,23 @@ def summarize_profile(path: str, top: int = 12) -> dict:
     return {"samples": total, "by_kind": {k: n / max(total, 1) for k, n in where.items()}}
 
 
-async def measure(urls: list[str], pids: list[int], streams: int, max_tokens: int, duration_s: float, run: Run) -> None:
+async def measure(
+    urls: list[str], pids: list[int], streams: int, max_tokens: int, duration_s: float, run: Run, by_worker: Workers | None = None
+) -> None:
+    """One closed-loop run, its CPU from the router's process tree; ``by_worker``: each of our workers' share too."""
     await closed_loop(urls, streams, 4, 0.5, Run())  # warm connections
+    by_worker = by_worker if by_worker and by_worker[0] else None
+    w0 = await asyncio.to_thread(workers.sample, *by_worker[:2]) if by_worker else None
     c0 = [tree_cpu(p) for p in pids]
     t0 = time.perf_counter()
     await closed_loop(urls, streams, max_tokens, duration_s, run)
-    run.wall_s += time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    run.wall_s += wall
     c1 = [tree_cpu(p) for p in pids]
+    if by_worker and w0 is not None:
+        w1 = await asyncio.to_thread(workers.sample, *by_worker[:2])
+        for i, w in enumerate(by_worker[2]):
+            w.add(w0, w1, i, wall)
     run.cpu_s += sum(u + k for u, k in c1) - sum(u + k for u, k in c0)
     run.sys_s += sum(k for _, k in c1) - sum(k for _, k in c0)
 
@@ -221,6 +234,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     systems = [s for s in args.systems.split(",") if s]
     runs: Runs = {(s, n): Run() for s in systems for n in LENGTHS}
     rounds: list[Runs] = []
+    by_worker: dict[str, Workers] = {}
     notes: dict[str, str] = {}
     with running() as procs:
         backends = [start_backend(procs, args.token_interval_ms) for _ in range(args.replicas)]
@@ -229,9 +243,11 @@ async def main_async(args: argparse.Namespace) -> dict:
         fronts: dict[str, tuple[list[str], list[int]]] = {"direct": (http_urls, [p for _, _, p in backends])}
         for s in systems:
             if s in OURS:
-                overrides = [*args.ours_set, *OURS[s]]
+                metrics_port = free_port()
+                overrides = [*args.ours_set, *OURS[s], f"router.metrics_port={metrics_port}"]
                 _, http_port = start_router(procs, grpc_addrs, policy="round_robin", overrides=overrides)
                 fronts[s] = ([f"http://127.0.0.1:{http_port}"], [procs.procs[-1].pid])
+                by_worker[s] = ([procs.procs[-1].pid], metrics_port, [])  # the supervisor's pid, for now
             elif s in ("vllm-router", "smg"):
                 if find_binary(s) is None:
                     notes[s] = f"skipped: {s} not installed (pip install -e '.[bench]')"
@@ -242,6 +258,9 @@ async def main_async(args: argparse.Namespace) -> dict:
                 url, pid = start_floor(procs, grpc_addrs)
                 fronts[s] = ([url], [pid])
         await asyncio.sleep(2.0)  # gateways probe their workers before they route
+        for s, (sup, port, _) in list(by_worker.items()):
+            pids = workers.worker_pids(sup[0]) or sup  # none: one worker, the router process itself
+            by_worker[s] = (pids, port, [workers.Worker() for _ in pids])
         idle = await idle_cpu(fronts, args.idle)
         for rnd in range(args.rounds):
             rounds.append({})
@@ -255,11 +274,13 @@ async def main_async(args: argparse.Namespace) -> dict:
                     prof = start_profiler(pids[0], args.duration, args.profile) if profiled else None
                     print(f"... round {rnd + 1}: {s}, {n} tokens", file=sys.stderr, flush=True)
                     one = rounds[-1][(s, n)] = Run()
-                    await measure(urls, pids, args.streams, n, args.duration, one)
+                    await measure(urls, pids, args.streams, n, args.duration, one, by_worker.get(s) if n == LENGTHS[0] else None)
                     runs[(s, n)].add(one)
                     if prof is not None:
                         prof.wait(60)
-    return report(systems, runs, rounds, notes, args, idle)
+    out = report(systems, runs, rounds, notes, args, idle)
+    out["by_worker"] = workers.report({s: w for s, (_, _, w) in by_worker.items()})
+    return out
 
 
 async def idle_cpu(fronts: dict[str, tuple[list[str], list[int]]], seconds: float) -> dict[str, float]:

