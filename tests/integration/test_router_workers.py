@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 
 import aiohttp
@@ -87,9 +88,15 @@ async def test_two_workers_share_the_ports_and_one_metrics_endpoint_counts_them_
                 c async for c in inference_pb2_grpc.InferenceStub(ch).Generate(build_request("x", model="sim", chat=False, max_tokens=2))
             ]
             assert chunks[-1].finish_reason == "length"
-        by_worker = requests_by_worker(await scrape(ports[2]))
+        page = await scrape(ports[2])
+        by_worker = requests_by_worker(page)
         assert set(by_worker) == {"0", "1"}, by_worker  # both served: the kernel spread the connections
         assert sum(by_worker.values()) == 31
+        # Each worker's own process figures, apart: its CPU seconds and its start time, one per worker process.
+        cpu = {w: float(v) for w, v in re.findall(r'^process_cpu_seconds_total\{worker="(\d)"\} (\S+)$', page, re.M)}
+        started = re.findall(r'^process_start_time_seconds\{worker="(\d)"\} (\S+)$', page, re.M)
+        assert set(cpu) == {"0", "1"} and all(v > 0 for v in cpu.values()), cpu
+        assert len({t for _, t in started}) == 2, started
     finally:
         procs.stop()
         await local.stop()
