@@ -6,8 +6,8 @@ are set by the engines' steps, not by its share of the streams.  Each wake-up co
 start of the interpreter on its core, so a worker with few streams pays nearly the same per second as a busy one
 and more per request.  This table shows it: per worker, its share of the requests (from the router's own
 ``llm_cluster_router_requests_total{worker="i"}``), its CPU per request and its wake-ups per second (voluntary
-context switches, ``/proc/PID/status``).  Worker ``i`` is the ``i``-th worker process the supervisor started
-(pid order; the bench restarts none); a router of one worker is its own process.
+context switches, ``/proc/PID/status``).  Worker ``i`` is the process whose start time is that worker's
+``process_start_time_seconds{worker="i"}``; a router of one worker is its own process.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from dataclasses import dataclass
 TICK = os.sysconf("SC_CLK_TCK")
 _REQUESTS = re.compile(r"^llm_cluster_router_requests_total\{([^}]*)\} (\S+)$", re.M)
 _WORKER = re.compile(r'worker="(\d+)"')
+_STARTED = re.compile(r'^process_start_time_seconds\{worker="(\d+)"\} (\S+)$', re.M)
 _VCS = re.compile(r"^voluntary_ctxt_switches:\s+(\d+)$", re.M)
 
 
-def worker_pids(supervisor: int) -> list[int]:
-    """The supervisor's worker processes (multiprocessing's spawned children, not its resource tracker), oldest first."""
+def worker_pids(supervisor: int, metrics_port: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing's spawned children, not its resource tracker), in the order of
+    their ``worker`` label: matched by start time, which the router's metrics and ``/proc`` both give."""
     pids = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -38,7 +40,20 @@ def worker_pids(supervisor: int) -> list[int]:
             continue
         if parent == supervisor and b"--multiprocessing-fork" in cmd:
             pids.append(int(d))
-    return sorted(pids)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        started = {int(w): float(t) for w, t in _STARTED.findall(r.read().decode())}
+    if sorted(started) != list(range(len(pids))):
+        raise RuntimeError(f"workers {sorted(started)} in the router's metrics, {len(pids)} worker processes")
+    return [min(pids, key=lambda p: abs(start_time(p) - started[w])) for w in range(len(pids))]
+
+
+def start_time(pid: int) -> float:
+    """When ``pid`` started (seconds since the epoch), as prometheus_client's ``process_start_time_seconds``."""
+    with open(f"/proc/{pid}/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as f:
+        boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+    return boot + ticks / TICK
 
 
 @dataclass

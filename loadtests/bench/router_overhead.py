@@ -259,7 +259,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                 fronts[s] = ([url], [pid])
         await asyncio.sleep(2.0)  # gateways probe their workers before they route
         for s, (sup, port, _) in list(by_worker.items()):
-            pids = workers.worker_pids(sup[0]) or sup  # none: one worker, the router process itself
+            pids = await asyncio.to_thread(workers.worker_pids, sup[0], port) or sup  # none: one worker, itself
             by_worker[s] = (pids, port, [workers.Worker() for _ in pids])
         idle = await idle_cpu(fronts, args.idle)
         for rnd in range(args.rounds):
