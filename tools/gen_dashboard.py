@@ -2,7 +2,8 @@
 
 One row per question an operator asks: how much traffic and how many errors; how fast (client-side TTFT,
 ITL, E2E percentiles); where requests wait (admission queue, no ready replica, engine queues); how full the
-engines are (KV cache, running); how many replicas (desired vs ready) and why the autoscaler changed them.
+engines are (KV cache, running); how many replicas (desired vs ready) and why the autoscaler changed them;
+how busy each router worker is (its CPU and memory).
 tests/unit/test_dashboard.py checks every query with promtool and that the committed file is current.
 """
 
@@ -191,6 +192,29 @@ def build() -> dict[str, Any]:
             y,
             w=8,
             unit="percentunit",
+        ),
+    ]
+    y += 8
+    panels.append(row("Router processes", y))
+    y += 1
+    # The router's own process_* series: those of a target that also serves llm_cluster_router_* (a router or
+    # one of its workers), whatever the scrape job is called.
+    router = "and on (instance, worker) llm_cluster_router_replicas_known"
+    panels += [
+        panel(
+            "Router CPU by worker",
+            [(f"rate(process_cpu_seconds_total[$__rate_interval]) {router}", "{{instance}} worker {{worker}}")],
+            0,
+            y,
+            unit="short",
+            desc="CPU cores each router worker uses; a worker near 1 is saturated (more workers or a higher CPU limit).",
+        ),
+        panel(
+            "Router memory by worker",
+            [(f"process_resident_memory_bytes {router}", "{{instance}} worker {{worker}}")],
+            12,
+            y,
+            unit="bytes",
         ),
     ]
     return {

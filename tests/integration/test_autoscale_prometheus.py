@@ -7,14 +7,8 @@ adds replicas, and removes them when the load drops, with no failed request eith
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 
-import aiohttp
 import pytest
 import pytest_asyncio
 import ray
@@ -26,6 +20,7 @@ from loadtests.clients.grpc_api import GrpcClient
 from loadtests.openloop import open_loop
 from loadtests.workloads import RequestSpec
 from tests.conftest import LOOPBACK, local_ray, start_deployment, wait_for
+from tests.prometheus_server import query, running_prometheus
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.asyncio(loop_scope="module")]
 
@@ -88,52 +83,10 @@ async def cluster(ray_cluster):
 
 @pytest.fixture(scope="module")
 def prometheus(cluster):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: `make prometheus-bin` installs the Debian package")
     _cfg, controller, router = cluster
     controller_port = ray.get(controller.status.remote())["metrics_port"]
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "prometheus.yml"
-        conf.write_text(prometheus_config(router.metrics_port, controller_port))
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={conf}",
-                f"--storage.tsdb.path={tmp}/data",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    import urllib.request
-
-                    with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"prometheus did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-async def query(url: str, promql: str) -> list[dict]:
-    async with aiohttp.ClientSession() as s, s.get(f"{url}/api/v1/query", params={"query": promql}) as r:
-        body = await r.json()
-    assert body["status"] == "success", body
-    return body["data"]["result"]
+    with running_prometheus(prometheus_config(router.metrics_port, controller_port)) as url:
+        yield url
 
 
 async def test_a_load_step_adds_ray_replicas_and_removing_them_fails_no_request(cluster, prometheus):

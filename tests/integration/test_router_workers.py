@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -15,6 +17,7 @@ from cluster.client import build_request
 from cluster.proto import inference_pb2_grpc
 from loadtests.procs import Procs, free_port, wait_port
 from tests.faults.fleet import LocalReplicas
+from tests.prometheus_server import query, running_prometheus
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
@@ -120,6 +123,45 @@ async def test_a_rolling_restart_replaces_every_worker_and_drops_no_stream():
             await asyncio.sleep(0.5)
         assert len(after) == 2 and not after & before, (before, after)
         assert await complete(ports[1], 6) == [3] * 6
+    finally:
+        procs.stop()
+        await local.stop()
+
+
+def dashboard_query(title: str) -> str:
+    """The committed Grafana dashboard's query of the panel ``title``."""
+    board = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "llm-cluster.json").read_text())
+    return next(p for p in board["panels"] if p["title"] == title)["targets"][0]["expr"]
+
+
+async def test_the_dashboards_router_cpu_panel_shows_each_worker_and_no_other_process():
+    promql = dashboard_query("Router CPU by worker").replace("$__rate_interval", "5s")
+    local, procs = LocalReplicas(), Procs()
+    ports = (free_port(), free_port(), free_port())
+    # The router under a job name of the operator's choosing; Prometheus's own process_* beside it, to be left out.
+    config = f"""
+global: {{scrape_interval: 1s}}
+scrape_configs:
+  - job_name: edge-gateway
+    static_configs: [{{targets: ["127.0.0.1:{ports[2]}"]}}]
+  - job_name: self
+    static_configs: [{{targets: ["$SELF"]}}]
+"""
+    try:
+        replicas = [await local.add(), await local.add()]
+        await asyncio.to_thread(spawn_router, procs, ports, replicas, 2)
+        with running_prometheus(config) as url:
+            assert await complete(ports[1], 20) == [3] * 20
+            deadline = asyncio.get_running_loop().time() + 30
+            while asyncio.get_running_loop().time() < deadline:
+                series, itself = await query(url, promql), await query(url, 'rate(process_cpu_seconds_total{job="self"}[5s])')
+                if len(series) >= 2 and itself:
+                    break
+                await asyncio.sleep(0.5)
+            assert sorted(s["metric"].get("worker") for s in series) == ["0", "1"], series
+            assert {s["metric"]["job"] for s in series} == {"edge-gateway"}
+            assert all(float(s["value"][1]) >= 0 for s in series)  # cores, as a rate (an idle worker's may round to 0)
+            assert itself  # Prometheus's own CPU was scraped too, and the panel left it out
     finally:
         procs.stop()
         await local.stop()
