@@ -4,6 +4,12 @@ Every process of the cluster (router, controller, replica, autoscaler) serves
 ``GET /metrics`` on a port of its own, apart from its public API, so scraping
 never competes with traffic for a front end's connection limits and the port
 can be firewalled differently.  Runs on the caller's event loop (no thread).
+Beside the registry it is given, every page carries the process's own
+``process_*`` figures (CPU seconds, resident memory, open file descriptors,
+start time: ``prometheus_client``'s ``ProcessCollector``, read from ``/proc``
+at scrape time only), as every Prometheus target does; a router with several
+workers has one set per worker (``worker="i"``), which is what an alert on a
+saturated router process needs.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: This process's own ``process_*`` metrics (``/proc/self``: right in whichever process serves the page).
+PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=PROCESS_REGISTRY)
 
 
 async def start_metrics_server(
@@ -31,7 +40,7 @@ async def start_metrics_server(
     async def metrics(request: web.Request) -> web.Response:
         if before_scrape is not None:
             before_scrape()
-        body = generate_latest(registry)
+        body = generate_latest(registry) + generate_latest(PROCESS_REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:

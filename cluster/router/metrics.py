@@ -12,8 +12,7 @@ queueing in the router and the network hop to the replica; the engine's own
 view is the replicas' ``vllm:*`` metrics.
 
 Labels stay low-cardinality: model, status code, policy, outcome, replica.
-Beside them, the process's own ``process_*`` metrics (CPU seconds, resident memory, open file descriptors, start
-time), as ``prometheus_client`` exports them for its default registry.
+The page also carries the process's own ``process_*`` metrics (``cluster/metrics_server.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 
 from cluster.router.metric_families import Families, Family
 
@@ -39,13 +38,7 @@ class RouterMetrics:
     """Every metric of one router, on its own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        if registry is None:
-            registry = CollectorRegistry(auto_describe=True)
-            # The process's own CPU, memory and open files (process_*, read from /proc at scrape time only), as every
-            # Prometheus target has: with several workers, one set per worker (worker="i"), which the alert on a
-            # router pod's CPU needs.  On a registry given by the caller they are the caller's to add.
-            ProcessCollector(registry=registry)
-        self.registry = registry
+        self.registry = registry or CollectorRegistry(auto_describe=True)
         families = Families(self.registry)
 
         def counter(name: str, doc: str, labels: Sequence[str]) -> Family:

@@ -1,5 +1,5 @@
-"""Metrics as a scraper sees them: the replica's vllm:* series, the router's llm_cluster_router_*,
-and the bounded queue that holds requests while a model has no ready replica."""
+"""Metrics as a scraper sees them: the replica's vllm:* series, the router's llm_cluster_router_*, every page's
+process_* series, and the bounded queue that holds requests while a model has no ready replica."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ async def test_a_sim_replica_exports_vllm_metrics_with_model_and_replica_labels(
         assert value(s, "vllm:prefix_cache_queries_total", **labels) == 3 * n
         assert value(s, "vllm:num_requests_running", **labels) == 0
         assert ("vllm:kv_cache_usage_perc", tuple(sorted(labels.items()))) in s
+        # Beside the registry's own series, the process's: its CPU so far, its memory, when it started.
+        assert value(s, "process_cpu_seconds_total") > 0 and value(s, "process_resident_memory_bytes") > 2**20
+        assert ("process_start_time_seconds", ()) in s
     finally:
         await runner.cleanup()
         await engine.shutdown()

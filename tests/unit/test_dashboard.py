@@ -56,6 +56,9 @@ def test_the_dashboard_only_queries_metrics_the_cluster_exports():
 
     exported |= {m.name for m in AutoscalerMetrics().registry.collect()}
     exported |= {m.name for m in ReplicaMetrics("m", "r").registry.collect()}
+    from cluster.metrics_server import PROCESS_REGISTRY
+
+    exported |= {m.name for m in PROCESS_REGISTRY.collect()}  # on every process's page
     exported |= {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"}
     exported |= {"vllm:prefix_cache_queries", "vllm:prefix_cache_hits"}
     used = {re.sub(r"_(total|bucket|count|sum)$", "", n) for e in exprs() for n in re.findall(r"(?:vllm:|llm_cluster_)[a-z0-9_:]+", e)}
