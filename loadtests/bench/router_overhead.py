@@ -60,9 +60,6 @@ OURS = {
     "ours-python-pump": ["router.relay_pump=python"],
     "ours-grpc": ["router.replica_transport=grpc"],
 }
-TICK = os.sysconf("SC_CLK_TCK")
-#: Our router's worker pids (oldest first), its metrics port, and each worker's figures.
-Workers = tuple[list[int], int, list[workers.Worker]]
 
 
 def start_backend(procs: Procs, interval_ms: float) -> tuple[str, str, int]:
@@ -110,16 +107,9 @@ def tree_cpu(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of ``pid`` and every live descendant."""
     parents: dict[int, int] = {}
     times: dict[int, tuple[float, float]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(d)] = int(st[1])
-        times[int(d)] = (int(st[11]) / TICK, int(st[12]) / TICK)
+    for p, fields in workers.processes():
+        parents[p] = int(fields[1])
+        times[p] = workers.cpu_seconds(fields)
     tree, frontier = {pid}, [pid]
     while frontier:
         kids = [c for c, par in parents.items() if par in frontier and c not in tree]
@@ -210,22 +200,19 @@ def summarize_profile(path: str, top: int = 12) -> dict:
 
 
 async def measure(
-    urls: list[str], pids: list[int], streams: int, max_tokens: int, duration_s: float, run: Run, by_worker: Workers | None = None
+    urls: list[str], pids: list[int], streams: int, max_tokens: int, duration_s: float, run: Run, by_worker: workers.Workers | None = None
 ) -> None:
     """One closed-loop run, its CPU from the router's process tree; ``by_worker``: each of our workers' share too."""
     await closed_loop(urls, streams, 4, 0.5, Run())  # warm connections
-    by_worker = by_worker if by_worker and by_worker[0] else None
-    w0 = await asyncio.to_thread(workers.sample, *by_worker[:2]) if by_worker else None
+    w0 = await asyncio.to_thread(by_worker.sample) if by_worker is not None else None
     c0 = [tree_cpu(p) for p in pids]
     t0 = time.perf_counter()
     await closed_loop(urls, streams, max_tokens, duration_s, run)
     wall = time.perf_counter() - t0
     run.wall_s += wall
     c1 = [tree_cpu(p) for p in pids]
-    if by_worker and w0 is not None:
-        w1 = await asyncio.to_thread(workers.sample, *by_worker[:2])
-        for i, w in enumerate(by_worker[2]):
-            w.add(w0, w1, i, wall)
+    if by_worker is not None and w0 is not None:
+        by_worker.add(w0, await asyncio.to_thread(by_worker.sample), wall)
     run.cpu_s += sum(u + k for u, k in c1) - sum(u + k for u, k in c0)
     run.sys_s += sum(k for _, k in c1) - sum(k for _, k in c0)
 
@@ -234,7 +221,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     systems = [s for s in args.systems.split(",") if s]
     runs: Runs = {(s, n): Run() for s in systems for n in LENGTHS}
     rounds: list[Runs] = []
-    by_worker: dict[str, Workers] = {}
+    metrics_ports: dict[str, tuple[int, int]] = {}  # our systems: (the router's pid, its metrics port)
     notes: dict[str, str] = {}
     with running() as procs:
         backends = [start_backend(procs, args.token_interval_ms) for _ in range(args.replicas)]
@@ -247,7 +234,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                 overrides = [*args.ours_set, *OURS[s], f"router.metrics_port={metrics_port}"]
                 _, http_port = start_router(procs, grpc_addrs, policy="round_robin", overrides=overrides)
                 fronts[s] = ([f"http://127.0.0.1:{http_port}"], [procs.procs[-1].pid])
-                by_worker[s] = ([procs.procs[-1].pid], metrics_port, [])  # the supervisor's pid, for now
+                metrics_ports[s] = (procs.procs[-1].pid, metrics_port)
             elif s in ("vllm-router", "smg"):
                 if find_binary(s) is None:
                     notes[s] = f"skipped: {s} not installed (pip install -e '.[bench]')"
@@ -258,9 +245,10 @@ async def main_async(args: argparse.Namespace) -> dict:
                 url, pid = start_floor(procs, grpc_addrs)
                 fronts[s] = ([url], [pid])
         await asyncio.sleep(2.0)  # gateways probe their workers before they route
-        for s, (sup, port, _) in list(by_worker.items()):
-            pids = await asyncio.to_thread(workers.worker_pids, sup[0], port) or sup  # none: one worker, itself
-            by_worker[s] = (pids, port, [workers.Worker() for _ in pids])
+        by_worker: dict[str, workers.Workers] = {}
+        for s, (router, port) in metrics_ports.items():
+            pids = await asyncio.to_thread(workers.worker_pids, router, port) or [router]  # none: one worker, itself
+            by_worker[s] = workers.Workers(pids, port)
         idle = await idle_cpu(fronts, args.idle)
         for rnd in range(args.rounds):
             rounds.append({})
@@ -279,7 +267,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                     if prof is not None:
                         prof.wait(60)
     out = report(systems, runs, rounds, notes, args, idle)
-    out["by_worker"] = workers.report({s: w for s, (_, _, w) in by_worker.items()})
+    out["by_worker"] = workers.report(by_worker)
     return out
 
 
